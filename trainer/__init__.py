@@ -1,0 +1,51 @@
+"""Pure PyTorch + timm training of image classifiers. Knows nothing about Optuna."""
+
+from trainer.checkpoint import load_pretrained, read_checkpoint, save_checkpoint
+from trainer.config import (
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SchedConfig,
+    TrainConfig,
+    check_key,
+    config_keys,
+)
+from trainer.data import ImageData, list_datasets, load_data, register_dataset
+from trainer.loop import NullReporter, Reporter, TrainResult, build_model, select_device, train
+from trainer.losses import create_loss, list_losses
+from trainer.models import check_backbone, create_model, list_models
+from trainer.optim import create_optimizer, list_optimizers
+
+__all__ = [
+    "DataConfig",
+    "ImageData",
+    "LossConfig",
+    "ModelConfig",
+    "NullReporter",
+    "OptimConfig",
+    "Reporter",
+    "RunConfig",
+    "SchedConfig",
+    "TrainConfig",
+    "TrainResult",
+    "build_model",
+    "check_backbone",
+    "check_key",
+    "config_keys",
+    "create_loss",
+    "create_model",
+    "create_optimizer",
+    "list_datasets",
+    "list_losses",
+    "list_models",
+    "list_optimizers",
+    "load_data",
+    "load_pretrained",
+    "read_checkpoint",
+    "register_dataset",
+    "save_checkpoint",
+    "select_device",
+    "train",
+]

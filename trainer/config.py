@@ -1,0 +1,275 @@
+"""The frozen training configuration.
+
+Every field has a dotted name (``optim.lr``, ``model.dropout``, ``data.batch_size``): search
+spaces, study files, ``--set`` and ablation factors all speak these names.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from trainer._registry import unknown_name_error
+
+AUGMENT_POLICIES = ("none", "light", "strong")
+NORMALIZE_MODES = ("dataset", "imagenet", "none")
+STRATEGIES = ("full", "partial", "linear_probe")
+SCHEDULERS = ("none", "cosine", "plateau")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # a registered dataset (digits) or an image-folder layout
+    root: str | None = None  # image folder / manifest for folder datasets
+    image_size: int = 16  # side of the square training image, in pixels
+    batch_size: int = 64
+    val_fraction: float = 0.2  # held-out share when the data has no validation set
+    split_seed: int = 0  # the split is fixed per study, independent of the trial seed
+    classes: tuple[int, ...] | None = None  # keep only these labels (relabelled 0..k-1)
+    augment: str = "none"  # batched augmentation policy, see trainer.augment
+    cutmix: float = 0.0  # probability of CutMix per batch (seed 000 used 0.5)
+    mixup: float = 0.0  # probability of MixUp per batch
+    normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
+    strict: bool = False  # refuse to start when the pre-scan finds unreadable files
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 4, f"data.image_size must be >= 4, but got {self.image_size}")
+        _check(self.batch_size >= 1, f"data.batch_size must be >= 1, but got {self.batch_size}")
+        _check(
+            0.0 < self.val_fraction < 1.0,
+            f"data.val_fraction must be in (0, 1), but got {self.val_fraction}",
+        )
+        _choice("data.augment", self.augment, AUGMENT_POLICIES)
+        _choice("data.normalize", self.normalize, NORMALIZE_MODES)
+        for key in ("cutmix", "mixup"):
+            p = getattr(self, key)
+            _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "small_cnn"  # see trainer.list_models(); any timm model name works too
+    dropout: float = 0.0  # dropout before the linear head
+    pretrained: str | None = None  # None, "imagenet", a weights file, or "study:NAME"
+    strategy: str = "full"  # full fine-tune, partial (freeze first stages), linear probe
+    freeze_stages: int = 0  # for strategy=partial: how many leading stages stay frozen
+    width: int = 32  # channel width of the built-in small CNN
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 <= self.dropout < 1.0,
+            f"model.dropout must be in [0, 1), but got {self.dropout}",
+        )
+        _choice("model.strategy", self.strategy, STRATEGIES)
+        _check(
+            self.freeze_stages >= 0,
+            f"model.freeze_stages must be >= 0, but got {self.freeze_stages}",
+        )
+        _check(self.width >= 1, f"model.width must be >= 1, but got {self.width}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ce"  # see trainer.list_losses()
+    smoothing: float = 0.1  # label smoothing epsilon (label_smoothing, ls_focal)
+    gamma: float = 2.0  # focal exponent (focal, ls_focal)
+    alpha: float = 1.0  # focal weight (focal, ls_focal)
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 <= self.smoothing < 1.0,
+            f"loss.smoothing must be in [0, 1), but got {self.smoothing}",
+        )
+        _check(self.gamma >= 0.0, f"loss.gamma must be >= 0, but got {self.gamma}")
+        _check(self.alpha > 0.0, f"loss.alpha must be > 0, but got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # see trainer.list_optimizers()
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd, sam_sgd
+    nesterov: bool = False  # sgd, sam_sgd
+    rho: float = 0.05  # SAM neighbourhood radius (sam_*)
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0.0 and math.isfinite(self.lr), f"optim.lr must be > 0, but got {self.lr}")
+        _check(
+            self.weight_decay >= 0.0,
+            f"optim.weight_decay must be >= 0, but got {self.weight_decay}",
+        )
+        _check(
+            0.0 <= self.momentum < 1.0,
+            f"optim.momentum must be in [0, 1), but got {self.momentum}",
+        )
+        _check(self.rho > 0.0, f"optim.rho must be > 0, but got {self.rho}")
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    name: str = "cosine"  # none, cosine (to min_lr over the epoch budget), plateau
+    min_lr: float = 1e-6  # cosine floor
+    factor: float = 0.5  # plateau: multiply lr by this ...
+    patience: int = 1  # ... after this many epochs without val-acc improvement
+
+    def __post_init__(self) -> None:
+        _choice("sched.name", self.name, SCHEDULERS)
+        _check(0.0 < self.factor < 1.0, f"sched.factor must be in (0, 1), but got {self.factor}")
+        _check(self.patience >= 0, f"sched.patience must be >= 0, but got {self.patience}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = 10  # epoch budget per trial
+    patience: int = 3  # early stopping: epochs without val-acc gain; 0 turns it off
+    seed: int = 0  # model init and batch order; equal seeds give paired comparisons
+    grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
+    accum_steps: int = 1  # gradient accumulation (seed 003 used 2)
+    amp: bool = True  # mixed precision where the device supports it (CUDA)
+    device: str = "auto"  # auto (cuda, mps, cpu) or an explicit torch device
+    channels_last: bool = True  # memory format for conv nets (faster on CPU and GPU)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"train.epochs must be >= 1, but got {self.epochs}")
+        _check(self.patience >= 0, f"train.patience must be >= 0, but got {self.patience}")
+        _check(self.grad_clip >= 0.0, f"train.grad_clip must be >= 0, but got {self.grad_clip}")
+        _check(
+            self.accum_steps >= 1,
+            f"train.accum_steps must be >= 1, but got {self.accum_steps}",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any] | None = None) -> TrainConfig:
+        """Build a config from ``{"optim.lr": 1e-3, ...}``; missing keys keep defaults."""
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in (values or {}).items():
+            section, name = _split_key(key)
+            sections.setdefault(section, {})[name] = _coerce(key, value)
+        kwargs = {}
+        for f in fields(cls):
+            section_cls = _section_types()[f.name]
+            kwargs[f.name] = section_cls(**sections.get(f.name, {}))
+        return cls(**kwargs)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of from_flat: every dotted key with its value (JSON-friendly)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            section = getattr(self, f.name)
+            for sf in fields(section):
+                value = getattr(section, sf.name)
+                out[f"{f.name}.{sf.name}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, values: dict[str, Any]) -> TrainConfig:
+        """A copy with some dotted keys changed."""
+        return TrainConfig.from_flat({**self.to_flat(), **values})
+
+
+def config_keys() -> list[str]:
+    """Every valid dotted key, e.g. ``optim.lr``."""
+    return sorted(TrainConfig().to_flat())
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid dotted config key, else raise a ValueError."""
+    if key not in _key_types():
+        raise unknown_name_error("config key", key, config_keys())
+    return key
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _key_types() -> dict[str, Any]:
+    out = {}
+    for section, section_cls in _section_types().items():
+        hints = typing.get_type_hints(section_cls)
+        for f in fields(section_cls):
+            out[f"{section}.{f.name}"] = hints[f.name]
+    return out
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    check_key(key)
+    section, name = key.split(".", 1)
+    return section, name
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check ``value`` against the field's type; ints widen to floats, lists to tuples."""
+    hint = _key_types()[key]
+    allowed = _allowed_types(hint)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise TypeError(f"{key} must not be empty (got None)")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tuple in allowed and isinstance(value, list | tuple):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{key} must be a list of integers, but got {value!r}")
+        return tuple(value)
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if (
+            t is not bool
+            and t is not tuple
+            and isinstance(value, t)
+            and not isinstance(value, bool)
+        ):
+            return value
+    names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise TypeError(f"{key} must be {names}, but got {value!r} ({type(value).__name__})")
+
+
+def _allowed_types(hint: Any) -> list[type]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        out: list[type] = []
+        for arg in typing.get_args(hint):
+            out.extend(_allowed_types(arg))
+        return out
+    if origin is tuple:
+        return [tuple]
+    return [hint]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise unknown_name_error(key, value, options)
+
+
+__all__ = [
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "SchedConfig",
+    "TrainConfig",
+    "check_key",
+    "config_keys",
+]

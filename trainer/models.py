@@ -1,0 +1,175 @@
+"""Backbones with a Dropout + Linear head: the seeds' small CNN and MLP, and any timm model.
+
+``create_model(cfg, num_classes=..., in_chans=..., image_size=...)`` is the one entry point.
+A backbone is a feature extractor ``[B, C, H, W] -> [B, F]``; the head is always
+``Dropout(p) -> Linear(F, num_classes)`` (seed 000's head), so every backbone gets the same
+searchable dropout and the head can be swapped for transfer learning.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trainer._registry import Registry, unknown_name_error
+from trainer.config import ModelConfig
+
+_BUILTIN: Registry[Callable[..., tuple[nn.Module, int]]] = Registry("backbone")
+
+# timm backbones the seeds used; any other timm name works too (see check_backbone).
+SEED_TIMM_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "efficientnet_b2",
+    "vgg16_bn",
+)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def stages(self) -> list[list[nn.Parameter]]:
+        """Backbone parameters grouped stem-first into stages, for partial freezing."""
+        matcher = getattr(self.backbone, "group_matcher", None)
+        if matcher is not None:  # timm models know their own stages
+            from timm.models import group_parameters
+
+            named = dict(self.backbone.named_parameters())
+            groups = group_parameters(self.backbone, matcher(coarse=True))
+            return [[named[n] for n in names] for _, names in sorted(groups.items())]
+        return [list(m.parameters()) for m in self.backbone.children() if any(m.parameters())]
+
+
+def list_models() -> list[str]:
+    """The built-in backbones and the timm backbones the seeds used."""
+    return sorted({*_BUILTIN.names(), *SEED_TIMM_BACKBONES})
+
+
+def check_backbone(name: str) -> str:
+    """Return ``name`` if it is a built-in or timm backbone, else raise a ValueError."""
+    if name in _BUILTIN or name in _timm_names():
+        return name
+    raise unknown_name_error("backbone", name, [*_BUILTIN.names(), *_timm_names()])
+
+
+@functools.cache
+def _timm_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_models())
+
+
+def create_model(
+    cfg: ModelConfig, *, num_classes: int, in_chans: int = 3, image_size: int = 32
+) -> Classifier:
+    """Build backbone + head. Pretrained weights are loaded by ``trainer.checkpoint``."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, but got {num_classes}")
+    check_backbone(cfg.backbone)
+    if cfg.backbone in _BUILTIN:
+        body, feats = _BUILTIN.get(cfg.backbone)(cfg, in_chans=in_chans, image_size=image_size)
+    else:
+        body, feats = _timm_backbone(cfg, in_chans=in_chans)
+    return Classifier(body, feats, num_classes, cfg.dropout)
+
+
+def _timm_backbone(cfg: ModelConfig, *, in_chans: int) -> tuple[nn.Module, int]:
+    import timm
+
+    imagenet = cfg.pretrained == "imagenet"
+    if imagenet:
+        _check_hub_reachable(cfg.backbone)
+    try:
+        body = timm.create_model(
+            cfg.backbone, pretrained=imagenet, num_classes=0, in_chans=in_chans
+        )
+    except Exception as exc:  # offline hub, missing weights: say what to do instead
+        if not imagenet:
+            raise
+        raise ValueError(
+            f"could not load ImageNet weights for {cfg.backbone!r} ({type(exc).__name__}); "
+            "put them in the Hugging Face cache (HF_HOME) or set model.pretrained to a local "
+            ".safetensors/.pth file"
+        ) from None
+    return body, body.num_features
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail in well under a second when offline and the weights are not cached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        return
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if hub_id:
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(hub_id, filename), str):
+                return
+    raise ValueError(
+        f"ImageNet weights for {name!r} are not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+        "download them once online (or into HF_HOME), or set model.pretrained to a local "
+        ".safetensors/.pth file"
+    )
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+
+
+@_BUILTIN.register("small_cnn")
+def _small_cnn(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
+    """Three conv-BN-ReLU pairs with max-pooling, widths w, 2w, 4w; fast on a CPU."""
+    w = cfg.width
+    layers: list[nn.Module] = []
+    cin = in_chans
+    for cout in (w, 2 * w, 4 * w):
+        stage = nn.Sequential(*_conv_bn(cin, cout), *_conv_bn(cout, cout), nn.MaxPool2d(2))
+        layers.append(stage)
+        cin = cout
+    body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return body, cin
+
+
+@_BUILTIN.register("seed_cnn")
+def _seed_cnn(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
+    """Seed 004's network (PyTorch's CIFAR-10 tutorial CNN): two 5x5 convs with pooling and
+    two hidden linear layers; pooled to 5x5 so it takes any image size."""
+    body = nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_chans, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.AdaptiveAvgPool2d(5),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
+    )
+    return body, 84
+
+
+@_BUILTIN.register("mlp")
+def _mlp(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
+    """Seed 004's baseline: the flattened image into one hidden layer of 255 units."""
+    body = nn.Sequential(
+        nn.Flatten(), nn.Linear(in_chans * image_size * image_size, 255), nn.ReLU(inplace=True)
+    )
+    return body, 255
