@@ -1,0 +1,1 @@
+"""The Optuna side of hpsearch: CLI, study files, storage, objective, reports."""

@@ -1,0 +1,175 @@
+"""The ``search`` command line. Bad input: one ``error: ...`` line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (the running trial is marked failed) but exit code 143."""
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``optim.lr=1e-3`` -> ("optim.lr", 0.001); values are Python/TOML-like literals."""
+    from trainer import check_key
+
+    if "=" not in text:
+        raise ValueError(f"--set expects KEY=VALUE, e.g. optim.lr=1e-3, but got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    check_key(key)
+    return key, parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare word such as adam or resnet18
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, Any]:
+    return dict(parse_assignment(item) for item in items or [])
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from search.run import plan_run, run_study
+    from search.studyfile import load_study
+    from search.summary import print_summary
+
+    spec = load_study(args.study)
+    enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
+    plan = plan_run(
+        spec,
+        storage=args.storage,
+        fixed=parse_assignments(args.set),
+        enqueue=enqueue,
+        data_root=args.data,
+    )
+    if args.trials < 1:
+        raise ValueError(f"--trials must be >= 1, but got {args.trials}")
+    from search.progress import Progress
+
+    study = run_study(
+        plan, n_trials=args.trials, timeout=args.timeout, progress=Progress(quiet=args.quiet)
+    )
+    print_summary(study, plan.url)
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from search.summary import best_record, load_existing_study, print_best
+
+    study, url = load_existing_study(args.study, args.storage)
+    if args.json:
+        print(json.dumps(best_record(study), indent=2))
+    else:
+        print_best(study, url)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from search.summary import print_list
+
+    print_list(args.storage)
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from search.dashboard import launch
+
+    return launch(study=args.study, storage=args.storage, host=args.host, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="search", description="Hyperparameter search and ablation for image classifiers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def storage_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--storage",
+            help="Optuna storage URL (default: $SEARCH_STORAGE, the study file's, "
+            "or sqlite:///hpsearch.db in the working directory)",
+        )
+
+    p = sub.add_parser("run", help="create or resume a study and run it to N finished trials")
+    p.add_argument("--study", required=True, help="study file name (see `search list`)")
+    p.add_argument(
+        "--trials", type=int, required=True, help="finished trials the study should hold"
+    )
+    storage_arg(p)
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
+    p.add_argument(
+        "--enqueue",
+        action="append",
+        metavar="K=V[,K=V...]",
+        help="run this configuration first (a known baseline)",
+    )
+    p.add_argument("--data", help="data root (overrides the study file and its env variable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("best", help="the best trial of a study")
+    p.add_argument("--study", required=True)
+    storage_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_best)
+
+    p = sub.add_parser("list", help="studies in files and in the storage")
+    storage_arg(p)
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
+    p.add_argument("--study", help="study whose storage and artifacts to browse")
+    storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_dashboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    args = build_parser().parse_args(argv)
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:
+        from search.storage import mask_url
+
+        print(f"error: {mask_url(str(exc)).splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    except Terminated:
+        print("\nterminated: the running trial is marked failed; rerun to go on", file=sys.stderr)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running trial is marked failed; rerun to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

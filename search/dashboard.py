@@ -1,0 +1,31 @@
+"""``search dashboard``: optuna-dashboard on 127.0.0.1 (unless asked otherwise)."""
+
+from __future__ import annotations
+
+import sys
+
+from search import storage as storage_mod
+
+
+def launch(*, study: str | None, storage: str | None, host: str, port: int) -> int:
+    from optuna_dashboard import run_server
+
+    study_url = None
+    if study:
+        from search.summary import load_existing_study
+
+        _, url = load_existing_study(study, storage)
+    else:
+        url = storage_mod.resolve_url(storage, study_url)
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, but got {port}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {host}: anyone who can reach it sees the study", file=sys.stderr
+        )
+    print(
+        f"optuna-dashboard for {storage_mod.mask_url(url)} at http://{host}:{port}/",
+        file=sys.stderr,
+    )
+    run_server(storage_mod.open_storage(url), host=host, port=port)
+    return 0

@@ -1,0 +1,102 @@
+"""The Optuna objective: draw a config, train it, store everything the tables need."""
+
+from __future__ import annotations
+
+import math
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import spaces
+import trainer
+from search.progress import Progress
+
+
+class OptunaReporter:
+    """trainer.Reporter that reports val_acc per epoch to the trial and asks about pruning."""
+
+    def __init__(self, trial: optuna.Trial, progress: Progress | None, epochs: int) -> None:
+        self.trial, self.progress, self.epochs = trial, progress, epochs
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.trial.report(metrics["val_acc"], epoch)
+        if self.progress:
+            self.progress.epoch(self.trial.number, epoch, self.epochs, metrics)
+
+    def should_stop(self) -> bool:
+        return self.trial.should_prune()
+
+
+class Objective:
+    def __init__(
+        self,
+        *,
+        space: str,
+        base: dict[str, Any],
+        fixed: dict[str, Any],
+        checkpoint_dir: Path | None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.space, self.base, self.fixed = space, base, fixed
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg, params = spaces.build_config(self.space, trial, base=self.base, fixed=self.fixed)
+        # An enqueued baseline may pin keys the space does not draw (e.g. train.seed).
+        enqueued = trial.user_attrs.get("enqueued", {})
+        extra = {k: v for k, v in enqueued.items() if k not in params and k not in self.fixed}
+        if extra:
+            cfg = cfg.replace(extra)
+        trial.set_user_attr("config", cfg.to_flat())
+        if self.progress:
+            self.progress.trial_start(trial.number, params)
+        ckpt = None
+        if self.checkpoint_dir is not None:
+            ckpt = self.checkpoint_dir / f"trial-{trial.number}.safetensors"
+        try:
+            result = trainer.train(
+                cfg,
+                reporter=OptunaReporter(trial, self.progress, cfg.train.epochs),
+                checkpoint_path=ckpt,
+            )
+        except KeyboardInterrupt:
+            _set_status(trial, "interrupted", "interrupted by the user (Ctrl-C)")
+            raise
+        except Exception as exc:
+            _set_status(trial, "error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise
+        record_result(trial, result)
+        if result.status in ("pruned", "nonfinite_loss"):
+            # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN.
+            raise optuna.TrialPruned(result.reason)
+        value = result.best_val_acc
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"non-finite objective value {value}")
+        return value
+
+
+def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:
+    """Everything later tables need, as JSON user attributes (tables never re-train)."""
+    for key, value in result.summary().items():
+        trial.set_user_attr(key, _finite_or_none(value))
+    trial.set_user_attr(
+        "curves", {k: [_finite_or_none(x) for x in v] for k, v in result.curves().items()}
+    )
+    trial.set_user_attr("setup_seconds", result.setup_seconds)
+    if result.checkpoint:
+        trial.set_user_attr("checkpoint", result.checkpoint)
+
+
+def _set_status(trial: optuna.Trial, status: str, reason: str) -> None:
+    trial.set_user_attr("status", status)
+    trial.set_user_attr("reason", reason)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,125 @@
+"""Read-only views of a study: the best trial, the study list, the end-of-run summary."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from search import storage as storage_mod
+from search.studyfile import list_study_files
+
+
+def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, str]:
+    """Load a study that must already exist (never creates one)."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    study_url = None
+    files = list_study_files()
+    if name in files:
+        from search.studyfile import load_study
+
+        study_url = load_study(name).storage
+    url = storage_mod.resolve_url(storage, study_url)
+    if storage_mod.sqlite_path(url) is not None and not storage_mod.sqlite_path(url).exists():
+        raise ValueError(
+            f"no storage at {storage_mod.sqlite_path(url)}; run `search run --study {name}` "
+            "first or pass --storage"
+        )
+    store = storage_mod.open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if name not in names:
+        from trainer._registry import unknown_name_error
+
+        raise unknown_name_error(f"study in {storage_mod.mask_url(url)}", name, names)
+    return optuna.load_study(study_name=name, storage=store), url
+
+
+def best_record(study: optuna.Study) -> dict[str, Any]:
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(f"study {study.study_name!r} has no complete trial yet") from None
+    attrs = best.user_attrs
+    return {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": best.value,
+        "metric": (study.metric_names or ["value"])[0],
+        "params": best.params,
+        "config": attrs.get("config", {}),
+        "best_epoch": attrs.get("best_epoch"),
+        "epochs_run": attrs.get("epochs_run"),
+        "max_train_acc": attrs.get("max_train_acc"),
+        "train_seconds": attrs.get("train_seconds"),
+        "checkpoint": attrs.get("checkpoint"),
+        "trials": _state_counts(study),
+    }
+
+
+def _state_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def print_best(study: optuna.Study, url: str) -> None:
+    rec = best_record(study)
+    print(f"study      {rec['study']}  ({_fmt_counts(rec['trials'])})")
+    print(f"best       trial {rec['trial']}: {rec['metric']} = {rec['value']:.4f}")
+    print(
+        f"epochs     best {rec['best_epoch']} of {rec['epochs_run']}, "
+        f"{(rec['train_seconds'] or 0):.1f}s training"
+    )
+    width = max((len(k) for k in rec["params"]), default=0)
+    for key, value in rec["params"].items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    if rec["checkpoint"]:
+        print(f"checkpoint {rec['checkpoint']}")
+
+
+def print_summary(study: optuna.Study, url: str) -> None:
+    print()
+    try:
+        print_best(study, url)
+    except ValueError as exc:
+        print(str(exc))
+    print()
+    print("browse it:  " + storage_mod.dashboard_command(url))
+    print(f"      or:  search dashboard --study {study.study_name}")
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def print_list(storage: str | None) -> None:
+    from search.studyfile import load_study
+
+    files = list_study_files()
+    print("study files:")
+    for name, path in files.items():
+        try:
+            spec = load_study(name)
+            desc = spec.description.splitlines()[0] if spec.description else ""
+            print(f"  {name:<18} space={spec.space:<9} {desc}")
+        except (ValueError, TypeError) as exc:
+            print(f"  {name:<18} (invalid: {exc})")
+    url = storage_mod.resolve_url(storage)
+    path = storage_mod.sqlite_path(url)
+    print(f"studies in {storage_mod.mask_url(url)}:")
+    if path is not None and not path.exists():
+        print("  (none yet)")
+        return
+    optuna.logging.set_verbosity(logging.WARNING)
+    summaries = optuna.get_all_study_summaries(storage_mod.open_storage(url))
+    if not summaries:
+        print("  (none yet)")
+    for s in summaries:
+        best = f"best {s.best_trial.value:.4f}" if s.best_trial else "no complete trial"
+        print(f"  {s.study_name:<18} {s.n_trials:>4} trials  {best}")
+
+
+__all__ = ["best_record", "load_existing_study", "print_best", "print_list", "print_summary"]
