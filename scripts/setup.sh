@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
 # Create or refresh the virtual environment at .venv and install hpsearch into it.
 #   bash scripts/setup.sh          # runtime only
-#   bash scripts/setup.sh test     # with the test extras
+#   bash scripts/setup.sh test     # with the test extras, plus Debian's postgresql and
+#                                  # chromium for the database and browser tests (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
-python3 -m venv .venv
-# torch/torchvision pinned to the CUDA builds that run everywhere (they fall back to the CPU);
-# pip reads them from a local wheel cache where one is configured.
+
+if [ "$extras" = "test" ]; then
+  missing=()
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing ${missing[*]} from Debian for the tests" >&2
+      apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${missing[@]}" >/dev/null; }
+    else
+      echo "note: ${missing[*]} missing and not root; their tests will be skipped" >&2
+    fi
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# torch/torchvision pinned to builds that run on CUDA and fall back to the CPU; pip takes them
+# from the local wheel cache where one is configured.
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 if [ -n "$extras" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"

@@ -1,0 +1,73 @@
+"""Shared test setup: offline hub, private storage/cache/study dirs, small helpers."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # timm would otherwise retry the hub for ~47 s
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """No test reads the user's storage, caches or studies, or writes into the repo."""
+    work = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(work)
+    for var in ("SEARCH_STORAGE", "SEARCH_STUDIES", "SEARCH_ARTIFACTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield work
+
+
+@pytest.fixture
+def storage_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+@pytest.fixture
+def write_study(tmp_path, monkeypatch):
+    """write_study(name, toml_text) -> path; the study becomes visible to `search`."""
+    studies = tmp_path / "studies"
+    studies.mkdir(exist_ok=True)
+    monkeypatch.setenv("SEARCH_STUDIES", str(studies))
+
+    def write(name: str, text: str) -> Path:
+        path = studies / f"{name}.toml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+# A digits study small enough for a unit test: 8 px images, tiny CNN, 2-3 epochs.
+TINY_DIGITS = """
+description = "tiny digits for tests"
+space = "digits"
+
+[data]
+name = "digits"
+image_size = 8
+
+[budget]
+epochs = 3
+patience = 2
+
+[sampler]
+name = "random"
+seed = 0
+
+[pruner]
+name = "none"
+
+[fixed]
+"model.backbone" = "small_cnn"
+"model.width" = 8
+"optim.name" = "adam"
+"data.batch_size" = 128
+"""
