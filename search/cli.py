@@ -87,6 +87,67 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from search.inspect import confusion_figure, evaluate_trial, print_evaluation
+    from search.summary import load_existing_study
+
+    study, _ = load_existing_study(args.study, args.storage)
+    report = evaluate_trial(study, args.trial, data_root=args.data)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_evaluation(report)
+    if args.out:
+        confusion_figure(report).write_html(args.out, include_plotlyjs="cdn")
+        print(f"confusion matrix figure: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from search.inspect import predict_folder
+    from search.summary import load_existing_study
+
+    study, _ = load_existing_study(args.study, args.storage)
+    n = predict_folder(study, args.data, args.out, number=args.trial, tta=args.tta)
+    print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from search.ablate import parse_factor, plan_ablation, run_ablation
+    from search.progress import Progress
+    from search.studyfile import load_study
+
+    spec = load_study(args.study)
+    factors = dict(parse_factor(f) for f in args.factor or [])
+    baseline: str | dict[str, Any] | None = args.baseline
+    if baseline is not None and "=" in baseline:
+        baseline = parse_assignments(baseline.split(","))
+    plan = plan_ablation(
+        spec,
+        factors=factors or None,
+        repeats=args.repeats,
+        baseline=baseline,
+        storage=args.storage,
+        data_root=args.data,
+        fixed=parse_assignments(args.set),
+    )
+    study = run_ablation(plan, progress=Progress(quiet=args.quiet))
+    from search.reports import print_ablation
+
+    print_ablation(study)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from search.reports import export_study
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    written = export_study(args.study, storage=args.storage, out_dir=args.out, formats=formats)
+    print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import launch
 
@@ -133,6 +194,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="studies in files and in the storage")
     storage_arg(p)
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("evaluate", help="confusion matrix and per-class accuracy of a trial")
+    p.add_argument("--study", required=True)
+    p.add_argument("--trial", type=int, help="trial number (default: the best)")
+    storage_arg(p)
+    p.add_argument("--data", help="data root, if it moved since the study ran")
+    p.add_argument("--out", help="write the confusion matrix as a plotly HTML figure")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
+    p.add_argument("--study", required=True)
+    p.add_argument("--data", required=True, help="folder of unlabeled images")
+    p.add_argument("--out", required=True, help="CSV to write (file,label)")
+    p.add_argument("--trial", type=int, help="trial number (default: the best)")
+    p.add_argument("--tta", action="store_true", help="average logits over 6 test-time views")
+    storage_arg(p)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("ablate", help="one-factor-at-a-time ablation with repeats")
+    p.add_argument("--study", required=True)
+    p.add_argument(
+        "--factor", action="append", metavar="KEY=V1,V2,...", help="a factor and its values"
+    )
+    p.add_argument("--repeats", type=int, help="runs per value, seeds 0..R-1 (default 3)")
+    p.add_argument(
+        "--baseline",
+        help="best (the study's best trial), defaults (the study's settings), or K=V,K=V",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a setting")
+    storage_arg(p)
+    p.add_argument("--data", help="data root (overrides the study file)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser("export", help="tables and figures of a study and its ablation")
+    p.add_argument("--study", required=True)
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--format", default="md,csv,tex,html,json", help="comma-separated formats")
+    storage_arg(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
     p.add_argument("--study", help="study whose storage and artifacts to browse")

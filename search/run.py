@@ -18,6 +18,7 @@ from search import storage as storage_mod
 from search.algorithms import create_pruner, create_sampler
 from search.objective import Objective
 from search.progress import Progress
+from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -50,7 +51,8 @@ def plan_run(
     storage_mod.check_url(url)
     spaces.get_space(spec.space)
     base = spec.base_config(data_root=data_root)
-    pinned = {**spec.fixed, **(fixed or {})}
+    spec.check_data_root(base)
+    pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
     cfg, _ = spaces.build_config(spec.space, None, base=base, fixed=pinned)
     for key, value in pinned.items():
         if key == "model.backbone":

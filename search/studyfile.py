@@ -19,7 +19,7 @@ from trainer._registry import unknown_name_error
 
 PACKAGE_STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
-_TOP_KEYS = {
+_TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "description": str,
     "space": str,
@@ -72,6 +72,17 @@ class StudySpec:
         if "patience" in self.budget:
             base["train.patience"] = self.budget["patience"]
         return base
+
+    def check_data_root(self, base: dict[str, Any]) -> None:
+        """A missing data folder is named with where to put it, before anything runs."""
+        root = base.get("data.root")
+        if root is None or Path(root).exists():
+            return
+        how = "pass --data DIR" + (f" or set {self.root_env}" if self.root_env else "")
+        raise ValueError(
+            f"data for study {self.name!r} not found at {root}: put the images there "
+            f"(one subfolder per class), or {how}"
+        )
 
 
 def study_dirs() -> list[Path]:
@@ -145,6 +156,7 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
     for section in ("sampler", "pruner"):
         if section in raw and not isinstance(raw[section].get("name"), str):
             raise ValueError(f'{where}: [{section}] needs a name, e.g. name = "tpe"')
+    _check_ablation(raw.get("ablation", {}), f"{where} [ablation]")
     direction = raw.get("direction", "maximize")
     if direction not in ("maximize", "minimize"):
         raise unknown_name_error("direction", direction, ["maximize", "minimize"])
@@ -169,6 +181,29 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
     )
 
 
+_ABLATION_KEYS = {"repeats": int, "baseline": (str, dict), "fixed": dict, "factors": dict}
+
+
+def _check_ablation(section: dict[str, Any], where: str) -> None:
+    _check_keys(section, _ABLATION_KEYS, where)
+    for key in section.get("fixed", {}):
+        _in_file(where, "fixed", lambda k=key: check_key(k))
+    baseline = section.get("baseline")
+    if isinstance(baseline, dict):
+        for key in baseline:
+            _in_file(where, "baseline", lambda k=key: check_key(k))
+    elif baseline is not None and baseline not in ("best", "defaults"):
+        raise ValueError(
+            f"{where}: baseline must be best, defaults or a table, but got {baseline!r}"
+        )
+    for key, values in section.get("factors", {}).items():
+        _in_file(where, "factors", lambda k=key: check_key(k))
+        if not isinstance(values, list) or len(values) < 2:
+            raise TypeError(
+                f"{where}: factor {key} needs a list of >= 2 values, but got {values!r}"
+            )
+
+
 def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str) -> None:
     if not isinstance(table, dict):
         raise TypeError(f"{where} must be a table, but got {table!r}")
@@ -177,8 +212,9 @@ def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str) -> N
             raise unknown_name_error(f"key in {where}", key, schema)
         want = schema[key]
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
             raise TypeError(
-                f"{where}: {key} must be {want.__name__}, but got {value!r} ({type(value).__name__})"
+                f"{where}: {key} must be {names}, but got {value!r} ({type(value).__name__})"
             )
 
 

@@ -55,9 +55,20 @@ def transfer_space(s: ParamDraw) -> None:
     """Fine-tuning from pretrained weights (seeds 001, 004): strategy, lr, batch size,
     optimizer, loss, dropout and backbone; the pretrained source is a study setting."""
     if s.choice("model.strategy", ["full", "partial", "linear_probe"]) == "partial":
-        s.int("model.freeze_stages", 1, 3)
+        s.int("model.freeze_stages", 1, 2)  # every backbone has >= 3 stages
     s.choice("data.batch_size", [16, 32, 64, 128])
     _optimizer(s, ["sgd", "adam", "adamw"], lr=(1e-5, 1e-2))
     _loss(s, ["ce", "label_smoothing", "focal"])
     s.float("model.dropout", 0.0, 0.6)
+    s.choice("model.backbone", ["resnet18", "resnet50", "resnet101"])
+
+
+@register_space("resnets")
+def resnets_space(s: ParamDraw) -> None:
+    """Seed 001's from-scratch comparison: ResNet-18/50/101 with the usual training knobs."""
+    s.choice("data.batch_size", [16, 32, 64, 128])
+    _optimizer(s, ["sgd", "adam", "adamw", "sam_sgd"], lr=(1e-4, 1e-1))
+    s.float("model.dropout", 0.0, 0.6)
+    _loss(s, ["ce", "label_smoothing", "focal", "ls_focal"])
+    s.choice("sched.name", ["cosine", "plateau"])
     s.choice("model.backbone", ["resnet18", "resnet50", "resnet101"])

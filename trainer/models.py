@@ -52,7 +52,7 @@ class Classifier(nn.Module):
             named = dict(self.backbone.named_parameters())
             groups = group_parameters(self.backbone, matcher(coarse=True))
             return [[named[n] for n in names] for _, names in sorted(groups.items())]
-        return [list(m.parameters()) for m in self.backbone.children() if any(m.parameters())]
+        return [ps for m in self.backbone.children() if (ps := list(m.parameters()))]
 
 
 def list_models() -> list[str]:

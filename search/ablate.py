@@ -1,0 +1,246 @@
+"""``search ablate``: one-factor-at-a-time ablations with repeats, stored as an Optuna study.
+
+Arms: a baseline configuration, and for each factor each value with everything else held at
+the baseline. Repeat r of every arm trains with seed r, so arms share initial weights and batch
+order per repeat (a paired design). Every run is a trial of the companion study
+``<study>.ablation`` in the same storage, tagged with factor, value and repeat: the dashboard
+shows them, an interrupted ablation resumes with only the missing runs, and tables are
+recomputed from storage alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+import spaces
+import trainer
+from search import storage as storage_mod
+from search.objective import OptunaReporter, record_result
+from search.progress import Progress
+from search.sources import resolve_pretrained
+from search.studyfile import StudySpec
+
+SUFFIX = ".ablation"
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned = diverged (non-finite loss)
+
+
+def companion_name(study: str) -> str:
+    return study + SUFFIX
+
+
+@dataclass(frozen=True)
+class Arm:
+    factor: str  # dotted key, or "baseline"
+    value: Any
+    config: dict[str, Any]  # the full flat TrainConfig
+
+    @property
+    def key(self) -> str:
+        """Identical configurations share runs (a factor value equal to the baseline's)."""
+        blob = json.dumps(
+            {k: v for k, v in self.config.items() if k != "train.seed"}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class AblationPlan:
+    spec: StudySpec
+    url: str
+    baseline: dict[str, Any]
+    arms: list[Arm]
+    repeats: int
+    baseline_source: str
+
+
+def parse_factor(text: str) -> tuple[str, list[Any]]:
+    """``optim.lr=1e-5,1e-4`` -> ("optim.lr", [1e-05, 0.0001])."""
+    from search.cli import parse_value
+
+    if "=" not in text:
+        raise ValueError(f"--factor expects KEY=V1,V2,..., e.g. optim.lr=1e-4,1e-3, got {text!r}")
+    key, raw = (p.strip() for p in text.split("=", 1))
+    trainer.check_key(key)
+    values = [parse_value(v.strip()) for v in raw.split(",") if v.strip()]
+    if len(values) < 2:
+        raise ValueError(f"--factor {key} needs at least two values, but got {raw!r}")
+    return key, values
+
+
+def plan_ablation(
+    spec: StudySpec,
+    *,
+    factors: dict[str, list[Any]] | None = None,
+    repeats: int | None = None,
+    baseline: str | dict[str, Any] | None = None,
+    storage: str | None = None,
+    data_root: str | None = None,
+    fixed: dict[str, Any] | None = None,
+) -> AblationPlan:
+    """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation])."""
+    section = spec.ablation
+    factors = factors or {k: list(v) for k, v in section.get("factors", {}).items()}
+    if not factors:
+        raise ValueError(
+            f"no ablation factors: pass --factor KEY=V1,V2 or add [ablation.factors] to {spec.path}"
+        )
+    repeats = repeats if repeats is not None else int(section.get("repeats", 3))
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, but got {repeats}")
+    url = storage_mod.resolve_url(storage, spec.storage)
+    storage_mod.check_url(url)
+    base = spec.base_config(data_root=data_root)
+    spec.check_data_root(base)
+    pinned = {**spec.fixed, **section.get("fixed", {}), **(fixed or {})}
+    pinned = resolve_pretrained(pinned, url)
+    baseline = baseline if baseline is not None else section.get("baseline", "defaults")
+    source = baseline if isinstance(baseline, str) else "given values"
+    if baseline == "best":
+        cfg = _best_config(spec.name, url)
+        cfg = cfg.replace({k: v for k, v in {**base, **pinned}.items() if k.startswith("train.")})
+    else:
+        given = baseline if isinstance(baseline, dict) else {}
+        if isinstance(baseline, str) and baseline != "defaults":
+            raise ValueError(
+                f"--baseline must be best, defaults or KEY=VALUE pairs, but got {baseline!r}"
+            )
+        cfg, _ = spaces.build_config(spec.space, None, base=base, fixed={**pinned, **given})
+    trainer.check_backbone(cfg.model.backbone)
+    flat = cfg.to_flat()
+    arms = [Arm("baseline", "baseline", flat)]
+    for key, values in factors.items():
+        trainer.check_key(key)
+        for value in values:
+            arm_cfg = cfg.replace({key: value})  # validates the value
+            if key == "model.backbone":
+                trainer.check_backbone(value)
+            arms.append(Arm(key, value, arm_cfg.to_flat()))
+    trainer.load_data(cfg.data)
+    return AblationPlan(spec, url, flat, arms, repeats, source)
+
+
+def _best_config(study_name: str, url: str) -> trainer.TrainConfig:
+    from search.summary import load_existing_study
+
+    study, _ = load_existing_study(study_name, url)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(
+            f"study {study_name!r} has no complete trial to use as the baseline; "
+            "run it first or pass --baseline defaults"
+        ) from None
+    return trainer.TrainConfig.from_flat(best.user_attrs["config"])
+
+
+def open_companion(plan: AblationPlan) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=companion_name(plan.spec.name),
+        storage=storage_mod.open_storage(plan.url),
+        sampler=optuna.samplers.RandomSampler(seed=0),  # never consulted: every run is fixed
+        pruner=optuna.pruners.NopPruner(),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    study.set_user_attr("ablation_of", plan.spec.name)
+    study.set_user_attr("baseline", plan.baseline)
+    study.set_user_attr("baseline_source", plan.baseline_source)
+    study.set_user_attr("repeats", plan.repeats)
+    study.set_user_attr(
+        "arms", [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms]
+    )
+    return study
+
+
+def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> optuna.Study:
+    """Train every missing (arm, repeat); finished runs are never redone."""
+    optuna.logging.set_verbosity(logging.ERROR)
+    progress = progress or Progress()
+    study = open_companion(plan)
+    done = {
+        (t.user_attrs.get("arm"), t.user_attrs.get("repeat"))
+        for t in study.get_trials(deepcopy=False, states=DONE)
+    }
+    unique: dict[str, Arm] = {}
+    for arm in plan.arms:
+        unique.setdefault(arm.key, arm)
+    todo = [
+        (arm, r) for arm in unique.values() for r in range(plan.repeats) if (arm.key, r) not in done
+    ]
+    total = len(unique) * plan.repeats
+    progress.wanted = total
+    progress.message(
+        f"ablation {companion_name(plan.spec.name)!r}: {len(unique)} configurations x "
+        f"{plan.repeats} repeats, {total - len(todo)} already done; "
+        f"storage {storage_mod.mask_url(plan.url)}"
+    )
+    finished = total - len(todo)
+    for arm, repeat in todo:
+        _run_one(study, arm, repeat, progress)
+        finished += 1
+        last = study.get_trials(deepcopy=False)[-1]
+        value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
+        progress.trial_end(finished, f"{_label(arm)} repeat {repeat}: {value}", "")
+    return study
+
+
+def _label(arm: Arm) -> str:
+    return "baseline" if arm.factor == "baseline" else f"{arm.factor}={arm.value}"
+
+
+def _run_one(study: optuna.Study, arm: Arm, repeat: int, progress: Progress) -> None:
+    cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
+    trial = study.ask()
+    trial.set_user_attr("arm", arm.key)
+    trial.set_user_attr("factor", arm.factor)
+    trial.set_user_attr("value", arm.value)
+    trial.set_user_attr("repeat", repeat)
+    trial.set_user_attr("config", cfg.to_flat())
+    # Record the arm as trial params, so the dashboard's tables and filters show it.
+    trial.suggest_categorical("arm", [_label(arm)])
+    trial.suggest_int("repeat", repeat, repeat)
+    progress.trial_start(trial.number, {"arm": _label(arm), "repeat": repeat})
+    try:
+        result = trainer.train(cfg, reporter=OptunaReporter(trial, progress, cfg.train.epochs))
+    except KeyboardInterrupt:
+        trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:
+        trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    record_result(trial, result)
+    if result.status == "nonfinite_loss" or not math.isfinite(result.best_val_acc):
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, result.best_val_acc)
+
+
+def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
+    """From storage only: one record per arm with its per-repeat runs, in plan order."""
+    by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for t in study.get_trials(deepcopy=False, states=DONE):
+        a = t.user_attrs
+        by_arm.setdefault(a["arm"], {})[a["repeat"]] = {
+            "repeat": a["repeat"],
+            "max_train_acc": a.get("max_train_acc"),
+            "max_val_acc": a.get("best_val_acc"),
+            "final_val_acc": a.get("final_val_acc"),
+            "train_seconds": a.get("train_seconds"),
+            "epochs_run": a.get("epochs_run"),
+            "status": a.get("status"),
+            "curves": a.get("curves", {}),
+        }
+    return [
+        {**arm, "runs": [by_arm.get(arm["arm"], {})[r] for r in sorted(by_arm.get(arm["arm"], {}))]}
+        for arm in study.user_attrs.get("arms", [])
+    ]
