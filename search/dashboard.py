@@ -10,13 +10,12 @@ from search import storage as storage_mod
 def launch(*, study: str | None, storage: str | None, host: str, port: int) -> int:
     from optuna_dashboard import run_server
 
-    study_url = None
     if study:
         from search.summary import load_existing_study
 
         _, url = load_existing_study(study, storage)
     else:
-        url = storage_mod.resolve_url(storage, study_url)
+        url = storage_mod.resolve_url(storage)
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, but got {port}")
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -27,5 +26,8 @@ def launch(*, study: str | None, storage: str | None, host: str, port: int) -> i
         f"optuna-dashboard for {storage_mod.mask_url(url)} at http://{host}:{port}/",
         file=sys.stderr,
     )
-    run_server(storage_mod.open_storage(url), host=host, port=port)
+    from search.notes import artifact_store
+
+    store = artifact_store(storage_mod.artifact_store_dir(url))
+    run_server(storage_mod.open_storage(url), host=host, port=port, artifact_store=store)
     return 0

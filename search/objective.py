@@ -11,6 +11,7 @@ import optuna
 
 import spaces
 import trainer
+from search.notes import annotate_trial, note_failure
 from search.progress import Progress
 
 
@@ -38,9 +39,11 @@ class Objective:
         fixed: dict[str, Any],
         checkpoint_dir: Path | None,
         progress: Progress | None = None,
+        artifact_root: Path | None = None,
     ) -> None:
         self.space, self.base, self.fixed = space, base, fixed
         self.checkpoint_dir = checkpoint_dir
+        self.artifact_root = artifact_root
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -66,10 +69,13 @@ class Objective:
             _set_status(trial, "interrupted", "interrupted by the user (Ctrl-C)")
             raise
         except Exception as exc:
-            _set_status(trial, "error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            _set_status(trial, "error", reason)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            note_failure(trial, cfg, status="error", reason=reason)
             raise
         record_result(trial, result)
+        annotate_trial(trial, cfg, result, store_root=self.artifact_root)
         if result.status in ("pruned", "nonfinite_loss"):
             # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN.
             raise optuna.TrialPruned(result.reason)

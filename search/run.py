@@ -114,6 +114,7 @@ def run_study(
         fixed=plan.fixed,
         checkpoint_dir=ckpt_dir,
         progress=progress,
+        artifact_root=storage_mod.artifact_store_dir(plan.url),
     )
     progress.wanted = n_trials
     done = finished_count(study)

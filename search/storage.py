@@ -112,13 +112,21 @@ def artifact_dir(url: str, study_name: str) -> Path:
     return root / study_slug(study_name)
 
 
+def artifact_store_dir(url: str) -> Path:
+    """One artifact store per storage (optuna-dashboard's --artifact-dir)."""
+    return artifact_dir(url, "_").parent / "artifact-store"
+
+
 def study_slug(name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60].strip("._") or "study"
     return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {mask_url(url)} --host 127.0.0.1"
+    return (
+        f"optuna-dashboard {mask_url(url)} --host 127.0.0.1 "
+        f"--artifact-dir {artifact_store_dir(url)}"
+    )
 
 
 def _where(url: str) -> str:

@@ -1,0 +1,136 @@
+"""What optuna-dashboard shows beyond Optuna's own data: a note per finished trial (config,
+status and reason, timings) and artifacts (learning curve, confusion matrix, checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import trainer
+
+log = logging.getLogger("hpsearch")
+MAX_CHECKPOINT_ARTIFACT = 200 * 2**20  # bigger checkpoints stay in the checkpoint folder only
+
+
+def artifact_store(root: Path) -> optuna.artifacts.FileSystemArtifactStore:
+    root.mkdir(parents=True, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(str(root))
+
+
+def trial_note(
+    cfg: trainer.TrainConfig, result: trainer.TrainResult | None, *, status: str, reason: str
+) -> str:
+    lines = [f"**{status}**: {reason}", ""]
+    if result is not None and result.history:
+        s = result.summary()
+        lines += [
+            f"best val_acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of "
+            f"{s['epochs_run']}; max train_acc {s['max_train_acc']:.4f}",
+            f"training {result.train_seconds:.1f}s, set-up {result.setup_seconds:.1f}s",
+            "",
+        ]
+    lines += ["| parameter | value |", "|---|---|"]
+    lines += [f"| `{k}` | {_cell(v)} |" for k, v in cfg.to_flat().items()]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|")
+
+
+def curve_figure(history: list[dict[str, float]], title: str):
+    import plotly.graph_objects as go
+
+    epochs = [h["epoch"] for h in history]
+    fig = go.Figure()
+    for key, dash in (("train_acc", "dot"), ("val_acc", "solid")):
+        fig.add_scatter(x=epochs, y=[h[key] for h in history], name=key, line_dash=dash)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title="accuracy")
+    return fig
+
+
+def annotate_trial(
+    trial: optuna.Trial,
+    cfg: trainer.TrainConfig,
+    result: trainer.TrainResult,
+    *,
+    store_root: Path | None,
+) -> None:
+    """Best effort: a failure here is logged and never fails the trial."""
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(trial, trial_note(cfg, result, status=result.status, reason=result.reason))
+        if store_root is None or not result.history:
+            return
+        store = artifact_store(store_root)
+        with tempfile.TemporaryDirectory() as tmp:
+            curve = Path(tmp) / f"learning-curve-trial-{trial.number}.html"
+            curve_figure(result.history, f"trial {trial.number}").write_html(
+                curve, include_plotlyjs="cdn"
+            )
+            _upload(store, trial, curve, "text/html")
+            cm_path = _confusion_csv(cfg, result, Path(tmp), trial.number)
+            if cm_path is not None:
+                _upload(store, trial, cm_path, "text/csv")
+        ckpt = result.checkpoint
+        if ckpt and _beats_best(trial, result) and os.path.getsize(ckpt) <= MAX_CHECKPOINT_ARTIFACT:
+            _upload(store, trial, Path(ckpt), "application/octet-stream")
+    except Exception as exc:  # the dashboard extras must never cost a trial
+        log.warning("could not annotate trial %d for the dashboard: %s", trial.number, exc)
+
+
+def note_failure(
+    trial: optuna.Trial, cfg: trainer.TrainConfig, *, status: str, reason: str
+) -> None:
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(trial, trial_note(cfg, None, status=status, reason=reason))
+    except Exception as exc:
+        log.warning("could not annotate trial %d for the dashboard: %s", trial.number, exc)
+
+
+def _beats_best(trial: optuna.Trial, result: trainer.TrainResult) -> bool:
+    """Only a new best trial gets its weights copied into the artifact store."""
+    try:
+        best = trial.study.best_value
+    except ValueError:
+        return True
+    if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE:
+        return result.best_val_acc > best
+    return result.best_val_acc < best
+
+
+def _upload(store, trial: optuna.Trial, path: Path, mimetype: str) -> None:
+    optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mimetype
+    )
+
+
+def _confusion_csv(
+    cfg: trainer.TrainConfig, result: trainer.TrainResult, tmp: Path, number: int
+) -> Path | None:
+    from trainer.evaluate import confusion_matrix, predict_logits
+
+    if result.model is None:
+        return None
+    data = trainer.load_data(cfg.data)
+    logits = predict_logits(result.model, data.x_val, mean=data.mean, std=data.std)
+    if logits.numel() == 0 or not math.isfinite(float(logits.sum())):
+        return None
+    cm = confusion_matrix(data.y_val, logits.argmax(1), data.num_classes)
+    path = tmp / f"confusion-matrix-trial-{number}.csv"
+    names = data.class_names
+    rows = ["true\\predicted," + ",".join(names)]
+    rows += [f"{names[i]}," + ",".join(str(int(v)) for v in cm[i]) for i in range(len(names))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
