@@ -18,6 +18,7 @@ def launch(*, study: str | None, storage: str | None, host: str, port: int) -> i
         url = storage_mod.resolve_url(storage)
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, but got {port}")
+    _check_port_free(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"warning: serving on {host}: anyone who can reach it sees the study", file=sys.stderr
@@ -31,3 +32,15 @@ def launch(*, study: str | None, storage: str | None, host: str, port: int) -> i
     store = artifact_store(storage_mod.artifact_store_dir(url))
     run_server(storage_mod.open_storage(url), host=host, port=port, artifact_store=store)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"cannot serve on {host}:{port} ({exc.strerror}); pass another --port"
+            ) from None
