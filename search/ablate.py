@@ -204,9 +204,9 @@ def _run_one(study: optuna.Study, arm: Arm, repeat: int, progress: Progress) -> 
     trial.set_user_attr("value", arm.value)
     trial.set_user_attr("repeat", repeat)
     trial.set_user_attr("config", cfg.to_flat())
-    # Record the arm as trial params, so the dashboard's tables and filters show it.
-    trial.suggest_categorical("arm", [_label(arm)])
-    trial.suggest_int("repeat", repeat, repeat)
+    # The arm lives in user attributes, not params: a categorical param's choices could not
+    # change when a later rerun adds factor values.
+    trial.set_user_attr("label", _label(arm))
     progress.trial_start(trial.number, {"arm": _label(arm), "repeat": repeat})
     try:
         result = trainer.train(cfg, reporter=OptunaReporter(trial, progress, cfg.train.epochs))
