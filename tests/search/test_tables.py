@@ -1,0 +1,392 @@
+"""search.tables: the seeds' layouts from run records, and every export format parses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from search.stats import mean_ci, paired_difference
+from search.tables import (
+    DELTA_LABEL,
+    FORMATS,
+    Table,
+    expected_max_table,
+    factor_table,
+    latex_escape,
+    loss_table,
+    parse_formats,
+    slugify,
+    write_tables,
+)
+
+
+def run(repeat, train, val, final, secs, epochs=10):
+    return {
+        "repeat": repeat,
+        "max_train_acc": train,
+        "max_val_acc": val,
+        "final_val_acc": final,
+        "train_seconds": secs,
+        "epochs_run": epochs,
+    }
+
+
+# Seed 004's batch-size table (one run each there), with two more repeats around it.
+BATCH_RUNS = {
+    "8": [
+        run(0, 0.92089, 0.74548, 0.740, 21.68),
+        run(1, 0.91500, 0.75000, 0.745, 21.90),
+        run(2, 0.92500, 0.74000, 0.738, 21.50),
+    ],
+    "64": [
+        run(0, 0.85134, 0.71653, 0.710, 19.79),
+        run(1, 0.85000, 0.72000, 0.715, 19.90),
+        run(2, 0.86000, 0.71000, 0.705, 19.50),
+    ],
+    "256": [run(0, 0.73596, 0.65983, 0.650, 19.63, epochs=10)],
+}
+
+
+@pytest.fixture
+def batch_table() -> Table:
+    return factor_table("data.batch_size", ["8", "64", "256"], BATCH_RUNS, baseline_value="8")
+
+
+def test_factor_table_seed_004_layout(batch_table):
+    t = batch_table
+    assert t.headers == ["data.batch_size", "8", "64", "256"]
+    assert [r[0] for r in t.rows] == [
+        "Max training accuracy",
+        "Max validation accuracy",
+        "Final validation accuracy",
+        "Training time (s)",
+        "Epochs run",
+        DELTA_LABEL,
+    ]
+    expected = mean_ci([0.92089, 0.915, 0.925]).format(scale=100)
+    assert t.rows[0][1] == expected and expected.endswith("(n=3)")
+    assert t.rows[0][3] == "73.60 (n=1)"  # seed 004: 73.596
+    assert t.rows[1][3] == "65.98 (n=1)"  # seed 004: 65.983
+    assert t.rows[3][3] == "19.6 (n=1)"
+    # the difference row: baseline shows a dash, others the paired test by repeat
+    delta = t.rows[-1]
+    assert delta[1] == "—"
+    ref = paired_difference([0.710, 0.715, 0.705], [0.740, 0.745, 0.738])
+    assert delta[2] == ref.format(scale=100)
+    assert delta[3] == "-9.00 (n=1)"  # only repeat 0 pairs up
+    raw = t.raw[-1][2]
+    assert raw["mean"] == pytest.approx(ref.mean_diff * 100)
+    assert raw["p_value"] == pytest.approx(ref.p_value)
+    assert t.raw[-1][1] is None
+
+
+def test_factor_table_pairs_by_repeat_and_skips_missing():
+    runs = {
+        "a": [run(0, 0.9, 0.8, 0.80, 1.0), run(1, 0.9, 0.8, 0.82, 1.0), run(2, 0.9, 0.8, 0.81, 1)],
+        # repeat 0 missing, repeat 2 diverged (nan), listed out of order
+        "b": [
+            run(2, 0.9, 0.8, math.nan, 1.0),
+            run(1, 0.9, 0.8, 0.85, 1.0),
+            run(3, 0.9, 0.8, 0.9, 1),
+        ],
+    }
+    t = factor_table("x", ["a", "b"], runs, baseline_value="a")
+    assert t.rows[-1][2] == "+3.00 (n=1)"  # only repeat 1 is on both sides
+    assert t.rows[2][2].endswith("(n=2)")  # the nan run is left out of the mean
+    missing = {"a": runs["a"], "b": [{"repeat": 0, "final_val_acc": None}]}
+    t = factor_table("x", ["a", "b"], missing, baseline_value="a")
+    assert t.rows[0][2] == "—" and t.rows[-1][2] == "—"
+
+
+@pytest.mark.parametrize(
+    "values, runs, baseline, match",
+    [
+        (["a", "b"], {"a": []}, "a", "no runs entry"),
+        (["a", "b"], {"a": [], "b": []}, "c", "baseline_value 'c'"),
+        (["a", "a"], {"a": []}, "a", "repeated values"),
+        ([], {}, "a", "at least one value"),
+        (["a", "b"], {"a": [{"final_val_acc": 0.5}], "b": []}, "a", "must carry 'repeat'"),
+        (["a", "b"], {"a": [run(0, 1, 1, 1, 1)] * 2, "b": []}, "a", "repeat 0 twice"),
+    ],
+)
+def test_factor_table_bad_input(values, runs, baseline, match):
+    with pytest.raises(ValueError, match=match):
+        factor_table("x", values, runs, baseline_value=baseline)
+
+
+def test_loss_table_seed_003():
+    runs = {
+        "CrossEntropyLoss": [{"repeat": 0, "final_val_acc": 0.9133}],
+        "Focal Loss": [{"repeat": 0, "final_val_acc": 0.9067}],
+        "Label Smoothing Loss": [{"repeat": 0, "final_val_acc": 0.9033}],
+    }
+    t = loss_table(runs)
+    assert t.headers == ["Loss", "Final validation accuracy (%)", "n"]
+    assert t.rows == [
+        ["CrossEntropyLoss", "91.33", "1"],
+        ["Focal Loss", "90.67", "1"],
+        ["Label Smoothing Loss", "90.33", "1"],
+    ]
+    runs["Focal Loss"].append({"repeat": 1, "final_val_acc": 0.9})
+    assert loss_table(runs).rows[1][1] == mean_ci([0.9067, 0.9]).format(scale=100, show_n=False)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        loss_table(runs, metric="train_seconds")
+
+
+def test_expected_max_table():
+    t = expected_max_table([0.5, 0.7, 0.9, 0.8, 0.6], [1, 2, 5])
+    assert [r[0] for r in t.rows] == ["1", "2", "5"]
+    assert t.rows[0][1] == "70.00"  # k = 1: the mean
+    assert t.raw[1][0] == 2 and isinstance(t.raw[1][1], float)
+    with pytest.raises(ValueError, match="k must be"):
+        expected_max_table([0.5], [0])
+
+
+def test_table_shape_checked():
+    with pytest.raises(ValueError, match="row 0 has 1 cells for 2 headers"):
+        Table("t", ["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="raw must have the shape"):
+        Table("t", ["a"], [["x"]], raw=[])
+    with pytest.raises(TypeError, match="cells must be str"):
+        Table("t", ["a"], [[1.5]])
+
+
+# -- every format parses -----------------------------------------------------------------
+
+
+@pytest.fixture
+def nasty_table() -> Table:
+    """Every character the renderers must escape, nan/inf/None raw values, a duplicate header."""
+    return Table(
+        title="Weird: 100% a_b & c#1 | {x} <b>",
+        headers=["name", "value", "value", "note"],
+        rows=[
+            ["a|b", "1.50", "nan", 'x < y & "q" \\ ~ ^ $'],
+            ["multi\nline", "—", "inf", "±Δ"],
+        ],
+        raw=[
+            ["a|b", 1.5, math.nan, 'x < y & "q" \\ ~ ^ $'],
+            ["multi\nline", None, math.inf, "±Δ"],
+        ],
+        notes=["50% of {notes} & more"],
+    )
+
+
+def all_tables(batch_table, nasty_table):
+    return [
+        batch_table,
+        nasty_table,
+        loss_table({"ce": [{"repeat": 0, "final_val_acc": 0.9}]}),
+        expected_max_table([0.5, 0.9], [1, 2]),
+        Table("empty", ["only"], []),
+    ]
+
+
+def md_cells(line: str) -> list[str]:
+    assert line.startswith("|") and line.endswith("|"), line
+    return re.split(r"(?<!\\)\|", line[1:-1])
+
+
+def check_markdown(table: Table, text: str) -> None:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert len(lines) == len(table.rows) + 2  # header, rule, rows
+    for ln in lines:
+        assert len(md_cells(ln)) == len(table.headers), ln
+    assert all(re.fullmatch(r"-+:?", c) for c in md_cells(lines[1]))
+
+
+def check_latex(table: Table, text: str) -> None:
+    unescaped = re.sub(r"\\[{}]", "", text)
+    depth = 0
+    for ch in unescaped:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", text).group(1)
+    assert len(spec) == len(table.headers)
+    body = text.split("\\midrule\n")[1].split("\\bottomrule")[0]
+    head = text.split("\\toprule\n")[1].split("\\midrule")[0]
+    rows = [ln for ln in (head + body).splitlines() if ln.strip()]
+    assert len(rows) == len(table.rows) + 1
+    for ln in rows:
+        assert ln.endswith(r" \\")
+        assert len(re.findall(r"(?<!\\)&", ln)) == len(table.headers) - 1, ln
+    printed = re.sub(r"\\label\{[^}]*\}", "", text)  # a label may hold "_"; cells may not
+    printed = printed.replace(r"$\pm$", "").replace(r"$\Delta$", "").replace(" & ", " ")
+    assert not re.search(r"(?<!\\)[%_#&$]", printed)
+    assert "±" not in text and "Δ" not in text
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.stack: list[str] = []
+        self.in_foot = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta",):
+            self.stack.append(tag)
+        if tag == "tfoot":
+            self.in_foot = True
+        if tag == "tr" and not self.in_foot:
+            self.rows.append([])
+        if tag in ("td", "th") and not self.in_foot:
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, tag
+        if tag == "tfoot":
+            self.in_foot = False
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] in ("td", "th") and not self.in_foot:
+            self.rows[-1][-1] += data
+
+
+def check_html(table: Table, text: str) -> None:
+    fragment = table.to_html()
+    root = ET.fromstring(fragment)  # the embeddable part is well-formed XML
+    assert root.tag == "table"
+    assert len(root.find("thead").find("tr")) == len(table.headers)
+    body = root.find("tbody")
+    assert [[td.text or "" for td in tr] for tr in body] == table.rows
+    parser = _Collect()
+    parser.feed(text)  # the standalone file: balanced tags, same cells
+    parser.close()
+    assert not parser.stack
+    assert parser.rows == [table.headers, *table.rows]
+    assert "<b>" not in text
+
+
+def check_csv(table: Table, text: str) -> None:
+    rows = list(csv.reader(io.StringIO(text)))
+    assert len(rows) == len(table.rows) + 1
+    assert len({len(r) for r in rows}) == 1
+    assert len(rows[0]) >= len(table.headers)
+
+
+def check_json(table: Table, text: str) -> None:
+    data = json.loads(text)  # strict: no NaN/Infinity tokens (allow_nan=False on writing)
+    assert data["title"] == table.title
+    assert data["headers"] == table.headers
+    assert data["display"] == table.rows
+    assert len(data["records"]) == len(table.rows)
+    for rec in data["records"]:
+        assert len(rec) == len(table.headers)
+
+
+CHECKS = {"md": check_markdown, "tex": check_latex, "html": check_html, "csv": check_csv}
+CHECKS["json"] = check_json
+
+
+def test_every_format_parses(tmp_path, batch_table, nasty_table):
+    tables = all_tables(batch_table, nasty_table)
+    paths = write_tables(tables, tmp_path / "out", list(FORMATS))
+    assert len(paths) == len(tables) * len(FORMATS)
+    assert len(set(paths)) == len(paths)
+    for i, table in enumerate(tables):
+        for j, fmt in enumerate(FORMATS):
+            path = paths[i * len(FORMATS) + j]
+            assert path.suffix == f".{fmt}" and path.parent == tmp_path / "out"
+            CHECKS[fmt](table, path.read_text(encoding="utf-8"))
+
+
+def test_json_numbers_are_numbers(batch_table, nasty_table):
+    data = json.loads(batch_table.to_json())
+    cell = data["records"][0]["8"]
+    assert isinstance(cell["mean"], float) and isinstance(cell["n"], int)
+    assert data["records"][-1]["8"] is None
+    assert isinstance(data["records"][-1]["64"]["p_value"], float)
+    nasty = json.loads(nasty_table.to_json())
+    assert nasty["records"][0] == {
+        "name": "a|b",
+        "value": 1.5,
+        "value (2)": None,  # nan
+        "note": 'x < y & "q" \\ ~ ^ $',
+    }
+    assert nasty["records"][1]["value (2)"] is None  # inf
+
+
+def test_csv_spreads_estimates(batch_table):
+    rows = list(csv.DictReader(io.StringIO(batch_table.to_csv())))
+    first = rows[0]
+    assert first["data.batch_size"] == "Max training accuracy"
+    assert float(first["8 mean"]) == pytest.approx(mean_ci([0.92089, 0.915, 0.925]).mean * 100)
+    assert int(first["8 n"]) == 3
+    assert first["256 half_width"] == "" and first["256 mean"] == "73.596"
+    assert rows[-1]["8 mean"] == "" and float(rows[-1]["64 p_value"]) < 0.05
+
+
+def test_markdown_escapes_and_aligns(nasty_table, batch_table):
+    text = nasty_table.to_markdown()
+    assert r"a\|b" in text and "multi line" in text and r"x \< y" in text
+    assert text.startswith("**Weird")
+    rule = batch_table.to_markdown().splitlines()[3]
+    assert rule.startswith("|---") and rule.endswith(":|")  # labels left, numbers right
+
+
+def test_latex_escape():
+    assert latex_escape("95% a_b & #1 {x} ± Δ —") == (r"95\% a\_b \& \#1 \{x\} $\pm$ $\Delta$ ---")
+    assert latex_escape("a\\b") == r"a\textbackslash{}b"
+
+
+# -- file names and formats --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["../../etc/passwd", "..", ".", "/abs/path", "a/b\\c", "...hidden", "", "∆∆∆", "x" * 500],
+)
+def test_slugify_is_safe(title):
+    slug = slugify(title)
+    assert slug and "/" not in slug and "\\" not in slug and ".." not in slug
+    assert not slug.startswith((".", "-")) and len(slug) <= 80
+    assert re.fullmatch(r"[a-z0-9._-]+", slug)
+
+
+def test_slugify_readable():
+    assert slugify("Ablation: data.batch_size") == "ablation-data.batch_size"
+    assert slugify("kfood_transfer: trials") == "kfood_transfer-trials"
+
+
+def test_write_tables_stays_in_out_dir_and_dedupes(tmp_path):
+    tables = [Table("../evil", ["a"], [["1"]]), Table("../evil", ["a"], [["2"]])]
+    paths = write_tables(tables, tmp_path, "md")
+    assert [p.name for p in paths] == ["evil.md", "evil-2.md"]
+    assert all(p.resolve().parent == tmp_path.resolve() for p in paths)
+    assert "2" in paths[1].read_text()
+
+
+def test_parse_formats():
+    assert parse_formats("md, CSV,latex,md") == ["md", "csv", "tex"]
+    assert parse_formats(["markdown", "html", "json"]) == ["md", "html", "json"]
+
+
+@pytest.mark.parametrize(
+    "formats, hint",
+    [("mdd", "did you mean 'md'"), ("md,latx", "did you mean 'tex'"), ("xlsx", "")],
+)
+def test_unknown_format(tmp_path, formats, hint):
+    with pytest.raises(ValueError, match="valid formats: csv, html, json, md, tex") as err:
+        write_tables([Table("t", ["a"], [])], tmp_path / "out", formats)
+    assert hint in str(err.value)
+    assert "unknown format" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing written before the check
+
+
+def test_no_format_and_file_as_dir(tmp_path):
+    with pytest.raises(ValueError, match="no output format"):
+        write_tables([], tmp_path, " , ")
+    target = Path(tmp_path / "file")
+    target.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        write_tables([], target, "md")
