@@ -124,6 +124,7 @@ def test_study_and_trial_pages_show_notes_values_and_artifacts(dashboard):
 
 def test_dashboard_refuses_a_busy_port(write_study, storage_url, capsys):
     from conftest import TINY_DIGITS
+
     from search.cli import main
 
     write_study("dash", TINY_DIGITS)

@@ -1,0 +1,275 @@
+"""Tables and figures computed from storage alone: ablation tables (seed layouts, repeats and
+confidence intervals), the trials table, expected best accuracy after k trials, parameter
+importances, and plotly figures. ``search export`` writes them; nothing re-trains."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search import storage as storage_mod
+from search.ablate import collect_runs, companion_name
+from search.stats import mean_ci
+from search.tables import Table, expected_max_table, factor_table, loss_table, write_tables
+
+log = logging.getLogger("hpsearch")
+EXPECTED_MAX_KS = (1, 2, 5, 10, 20, 50)
+
+
+def _display(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def ablation_tables(companion: optuna.Study) -> list[Table]:
+    """One seed-style table per factor (plus seed 003's loss form for ``loss.name``)."""
+    arms = collect_runs(companion)
+    baseline_cfg = companion.user_attrs.get("baseline", {})
+    baseline_runs = next((a["runs"] for a in arms if a["factor"] == "baseline"), [])
+    tables: list[Table] = []
+    for factor in dict.fromkeys(a["factor"] for a in arms if a["factor"] != "baseline"):
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for arm in arms:
+            if arm["factor"] == factor:
+                runs[_display(arm["value"])] = arm["runs"]
+        base_value = _display(baseline_cfg.get(factor))
+        if base_value not in runs:  # the baseline's value is not among the factor's values
+            base_value = f"{base_value} (baseline)"
+            runs = {base_value: baseline_runs, **runs}
+        values = list(runs)
+        tables.append(factor_table(factor, values, runs, baseline_value=base_value))
+        if factor == "loss.name":
+            tables.append(loss_table(runs))
+    return tables
+
+
+def trials_table(study: optuna.Study) -> Table:
+    trials = study.get_trials(deepcopy=False)
+    param_keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    headers = ["trial", "state", "value", *param_keys, "epochs", "best epoch", "seconds", "reason"]
+    rows, raw = [], []
+    for t in trials:
+        a = t.user_attrs
+        secs = t.duration.total_seconds() if t.duration else None
+        values = [
+            t.number,
+            t.state.name.lower(),
+            t.value,
+            *[t.params.get(k) for k in param_keys],
+            a.get("epochs_run"),
+            a.get("best_epoch"),
+            secs,
+            a.get("reason", ""),
+        ]
+        raw.append(values)
+        rows.append(
+            ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values]
+        )
+    return Table(title=f"{study.study_name}: trials", headers=headers, rows=rows, raw=raw)
+
+
+def importance_table(study: optuna.Study) -> Table | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
+    except (ValueError, RuntimeError) as exc:
+        log.warning("parameter importances unavailable: %s", exc)
+        return None
+    rows = [[k, f"{v:.3f}"] for k, v in imp.items()]
+    return Table(
+        title=f"{study.study_name}: parameter importances (fANOVA)",
+        headers=["parameter", "importance"],
+        rows=rows,
+        raw=[[k, v] for k, v in imp.items()],
+    )
+
+
+def study_tables(study: optuna.Study) -> list[Table]:
+    tables = [trials_table(study)]
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if values:
+        ks = [k for k in EXPECTED_MAX_KS if k <= max(len(values), 1)]
+        tables.append(expected_max_table(values, ks))
+    imp = importance_table(study)
+    if imp is not None:
+        tables.append(imp)
+    return tables
+
+
+def print_ablation(companion: optuna.Study) -> None:
+    """Print the tables and store them as the companion study's dashboard note."""
+    for table in ablation_tables(companion):
+        print()
+        print(table.to_markdown())
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(companion, ablation_note(companion))
+    except Exception as exc:  # the note is a convenience; the tables are printed anyway
+        log.warning("could not store the ablation note: %s", exc)
+
+
+def ablation_note(companion: optuna.Study) -> str:
+    parts = [
+        f"Ablation of `{companion.user_attrs.get('ablation_of', '?')}` "
+        f"(baseline: {companion.user_attrs.get('baseline_source', '?')}, "
+        f"{companion.user_attrs.get('repeats', '?')} repeats; mean ± 95% CI)"
+    ]
+    parts += [t.to_markdown() for t in ablation_tables(companion)]
+    return "\n\n".join(parts)
+
+
+def _load(name: str, url: str) -> optuna.Study | None:
+    store = storage_mod.open_storage(url)
+    names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
+    return optuna.load_study(study_name=name, storage=store) if name in names else None
+
+
+def export_study(name: str, *, storage: str | None, out_dir: str, formats: list[str]) -> list[Path]:
+    """Write tables (in every format asked) and figures (standalone HTML) for a study and
+    its ablation companion, from storage alone."""
+    from search.summary import load_existing_study
+
+    optuna.logging.set_verbosity(logging.ERROR)
+    try:
+        study, url = load_existing_study(name, storage)
+    except ValueError:
+        study = None  # an ablation without a search study of its own
+        _, url = load_existing_study(companion_name(name), storage)
+    companion = _load(companion_name(name), url)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a directory")
+    tables: list[Table] = []
+    if study is not None:
+        tables += study_tables(study)
+    if companion is not None:
+        tables += ablation_tables(companion)
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_tables(tables, out, formats)
+    written += write_figures(study, companion, out / "figures")
+    return written
+
+
+def write_figures(
+    study: optuna.Study | None, companion: optuna.Study | None, out: Path
+) -> list[Path]:
+    import optuna.visualization as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    figs: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if study is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            figs["optimization-history"] = vis.plot_optimization_history(study)
+            figs["intermediate-values"] = vis.plot_intermediate_values(study)
+            figs["parallel-coordinates"] = vis.plot_parallel_coordinate(study)
+            if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 3:
+                try:
+                    figs["param-importances"] = vis.plot_param_importances(study)
+                except (ValueError, RuntimeError) as exc:
+                    log.warning("no importance figure: %s", exc)
+    if companion is not None:
+        for factor, fig in ablation_curve_figures(companion).items():
+            figs[f"ablation-curves-{factor}"] = fig
+        for factor, fig in ablation_bar_figures(companion).items():
+            figs[f"ablation-bars-{factor}"] = fig
+    written = []
+    for name, fig in figs.items():
+        path = out / f"{_slug(name)}.html"
+        # one shared plotly.min.js beside the figures: opens offline, no 3.5 MB per file
+        fig.write_html(path, include_plotlyjs="directory")
+        written.append(path)
+    return written
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "figure"
+
+
+def _by_factor(companion: optuna.Study) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for arm in collect_runs(companion):
+        if arm["factor"] != "baseline":
+            grouped.setdefault(arm["factor"], []).append(arm)
+    return grouped
+
+
+def ablation_curve_figures(companion: optuna.Study) -> dict[str, Any]:
+    """Validation accuracy per epoch for each value: mean over repeats with a min-max band."""
+    import plotly.graph_objects as go
+
+    figs = {}
+    for factor, arms in _by_factor(companion).items():
+        fig = go.Figure()
+        for arm in arms:
+            curves = [r["curves"].get("val_acc", []) for r in arm["runs"] if r.get("curves")]
+            if not curves:
+                continue
+            length = max(len(c) for c in curves)
+            epochs = list(range(1, length + 1))
+            cols = [
+                [c[e] for c in curves if e < len(c) and c[e] is not None] for e in range(length)
+            ]
+            mean = [sum(v) / len(v) if v else None for v in cols]
+            lo = [min(v) if v else None for v in cols]
+            hi = [max(v) if v else None for v in cols]
+            label = f"{factor}={_display(arm['value'])}"
+            fig.add_scatter(
+                x=epochs + epochs[::-1],
+                y=hi + lo[::-1],
+                fill="toself",
+                opacity=0.2,
+                line_width=0,
+                showlegend=False,
+                hoverinfo="skip",
+                name=label,
+            )
+            fig.add_scatter(x=epochs, y=mean, name=label, mode="lines+markers")
+        fig.update_layout(
+            title=f"val_acc per epoch by {factor} (mean over repeats, band = range)",
+            xaxis_title="epoch",
+            yaxis_title="validation accuracy",
+        )
+        figs[factor] = fig
+    return figs
+
+
+def ablation_bar_figures(companion: optuna.Study) -> dict[str, Any]:
+    """Max validation accuracy per value with 95% CI whiskers."""
+    import plotly.graph_objects as go
+
+    figs = {}
+    for factor, arms in _by_factor(companion).items():
+        names, means, errs = [], [], []
+        for arm in arms:
+            values = [r["max_val_acc"] for r in arm["runs"] if r.get("max_val_acc") is not None]
+            if not values:
+                continue
+            est = mean_ci(values)
+            names.append(_display(arm["value"]))
+            means.append(est.mean)
+            errs.append(0.0 if math.isnan(est.half_width) else est.half_width)
+        fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": errs}))
+        fig.update_layout(
+            title=f"max val_acc by {factor} (mean ± 95% CI)",
+            xaxis_title=factor,
+            yaxis_title="max validation accuracy",
+        )
+        figs[factor] = fig
+    return figs
