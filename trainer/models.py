@@ -106,7 +106,8 @@ def _timm_backbone(cfg: ModelConfig, *, in_chans: int) -> tuple[nn.Module, int]:
             "put them in the Hugging Face cache (HF_HOME) or set model.pretrained to a local "
             ".safetensors/.pth file"
         ) from None
-    return body, body.num_features
+    # VGG's pre-logits MLP widens the features: head_hidden_size is what reaches the head
+    return body, getattr(body, "head_hidden_size", None) or body.num_features
 
 
 def _check_hub_reachable(name: str) -> None:
