@@ -280,6 +280,8 @@ def _clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    # SAM steps through its base optimizer (same param groups): schedule that one.
+    optimizer = getattr(optimizer, "base_optimizer", optimizer)
     if cfg.sched.name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=cfg.train.epochs, eta_min=min(cfg.sched.min_lr, cfg.optim.lr)

@@ -43,6 +43,17 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        # A frozen stage is frozen entirely: its BatchNorm statistics must not drift either
+        # (linear probe and partial fine-tuning, seeds 001 and 004).
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()
+            ):
+                m.eval()
+        return self
+
     def stages(self) -> list[list[nn.Parameter]]:
         """Backbone parameters grouped stem-first into stages, for partial freezing."""
         matcher = getattr(self.backbone, "group_matcher", None)
