@@ -20,6 +20,7 @@ from search.objective import Objective
 from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
+from trainer._registry import unknown_name_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
@@ -57,14 +58,25 @@ def plan_run(
     for key, value in pinned.items():
         if key == "model.backbone":
             trainer.check_backbone(value)
-    trainer.check_backbone(cfg.model.backbone)
+    _check_names(cfg)
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
     for item in queue:
-        spaces.build_config(spec.space, None, base=base, fixed={**pinned, **item})
+        _check_names(spaces.build_config(spec.space, None, base=base, fixed={**pinned, **item})[0])
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
     trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
     return Plan(spec, url, base, pinned, queue, cfg)
+
+
+def _check_names(cfg: trainer.TrainConfig) -> None:
+    """Unknown backbone, loss or optimizer names fail before any trial, with the options."""
+    trainer.check_backbone(cfg.model.backbone)
+    for kind, name, options in (
+        ("loss", cfg.loss.name, trainer.list_losses()),
+        ("optimizer", cfg.optim.name, trainer.list_optimizers()),
+    ):
+        if name not in options:
+            raise unknown_name_error(kind, name, options)
 
 
 def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
