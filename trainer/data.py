@@ -176,3 +176,7 @@ def _digits(cfg: DataConfig) -> ImageData:
     return ImageData(
         x[train_idx], y[train_idx], x[val_idx], y[val_idx], [str(i) for i in range(10)]
     )
+
+
+# The image-folder layouts (folder, flat, csv) register themselves on import.
+from trainer import folders as _folders  # noqa: E402, F401

@@ -1,0 +1,637 @@
+"""Image folders on disk as whole uint8 tensors, decoded once into a shared on-disk cache.
+
+Registered dataset layouts (``data.name``), all reading ``data.root``:
+
+- ``folder``: one subfolder per class (torchvision's ImageFolder), searched recursively. If
+  ``root/train`` and ``root/val`` (or ``valid``/``validation``) exist they are the given splits;
+  otherwise ``root/train`` (or ``root`` itself) is split with a seeded stratified split.
+- ``flat``: files named ``<label>_<id>.<ext>`` in one folder (seed 000's Food-11), with the same
+  ``train``/``val`` rule. Class names are the label ids, sorted numerically.
+- ``csv``: ``data.root`` is a manifest with a header ``path,label[,split]``; paths are relative to
+  the manifest's folder, labels are names or integer ids, ``split`` is train/val (rows marked
+  ``test`` are ignored). Without a validation row the training rows are split.
+
+``load_unlabeled(root, image_size=...)`` reads a flat folder of images for prediction.
+
+Every image becomes RGB (grayscale, palette and 16-bit are converted, transparency is composited
+on white, EXIF orientation is applied) and is resized directly to ``image_size`` squared, as seed
+000's ``Resize((256, 256))``: no crop, so nothing at the border is lost; aspect ratios change.
+JPEGs are decoded at a reduced DCT scale when that still covers the target size.
+
+Decoding happens once per (files, resolution): the images go into ``<cache>/<key>.npy`` (uint8
+``[N, 3, S, S]``), where the key hashes the layout, root, file list, sizes and mtimes. The cache
+directory is ``$HPSEARCH_CACHE_DIR`` or ``~/.cache/hpsearch``. Later loads, in any process, map
+the file instead of decoding, so every trial and worker of a study shares the same pages.
+
+Unreadable files (zero bytes, truncated, undecodable, missing, or larger than ``MAX_PIXELS``,
+a decompression-bomb guard) are found by this one decoding pass, before any training. By
+default they are skipped with one ``BadImageWarning`` listing them; ``data.strict`` refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from trainer.config import DataConfig
+from trainer.data import ImageData, register_dataset, stratified_split
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Images above this many pixels are refused as possible decompression bombs (PIL warns at the
+# same default). $HPSEARCH_MAX_PIXELS overrides it.
+MAX_PIXELS = 89_478_485
+VAL_DIRS = ("val", "valid", "validation")
+PARALLEL_MIN_FILES = 64  # below this, decoding in-process beats starting worker processes
+_SHOWN_BAD = 20  # bad files named in the warning; the rest are counted
+_FLAT_NAME = re.compile(r"(\d+)_.+")
+_INT = re.compile(r"-?\d+")
+
+
+class BadImageWarning(UserWarning):
+    """Some image files could not be used and were skipped."""
+
+
+def cache_dir() -> Path:
+    """Where decoded images are cached: ``$HPSEARCH_CACHE_DIR`` or ``~/.cache/hpsearch``."""
+    root = os.environ.get("HPSEARCH_CACHE_DIR") or Path.home() / ".cache" / "hpsearch"
+    path = Path(root).expanduser() / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def max_pixels() -> int:
+    env = os.environ.get("HPSEARCH_MAX_PIXELS")
+    if env is None:
+        return MAX_PIXELS
+    if not env.isdigit() or int(env) < 1:
+        raise ValueError(f"HPSEARCH_MAX_PIXELS must be a positive integer, but got {env!r}")
+    return int(env)
+
+
+# --------------------------------------------------------------------------------- layouts
+
+
+@dataclass
+class _Listing:
+    layout: str
+    base: Path  # file names in messages and cache keys are relative to this
+    files: list[Path]
+    labels: list[str]  # raw label of each file: folder name, id, or manifest label
+    is_val: list[bool] | None  # None: no given validation set, split with data.split_seed
+
+
+@register_dataset("folder")
+def _folder(cfg: DataConfig) -> ImageData:
+    """Class subfolders (ImageFolder layout), with or without train/val folders."""
+    return _load_labeled(cfg, _dir_listing("folder", _root_dir(cfg)))
+
+
+@register_dataset("flat")
+def _flat(cfg: DataConfig) -> ImageData:
+    """A folder of ``<label>_<id>.<ext>`` files (seed 000), with or without train/val folders."""
+    return _load_labeled(cfg, _dir_listing("flat", _root_dir(cfg)))
+
+
+def _dir_listing(layout: str, root: Path) -> _Listing:
+    train_dir, val_dir = _split_dirs(root)
+    if layout == "folder":
+        files, labels = _class_files(train_dir or root, required=True)
+    else:
+        files, labels = _flat_files(train_dir or root)
+    if val_dir is None:
+        return _Listing(layout, root, files, labels, None)
+    if layout == "folder":
+        vfiles, vlabels = _class_files(val_dir, required=False)
+    else:
+        vfiles, vlabels = _flat_files(val_dir)
+    _check_val_classes(labels, vlabels, val_dir, train_dir)
+    is_val = [False] * len(files) + [True] * len(vfiles)
+    return _Listing(layout, root, files + vfiles, labels + vlabels, is_val)
+
+
+@register_dataset("csv")
+def _csv(cfg: DataConfig) -> ImageData:
+    """A manifest ``path,label[,split]``; paths relative to the manifest's folder."""
+    if cfg.root is None:
+        raise ValueError("data.root is not set; point it at the manifest .csv file")
+    manifest = Path(cfg.root).expanduser()
+    if not manifest.is_file():
+        what = "is a folder" if manifest.is_dir() else "does not exist"
+        raise ValueError(
+            f"data.root {manifest} {what}; data.name='csv' needs the manifest file "
+            "(header path,label[,split])"
+        )
+    base = manifest.parent
+    files, labels, splits = [], [], []
+    seen: dict[Path, int] = {}
+    with manifest.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
+        if "path" not in columns or "label" not in columns:
+            raise ValueError(
+                f"{manifest} needs a header row with columns path,label (optional split), "
+                f"but has {reader.fieldnames}"
+            )
+        for line, row in enumerate(reader, start=2):
+            rel = (row.get(columns["path"]) or "").strip()
+            label = (row.get(columns["label"]) or "").strip()
+            split = (row.get(columns.get("split", ""), "") or "").strip().lower()
+            if not rel or not label:
+                raise ValueError(f"{manifest}, line {line}: empty path or label; fill it in")
+            if split == "test":
+                continue  # prediction reads test images with load_unlabeled
+            if split not in ("", "train", *VAL_DIRS):
+                raise ValueError(
+                    f"{manifest}, line {line}: split {split!r} must be train, val or test"
+                )
+            if _INT.fullmatch(label):
+                if int(label) < 0:
+                    raise ValueError(
+                        f"{manifest}, line {line}: label {label} is out of range; integer "
+                        "labels must be >= 0 (or use class names)"
+                    )
+                label = str(int(label))  # "07" and "7" are one class
+            path = Path(rel).expanduser()
+            path = path if path.is_absolute() else base / path
+            key = Path(os.path.normpath(path))
+            if key in seen:
+                raise ValueError(
+                    f"{manifest}, line {line}: {rel} is already listed on line {seen[key]}; "
+                    "list every image once (an image in both splits leaks into validation)"
+                )
+            seen[key] = line
+            files.append(key)
+            labels.append(label)
+            splits.append(split in VAL_DIRS)
+    if not files:
+        raise ValueError(f"{manifest} lists no training images; add rows path,label")
+    listing = _Listing("csv", base, files, labels, splits if any(splits) else None)
+    if listing.is_val is not None:
+        train_labels = [lb for lb, v in zip(labels, splits, strict=True) if not v]
+        val_labels = [lb for lb, v in zip(labels, splits, strict=True) if v]
+        _check_val_classes(train_labels, val_labels, manifest, manifest)
+    return _load_labeled(cfg, listing)
+
+
+def load_unlabeled(
+    root: str | Path, *, image_size: int, strict: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """Images directly in ``root`` (e.g. seed 000's test folder) as uint8 ``[N, 3, S, S]``,
+    with their file names, in natural order (2.png before 10.png). Unreadable files are skipped
+    with one warning (``strict``: ValueError)."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"image folder {folder} does not exist; pass the folder of test images")
+    files = list(_image_files(folder, recursive=False))
+    if not files:
+        raise ValueError(
+            f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) directly in {folder}; "
+            "pass the folder that holds the test images"
+        )
+    decoded = _decode_cached("unlabeled", folder, files, image_size)
+    _report_bad(folder, decoded.bad_names(folder, files), strict=strict)
+    good = np.array([i for i in range(len(files)) if i not in decoded.bad], dtype=np.int64)
+    if len(good) == 0:
+        raise ValueError(f"none of the {len(files)} images in {folder} could be read")
+    x = torch.from_numpy(decoded.arranged(good))
+    return x, [_rel(files[i], folder) for i in good.tolist()]
+
+
+def _root_dir(cfg: DataConfig) -> Path:
+    if cfg.root is None:
+        raise ValueError(f"data.root is not set; point it at the image folder for {cfg.name!r}")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise ValueError(f"data.root {root} {what}; point it at the image folder")
+    return root
+
+
+def _split_dirs(root: Path) -> tuple[Path | None, Path | None]:
+    """``root/train`` and ``root/val|valid|validation`` if present (val only with train)."""
+    train = root / "train"
+    if not train.is_dir():
+        return None, None
+    val = next((root / d for d in VAL_DIRS if (root / d).is_dir()), None)
+    return train, val
+
+
+def _image_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
+    """Image files by extension, in natural order (2.png before 10.png); hidden files and
+    folders (.DS_Store, ._x.jpg) are skipped."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=_natural_key)
+        for name in sorted(filenames, key=_natural_key):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                yield Path(dirpath) / name
+        if not recursive:
+            return
+
+
+def _class_files(folder: Path, *, required: bool) -> tuple[list[Path], list[str]]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(
+            f"no class subfolders in {folder}; put each class's images in its own folder "
+            "(or use data.name='flat' for <label>_<id> files, 'csv' for a manifest)"
+        )
+    files: list[Path] = []
+    labels: list[str] = []
+    for c in classes:
+        found = list(_image_files(c, recursive=True))
+        if not found and required:
+            raise ValueError(
+                f"class folder {c} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images or remove the folder"
+            )
+        files += found
+        labels += [c.name] * len(found)
+    return files, labels
+
+
+def _flat_files(folder: Path) -> tuple[list[Path], list[str]]:
+    files = list(_image_files(folder, recursive=False))
+    if not files:
+        raise ValueError(
+            f"no images directly in {folder}; data.name='flat' expects files named "
+            "<label>_<id>.png (use data.name='folder' for class subfolders)"
+        )
+    odd = [p.name for p in files if not _FLAT_NAME.fullmatch(p.stem)]
+    if odd:
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        raise ValueError(
+            f"{', '.join(odd[:3])}{more} in {folder} do not follow the <label>_<id> naming of "
+            "data.name='flat' (e.g. 3_0042.png); rename them or use data.name='folder'"
+        )
+    return files, [str(int(_FLAT_NAME.fullmatch(p.stem).group(1))) for p in files]
+
+
+def _check_val_classes(
+    train_labels: Sequence[str], val_labels: Sequence[str], val_src: Path, train_src: Path | None
+) -> None:
+    missing = sorted(set(val_labels) - set(train_labels))
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ValueError(
+            f"validation class(es) {shown} in {val_src} have no training images in "
+            f"{train_src}; add training images or remove them from validation"
+        )
+
+
+def _class_names(labels: set[str]) -> list[str]:
+    """Integer labels sort numerically (2 before 10), names alphabetically."""
+    if all(_INT.fullmatch(lb) for lb in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def _natural_key(name: str) -> list[int | str]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- labels, split
+
+
+def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
+    decoded = _decode_cached(listing.layout, listing.base, listing.files, cfg.image_size)
+    _report_bad(listing.base, decoded.bad_names(listing.base, listing.files), strict=cfg.strict)
+    n = len(listing.files)
+    good = np.array([i for i in range(n) if i not in decoded.bad], dtype=np.int64)
+    is_val = np.array(listing.is_val if listing.is_val is not None else [False] * n, dtype=bool)
+    train_pool = good[~is_val[good]]
+    labels = np.array(listing.labels, dtype=object)
+    names = _class_names(set(labels[train_pool].tolist()))
+    if not names:
+        raise ValueError(f"no readable training images under {listing.base}")
+    lost = sorted(set(labels[~is_val].tolist()) - set(names))
+    if lost:
+        raise ValueError(
+            f"class(es) {', '.join(lost[:10])} have no readable training images under "
+            f"{listing.base}; replace the unreadable files"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    y_all = np.array([index.get(lb, -1) for lb in listing.labels], dtype=np.int64)
+
+    if listing.is_val is None:
+        tr, va = _grouped_split(
+            y_all[good], [decoded.digests[i] for i in good], names=names, cfg=cfg
+        )
+        train_idx, val_idx = good[tr], good[va]
+    else:
+        train_idx, val_idx = train_pool, good[is_val[good]]
+        _warn_duplicates(listing, decoded.digests, train_idx, val_idx)
+
+    order = np.concatenate([train_idx, val_idx])
+    x = torch.from_numpy(decoded.arranged(order))
+    y = torch.from_numpy(y_all[order])
+    k = len(train_idx)
+    return ImageData(x[:k], y[:k], x[k:], y[k:], names)
+
+
+def _grouped_split(
+    y: np.ndarray, digests: Sequence[str | None], *, names: list[str], cfg: DataConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split in which byte-identical files stay on one side (seed 004's
+    leakage lesson: no image may be in both training and validation)."""
+    first: dict[str, int] = {}
+    group = np.empty(len(y), dtype=np.int64)  # position of each file's first identical copy
+    for i, d in enumerate(digests):
+        group[i] = first.setdefault(d, i) if d is not None else i
+    reps = np.unique(group)
+    counts = np.bincount(y[reps], minlength=len(names))
+    if counts.min() < 2:
+        c = int(counts.argmin())
+        raise ValueError(
+            f"class {names[c]!r} has {counts[c]} distinct image(s); a stratified split needs at "
+            "least 2 per class: add images, or give a validation folder (train/ and val/)"
+        )
+    n_val = int(np.ceil(cfg.val_fraction * len(reps)))
+    if n_val < len(names) or len(reps) - n_val < len(names):
+        raise ValueError(
+            f"data.val_fraction={cfg.val_fraction} puts {n_val} of {len(reps)} images in "
+            f"validation, but each of the {len(names)} classes needs one on each side; "
+            "change data.val_fraction or add images"
+        )
+    _, va = stratified_split(y[reps], val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+    in_val = np.zeros(len(y), dtype=bool)
+    in_val[reps[va]] = True
+    in_val = in_val[group]  # every copy goes where its first copy went
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def _warn_duplicates(
+    listing: _Listing, digests: Sequence[str | None], train_idx: np.ndarray, val_idx: np.ndarray
+) -> None:
+    train_digests = {digests[i] for i in train_idx.tolist()} - {None}
+    dup = [i for i in val_idx.tolist() if digests[i] in train_digests]
+    if dup:
+        shown = ", ".join(_rel(listing.files[i], listing.base) for i in dup[:5])
+        more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
+        warnings.warn(
+            f"{len(dup)} validation image(s) are byte-identical to training images, so "
+            f"validation accuracy is inflated: {shown}{more}; remove them from one split",
+            BadImageWarning,
+            stacklevel=2,
+        )
+
+
+def _report_bad(base: Path, bad: list[tuple[str, str]], *, strict: bool) -> None:
+    if not bad:
+        return
+    shown = "; ".join(f"{name} ({why})" for name, why in bad[:_SHOWN_BAD])
+    more = f"; and {len(bad) - _SHOWN_BAD} more" if len(bad) > _SHOWN_BAD else ""
+    if strict:
+        raise ValueError(
+            f"{len(bad)} unreadable image file(s) under {base}: {shown}{more}; fix or delete "
+            "them, or set data.strict=false to skip them"
+        )
+    warnings.warn(
+        f"skipping {len(bad)} unreadable image file(s) under {base}: {shown}{more} "
+        "(set data.strict=true to refuse to start instead)",
+        BadImageWarning,
+        stacklevel=2,
+    )
+
+
+# ---------------------------------------------------------------------------- decode cache
+
+
+@dataclass
+class _Decoded:
+    path: Path  # the .npy with one row per listed file (bad rows are zeros)
+    bad: dict[int, str]  # row -> why the file was skipped
+    digests: list[str | None]  # content hash per row, to find duplicates
+
+    def bad_names(self, base: Path, files: Sequence[Path]) -> list[tuple[str, str]]:
+        return [(_rel(files[i], base), why) for i, why in sorted(self.bad.items())]
+
+    def arranged(self, order: np.ndarray) -> np.ndarray:
+        """Rows ``order`` of the cache as one writable-copy-on-write memory map.
+
+        The identity order maps the cache itself; any other order (a seeded split, skipped
+        files) is written once to a sibling file, so that processes still share pages."""
+        n = int(np.load(self.path, mmap_mode="r").shape[0])
+        if len(order) == n and np.array_equal(order, np.arange(n)):
+            return np.load(self.path, mmap_mode="c")
+        tag = hashlib.sha256(order.astype(np.int64).tobytes()).hexdigest()[:16]
+        out = self.path.with_name(f"{self.path.stem}.{tag}.npy")
+        if not out.exists():
+            with _locked(out.with_suffix(".lock")):
+                if not out.exists():
+                    src = np.load(self.path, mmap_mode="r")
+                    with _atomic(out) as tmp:
+                        dst = np.lib.format.open_memmap(
+                            tmp, mode="w+", dtype=np.uint8, shape=(len(order), *src.shape[1:])
+                        )
+                        for i in range(0, len(order), 1024):
+                            dst[i : i + 1024] = src[order[i : i + 1024]]
+                        dst.flush()
+                        del dst
+        return np.load(out, mmap_mode="c")
+
+
+def _decode_cached(layout: str, base: Path, files: Sequence[Path], size: int) -> _Decoded:
+    """Decode ``files`` at ``size`` px into the cache, or reuse the cache when nothing changed."""
+    cap = max_pixels()
+    stats = []
+    for f in files:
+        try:
+            st = f.stat()
+            stats.append((_rel(f, base), st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((_rel(f, base), -1, -1))
+    ident = json.dumps([layout, str(base.resolve()), size])
+    content = json.dumps([CACHE_VERSION, cap, stats])
+    prefix = f"{layout}-{size}px-{_hash(ident)[:12]}-"
+    npy = cache_dir() / f"{prefix}{_hash(ident + content)[:20]}.npy"
+    meta = npy.with_suffix(".json")
+    if not meta.exists():
+        with _locked(npy.with_suffix(".lock")):
+            if not meta.exists():  # another process may have built it meanwhile
+                _build(npy, meta, base, files, size, cap)
+                _prune(npy, prefix)
+    info = json.loads(meta.read_text())
+    return _Decoded(npy, {int(k): v for k, v in info["bad"].items()}, info["digests"])
+
+
+def _build(npy: Path, meta: Path, base: Path, files: Sequence[Path], size: int, cap: int) -> None:
+    t0 = time.perf_counter()
+    log.info("decoding %d images under %s at %d px into %s", len(files), base, size, npy)
+    bad: dict[int, str] = {}
+    digests: list[str | None] = []
+    with _atomic(npy) as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, size, size)
+        )
+        for i, (img, why, digest) in enumerate(_decode_all([str(f) for f in files], size, cap)):
+            digests.append(digest)
+            if img is None:
+                bad[i] = why or "unreadable"
+            else:
+                out[i] = img
+        out.flush()
+        del out
+    info = {
+        "version": CACHE_VERSION,
+        "base": str(base),
+        "size": size,
+        "files": [_rel(f, base) for f in files],
+        "bad": {str(i): why for i, why in bad.items()},
+        "digests": digests,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    with _atomic(meta) as tmp:
+        tmp.write_text(json.dumps(info))
+    log.info("decoded %d images in %.1f s", len(files), info["seconds"])
+
+
+def _decode_all(
+    paths: list[str], size: int, cap: int
+) -> Iterator[tuple[np.ndarray | None, str | None, str | None]]:
+    workers = _workers()
+    if len(paths) < PARALLEL_MIN_FILES or workers < 2:
+        for p in paths:
+            yield _decode_file(p, size, cap)
+        return
+    # fork (Linux) starts workers in milliseconds; they only touch PIL and numpy.
+    method = "fork" if sys.platform == "linux" else None
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        yield from pool.map(_decode_file, paths, repeat(size), repeat(cap), chunksize=16)
+
+
+def _workers() -> int:
+    env = os.environ.get("HPSEARCH_DECODE_WORKERS")
+    if env:
+        return max(1, int(env))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cpus or 1, 16)
+
+
+def _decode_file(
+    path: str, size: int, cap: int
+) -> tuple[np.ndarray | None, str | None, str | None]:
+    """One file -> (uint8 [3, size, size] or None, why it is unusable, content hash).
+
+    Never raises: every failure becomes a reason, so a bad file cannot crash a study."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, "missing", None
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}", None
+    if not data:
+        return None, "zero-byte file", None
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > cap:
+                    why = f"{w}x{h} px is over the {cap} px limit (decompression bomb?)"
+                    return None, why, digest
+                im.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale if still >= size
+                return _to_rgb(ImageOps.exif_transpose(im), size), None, digest
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return None, "over PIL's pixel limit (decompression bomb?)", digest
+    except Image.UnidentifiedImageError:
+        return None, "not an image PIL can read", digest
+    except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable file"
+        msg = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        if "truncat" in msg.lower():
+            return None, "truncated", digest
+        return None, f"undecodable: {msg}", digest
+
+
+def _to_rgb(im: Image.Image, size: int) -> np.ndarray:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit or float grayscale
+        a = np.asarray(im, dtype=np.float32)
+        a = a / 257.0 if im.mode.startswith("I;16") or a.max() > 255 else a
+        im = Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        im = im.convert("RGBA")  # transparent pixels become white, not whatever colour they hold
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _prune(keep: Path, prefix: str) -> None:
+    """Delete older caches of the same folder and size (the data changed since)."""
+    for old in keep.parent.glob(f"{prefix}*"):
+        if not old.name.startswith(keep.stem) and old.suffix in (".npy", ".json", ".lock"):
+            with contextlib.suppress(OSError):  # mapped elsewhere (Windows): leave it
+                old.unlink()
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Write to a private temporary name, then rename: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes, so concurrent workers decode a folder once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; the atomic rename still keeps files whole
+        yield
+        return
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+__all__ = [
+    "BadImageWarning",
+    "CACHE_VERSION",
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "cache_dir",
+    "load_unlabeled",
+    "max_pixels",
+]
