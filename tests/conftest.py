@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # timm would otherwise retry the hub for ~47 s
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The test models are tiny: one thread is as fast as two on an idle machine and far faster
+# when the cores are shared (two spinning OpenMP threads per process thrash).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+# tests/trainer, tests/search, tests/spaces would otherwise shadow the real packages when
+# pytest is started as `pytest` rather than `python -m pytest`.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(autouse=True)
