@@ -161,3 +161,48 @@ def test_cli_ablate_prints_tables_and_rejects_bad_factors(study, storage_url, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "optim.lr must be > 0" in err[-1]
     assert len(_trials(storage_url)) == before
+
+
+def test_fruit3_reproduces_seed_004_tables_with_no_factor_flags(tmp_path, storage_url, capsys):
+    """`search ablate --study fruit3` takes its factors from the study file's [ablation]."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cherry", "strawberry", "tomato"]):
+        d = tmp_path / "fruit3" / name
+        d.mkdir(parents=True)
+        for i in range(10):
+            img = np.full((20, 20, 3), 60 * c + 40, dtype=np.int16) + rng.integers(
+                -15, 16, (20, 20, 3)
+            )
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg")
+    code = main(
+        [
+            "ablate",
+            "--study",
+            "fruit3",
+            "--storage",
+            storage_url,
+            "-q",
+            "--repeats",
+            "1",
+            "--data",
+            str(tmp_path / "fruit3"),
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "train.epochs=2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    for title, header in (
+        ("Ablation: data.batch_size", "| data.batch_size"),
+        ("Ablation: optim.lr", "| optim.lr"),
+        ("Ablation: model.dropout", "| model.dropout"),
+    ):
+        assert title in out and header in out
+    assert "| Training time (s)" in out and "| Max training accuracy" in out
+    trials = optuna.load_study(study_name="fruit3.ablation", storage=storage_url).trials
+    assert len(trials) == 7  # baseline + 2 batch sizes + 3 learning rates + 1 dropout
