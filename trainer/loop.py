@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from trainer import _faults
 from trainer import augment as _augment
 from trainer.checkpoint import load_pretrained, save_checkpoint
 from trainer.config import TrainConfig
@@ -23,8 +24,10 @@ from trainer.data import ImageData, load_data
 from trainer.losses import create_loss
 from trainer.models import Classifier, create_model
 from trainer.optim import create_optimizer
+from trainer.resume import TrainState, load_state, restore, save_state
 
 EVAL_BATCH = 512
+MIN_MICRO_BATCH = 2  # out of memory below this micro-batch: the trial ends with status "oom"
 
 
 class Reporter(Protocol):
@@ -43,7 +46,7 @@ class NullReporter:
 
 @dataclass
 class TrainResult:
-    status: str  # complete | early_stopped | pruned | nonfinite_loss
+    status: str  # complete | early_stopped | pruned | nonfinite_loss | oom
     reason: str
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     best_epoch: int = -1  # 1-based epoch with the highest val_acc; -1 when none finished
@@ -51,6 +54,9 @@ class TrainResult:
     setup_seconds: float = 0.0  # data ready + model built
     checkpoint: str | None = None
     model: nn.Module | None = field(default=None, repr=False)  # best weights, in eval mode
+    # what the run had to change or reuse: oom_retries, micro_batch, accum_steps,
+    # effective_batch (out of memory), resumed_from_epoch / resume_skipped (a resumed run)
+    adjustments: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best_val_acc(self) -> float:
@@ -119,14 +125,131 @@ def _apply_strategy(model: Classifier, cfg: TrainConfig) -> None:
             p.requires_grad_(False)
 
 
+class _ReportOnce:
+    """Passes each epoch to the reporter once: a run restarted after running out of memory
+    replays epochs the reporter has already seen."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.seen: dict[int, dict[str, float]] = {}
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch not in self.seen:
+            self.seen[epoch] = metrics
+            self.inner.report(epoch, metrics)
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+
+class _ResumeFailed(Exception):
+    pass
+
+
 def train(
     cfg: TrainConfig,
     *,
     reporter: Reporter | None = None,
     checkpoint_path: str | Path | None = None,
     data: ImageData | None = None,
+    resume_from: str | Path | None = None,
+    last_checkpoint_path: str | Path | None = None,
 ) -> TrainResult:
-    reporter = reporter or NullReporter()
+    """Train ``cfg``; see the module docstring for the reporter protocol.
+
+    ``last_checkpoint_path``: after every epoch that is not the last, the whole run state
+    (weights, optimizer, scheduler, RNG, history) is written there, and removed when the run
+    ends; ``resume_from`` continues a run from such a file (a killed trial's), replaying its
+    epochs to the reporter. A file that is missing, damaged, or for another configuration is
+    noted in ``adjustments["resume_skipped"]`` and the run starts from epoch 1.
+
+    Out of memory (a CUDA OOM): the micro-batch is halved and gradient accumulation doubled,
+    so the effective batch stays, and the run continues from its last finished epoch (or
+    restarts); ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the result has status
+    ``oom``.
+    """
+    reporter = _ReportOnce(reporter or NullReporter())
+    fault = _faults.faults()
+    oom_error = _faults.out_of_memory_error()
+    data = data or load_data(cfg.data)
+    notes: dict[str, Any] = {}
+    resume = _read_resume(resume_from, cfg, notes)
+    if resume is not None:
+        notes["resumed_from_epoch"] = resume.epoch
+    micro, accum, ooms = cfg.data.batch_size, cfg.train.accum_steps, 0
+    while True:
+        try:
+            result = _train_once(
+                cfg, reporter=reporter, checkpoint_path=checkpoint_path, data=data,
+                micro_batch=micro, accum_steps=accum, eval_batch=max(1, EVAL_BATCH >> ooms),
+                resume=resume, last_checkpoint_path=last_checkpoint_path, fault=fault,
+            )  # fmt: skip
+            break
+        except _ResumeFailed as exc:
+            notes.pop("resumed_from_epoch", None)
+            notes["resume_skipped"] = str(exc)
+            resume = None
+            continue
+        except oom_error as exc:
+            error = str(exc).splitlines()[0] if str(exc) else "out of memory"
+        _free_memory()
+        ooms += 1
+        if (micro + 1) // 2 < MIN_MICRO_BATCH or micro == 1:
+            history = [reporter.seen[e] for e in sorted(reporter.seen)]
+            result = TrainResult(
+                status="oom",
+                reason=(
+                    f"oom: out of memory at micro-batch {micro} x {accum} accumulation steps, "
+                    f"the smallest allowed is {MIN_MICRO_BATCH} ({error})"
+                ),
+                history=history,
+            )
+            break
+        micro, accum = (micro + 1) // 2, accum * 2
+        resume = None
+        if last_checkpoint_path is not None:  # continue from the last finished epoch
+            resume = _read_resume(last_checkpoint_path, cfg, {})
+    if ooms:
+        notes.update(
+            oom_retries=ooms, micro_batch=micro, accum_steps=accum, effective_batch=micro * accum
+        )
+    result.adjustments.update(notes)
+    if last_checkpoint_path is not None:
+        Path(last_checkpoint_path).unlink(missing_ok=True)  # only a killed run needs it
+    return result
+
+
+def _read_resume(path: str | Path | None, cfg: TrainConfig, notes: dict[str, Any]):
+    if not path:
+        return None
+    try:
+        return load_state(path, config=cfg.to_flat())
+    except ValueError as exc:
+        notes["resume_skipped"] = str(exc)
+        return None
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train_once(
+    cfg: TrainConfig,
+    *,
+    reporter: Reporter,
+    checkpoint_path: str | Path | None,
+    data: ImageData,
+    micro_batch: int,
+    accum_steps: int,
+    eval_batch: int,
+    resume: TrainState | None,
+    last_checkpoint_path: str | Path | None,
+    fault: dict[str, float],
+) -> TrainResult:
     t_setup = time.perf_counter()
     device = select_device(cfg.train.device)
     data = data or load_data(cfg.data)
@@ -152,7 +275,7 @@ def train(
     # bf16 autocast on CUDA: no loss scaling needed, ~2x throughput on tensor cores.
     amp = cfg.train.amp and device.type == "cuda"
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # batch order, aug
-    bs, accum = cfg.data.batch_size, cfg.train.accum_steps
+    bs, accum = micro_batch, accum_steps  # micro-batch; an optimizer step sees bs * accum
     n = len(x_train)
     steps_per_epoch = max(1, n // bs) if n >= bs else 1  # drop the ragged last batch
 
@@ -170,10 +293,25 @@ def train(
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
     best_state: dict[str, torch.Tensor] | None = None
     best_acc, since_best = -1.0, 0
+    first_epoch, resumed_seconds = 1, 0.0
+    if resume is not None:
+        try:
+            restore(resume, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen)
+        except ValueError as exc:
+            raise _ResumeFailed(str(exc)) from None
+        result.history = [dict(h) for h in resume.history]
+        best_state, best_acc, since_best = resume.best, resume.best_acc, resume.since_best
+        result.best_epoch, first_epoch = resume.best_epoch, resume.epoch + 1
+        resumed_seconds = sum(h.get("seconds", 0.0) for h in result.history)
+        for metrics in result.history:  # a new trial learns the epochs it inherits
+            reporter.report(int(metrics["epoch"]), metrics)
     result.setup_seconds = time.perf_counter() - t_setup
     t_train = time.perf_counter()
+    if resume is not None and reporter.should_stop():
+        result.status, result.reason = "pruned", f"pruned after epoch {resume.epoch}"
+        first_epoch = cfg.train.epochs + 1  # no epoch left to run
 
-    for epoch in range(1, cfg.train.epochs + 1):
+    for epoch in range(first_epoch, cfg.train.epochs + 1):
         t_epoch = time.perf_counter()
         model.train()
         perm = torch.randperm(n, device=device, generator=gen)
@@ -183,6 +321,10 @@ def train(
         bad_loss = None
         for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
+            if fault:
+                _faults.check_batch(fault, len(idx))
+                if step == min(1, steps_per_epoch - 1) and fault.get("epoch_sleep"):
+                    time.sleep(fault["epoch_sleep"])  # a test kills or pauses us here
             xb, yb = x_train[idx].float() / 255.0, y_train[idx]
             if aug is not None:
                 xb = aug(xb, gen)
@@ -217,7 +359,9 @@ def train(
             result.reason = f"loss became {bad_loss} at epoch {epoch}, step {step + 1}"
             break
 
-        val_loss, val_acc = evaluate(model, x_val, y_val, criterion, prepare, amp=amp)
+        val_loss, val_acc = evaluate(
+            model, x_val, y_val, criterion, prepare, amp=amp, batch=eval_batch
+        )
         metrics = {
             "epoch": epoch,
             "train_loss": (loss_sum / seen).item(),
@@ -246,8 +390,15 @@ def train(
                 f"no val_acc gain for {since_best} epochs; best epoch {result.best_epoch}"
             )
             break
+        if last_checkpoint_path is not None and epoch < cfg.train.epochs:
+            save_state(
+                last_checkpoint_path, config=cfg.to_flat(), epoch=epoch, history=result.history,
+                best_epoch=result.best_epoch, best_acc=best_acc, since_best=since_best,
+                model=model, best_state=best_state, optimizer=optimizer, scheduler=scheduler,
+                generator=gen,
+            )  # fmt: skip
 
-    result.train_seconds = time.perf_counter() - t_train
+    result.train_seconds = time.perf_counter() - t_train + resumed_seconds
     if best_state is not None:
         model.load_state_dict(best_state)  # early stopping keeps the best state (seed 004)
     model.eval()
@@ -260,12 +411,14 @@ def train(
 
 
 @torch.inference_mode()
-def evaluate(model, x, y, criterion, prepare, *, amp: bool = False) -> tuple[float, float]:
+def evaluate(
+    model, x, y, criterion, prepare, *, amp: bool = False, batch: int = EVAL_BATCH
+) -> tuple[float, float]:
     """Mean loss and accuracy over a labelled tensor set, in large batches."""
     model.eval()
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), EVAL_BATCH):
-        xb, yb = prepare(x[i : i + EVAL_BATCH]), y[i : i + EVAL_BATCH]
+    for i in range(0, len(x), batch):
+        xb, yb = prepare(x[i : i + batch]), y[i : i + batch]
         with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(xb)
         logits = logits.float()
