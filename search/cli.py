@@ -16,6 +16,8 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the running trial is marked failed) but exit code 143."""
 
+    reason = "terminated by SIGTERM"
+
 
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``optim.lr=1e-3`` -> ("optim.lr", 0.001); values are Python/TOML-like literals."""
@@ -48,7 +50,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from search.run import plan_run, run_study
     from search.studyfile import load_study
     from search.summary import print_summary
+    from search.workers import WorkerOptions
 
+    options = WorkerOptions(heartbeat=args.heartbeat, grace=args.grace, max_retries=args.retries)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, but got {args.threads}")
     spec = load_study(args.study)
     enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
     plan = plan_run(
@@ -60,11 +66,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {args.trials}")
+    from search import storage as storage_mod
     from search.progress import Progress
 
+    storage_mod.check_workers(plan.url, args.workers)
+    if args.workers > 1:
+        return _run_workers(args, plan)
+    if args.worker_child:
+        from search.workers import watch_parent
+
+        watch_parent()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     study = run_study(
-        plan, n_trials=args.trials, timeout=args.timeout, progress=Progress(quiet=args.quiet)
+        plan,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        progress=Progress(quiet=args.quiet),
+        options=options,
+        announce=not args.worker_child,
     )
+    if not args.worker_child:
+        print_summary(study, plan.url)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, plan) -> int:
+    """--workers K: create the study here, then K worker processes fill it."""
+    from search import storage as storage_mod
+    from search.run import prepare_study
+    from search.summary import print_summary
+    from search.workers import SlotClaimer, WorkerOptions, launch
+
+    storage, study = prepare_study(plan)
+    claimer = SlotClaimer(
+        study, storage=storage, url=plan.url, n_trials=args.trials, options=WorkerOptions()
+    )
+    print(
+        f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {args.trials} "
+        f"trials finished; storage {storage_mod.mask_url(plan.url)}",
+        file=sys.stderr,
+    )
+    code = launch(args, url=plan.url, workers=args.workers)
+    if code in (EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED):
+        if code != EXIT_USAGE:
+            print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
+        return code
+    done = claimer.finished(claimer.counts())
+    if done < args.trials and args.timeout is None:
+        msg = f"error: the study holds {done} of {args.trials} finished trials; rerun to go on"
+        print(msg, file=sys.stderr)
+        return 1
     print_summary(study, plan.url)
     return 0
 
@@ -183,6 +237,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="data root (overrides the study file and its env variable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine (one per GPU when there are GPUs); needs "
+        "PostgreSQL when > 1. Run the same command on other machines to add theirs",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads per worker (default: the cores / workers)"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a running trial's heartbeat interval (default 30)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="a trial without heartbeat this long is failed and retried (default 4 heartbeats)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="runs again of a lost or interrupted trial's parameters (default 2)",
+    )
+    p.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("best", help="the best trial of a study")
@@ -256,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
-        from search.storage import mask_url
+        from search.storage import redact
 
-        print(f"error: {mask_url(str(exc)).splitlines()[0]}", file=sys.stderr)
+        print(
+            f"error: {(redact(str(exc)).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr
+        )
         return EXIT_USAGE
     except Terminated:
         print("\nterminated: the running trial is marked failed; rerun to go on", file=sys.stderr)
@@ -267,7 +353,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: the running trial is marked failed; rerun to go on", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from search.storage import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import sqlalchemy.exc
+        from optuna.exceptions import StorageInternalError
+
+        if not isinstance(exc, sqlalchemy.exc.SQLAlchemyError | StorageInternalError):
+            raise
+        from search.storage import redact
+
+        cause = exc.__cause__ or exc
+        text = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+        print(
+            f"error: storage: {redact(text[0] if text else type(cause).__name__)}", file=sys.stderr
+        )
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

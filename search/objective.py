@@ -56,18 +56,26 @@ class Objective:
         trial.set_user_attr("config", cfg.to_flat())
         if self.progress:
             self.progress.trial_start(trial.number, params)
-        ckpt = None
+        ckpt = last = None
         if self.checkpoint_dir is not None:
             ckpt = self.checkpoint_dir / f"trial-{trial.number}.safetensors"
+            # state after each epoch: a retry of this trial (its worker died) resumes there
+            last = self.checkpoint_dir / f"trial-{trial.number}.last.safetensors"
         try:
             result = trainer.train(
                 cfg,
                 reporter=OptunaReporter(trial, self.progress, cfg.train.epochs),
                 checkpoint_path=ckpt,
+                resume_from=trial.user_attrs.get("resume_from"),
+                last_checkpoint_path=last,
             )
-        except KeyboardInterrupt:
-            _set_status(trial, "interrupted", "interrupted by the user (Ctrl-C)")
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
+            _set_status(
+                trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)")
+            )
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # another worker failed this trial meanwhile: nothing of ours to store
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             _set_status(trial, "error", reason)
@@ -76,8 +84,9 @@ class Objective:
             raise
         record_result(trial, result)
         annotate_trial(trial, cfg, result, store_root=self.artifact_root)
-        if result.status in ("pruned", "nonfinite_loss"):
-            # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN.
+        if result.status in ("pruned", "nonfinite_loss", "oom"):
+            # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN;
+            # so is one that does not fit in memory even at the smallest micro-batch.
             raise optuna.TrialPruned(result.reason)
         value = result.best_val_acc
         if not math.isfinite(value):
@@ -93,6 +102,8 @@ def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         "curves", {k: [_finite_or_none(x) for x in v] for k, v in result.curves().items()}
     )
     trial.set_user_attr("setup_seconds", result.setup_seconds)
+    for key, value in getattr(result, "adjustments", {}).items():
+        trial.set_user_attr(key, value)  # oom_retries, micro_batch, resumed_from_epoch, ...
     if result.checkpoint:
         trial.set_user_attr("checkpoint", result.checkpoint)
 

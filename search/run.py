@@ -1,8 +1,16 @@
-"""``search run``: check everything, then create or resume the study and fill it to N trials."""
+"""``search run``: check everything, then create or resume the study and fill it to N trials.
+
+A run is one worker (``search/workers.py``): it claims trial slots in the storage, so any
+number of workers on any number of machines fill the same study to exactly N finished
+trials, and trials of workers that die or freeze are failed and retried.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,6 +28,14 @@ from search.objective import Objective
 from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
+from search.workers import (
+    CHILD_ENV,
+    Heartbeat,
+    SlotClaimer,
+    WorkerOptions,
+    signals_ignored,
+    worker_name,
+)
 from trainer._registry import unknown_name_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -50,10 +66,14 @@ def plan_run(
     """Validate the study, overrides, storage and data before any trial or table is written."""
     url = storage_mod.resolve_url(storage, spec.storage)
     storage_mod.check_url(url)
+    storage_mod.check_study_name(spec.name)
     spaces.get_space(spec.space)
     base = spec.base_config(data_root=data_root)
     spec.check_data_root(base)
     pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
+    source = pinned.get("model.pretrained")
+    if isinstance(source, str) and source != "imagenet":
+        trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
     cfg, _ = spaces.build_config(spec.space, None, base=base, fixed=pinned)
     for key, value in pinned.items():
         if key == "model.backbone":
@@ -98,6 +118,18 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
     return study
 
 
+def prepare_study(plan: Plan) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+    """Open the storage and create or load the study and its queue, all under one lock:
+    workers starting together on a fresh database make one schema and one study."""
+    optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
+    with storage_mod.exclusive(plan.url, "setup"):
+        storage = storage_mod.open_storage(plan.url)
+        study = open_study(plan, storage=storage)
+        for params in plan.enqueue:
+            study.enqueue_trial(params, user_attrs={"enqueued": params}, skip_if_exists=True)
+    return storage, study
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -108,17 +140,19 @@ def run_study(
     n_trials: int,
     timeout: float | None = None,
     progress: Progress | None = None,
+    options: WorkerOptions | None = None,
+    announce: bool = True,
 ) -> optuna.Study:
-    """Run until the study holds ``n_trials`` finished (complete + pruned) trials."""
+    """Run until the study holds ``n_trials`` finished (complete + pruned) trials, counting
+    those of every other worker on the same storage; never more."""
     if n_trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
+    options = options or WorkerOptions()
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
-    study = open_study(plan)
-    for params in plan.enqueue:
-        study.enqueue_trial(params, user_attrs={"enqueued": params}, skip_if_exists=True)
+    storage, study = prepare_study(plan)
     ckpt_dir = storage_mod.artifact_dir(plan.url, plan.spec.name) / "checkpoints"
     objective = Objective(
         space=plan.spec.space,
@@ -129,21 +163,49 @@ def run_study(
         artifact_root=storage_mod.artifact_store_dir(plan.url),
     )
     progress.wanted = n_trials
-    done = finished_count(study)
-    progress.message(
-        f"study {plan.spec.name!r}: {done} of {n_trials} trials finished; "
-        f"storage {storage_mod.mask_url(plan.url)}"
+    if os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url):
+        # Workers run side by side here: with one seed they would all propose the same
+        # parameters, so each draws from its own random stream.
+        study.sampler.reseed_rng()
+    claimer = SlotClaimer(
+        study,
+        storage=storage,
+        url=plan.url,
+        n_trials=n_trials,
+        options=options,
+        checkpoint_dir=ckpt_dir,
+        say=progress.message,
     )
+    if announce:
+        progress.message(
+            f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {n_trials} "
+            f"trials finished; storage {storage_mod.mask_url(plan.url)}"
+        )
     deadline = time.monotonic() + timeout if timeout else None
-    failures = 0
-    while done < n_trials:
+    failures, waiting = 0, False
+    while True:
         if deadline is not None and time.monotonic() >= deadline:
+            done = claimer.finished(claimer.counts())
             progress.message(f"timeout reached with {done} of {n_trials} trials finished")
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-        last = study.get_trials(deepcopy=False)[-1]
+        claimed = claimer.claim()
+        if claimed == "done":
+            break
+        if claimed == "wait":
+            if not waiting:
+                progress.message(
+                    "waiting: the rest of the budget is running in other workers (a trial "
+                    f"without heartbeat for {options.grace_period:g} s is retried here)"
+                )
+            waiting = True
+            time.sleep(options.poll)
+            continue
+        waiting = False
+        last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
+        if last is None:  # a late result, discarded
+            continue
         failures = failures + 1 if last.state == TrialState.FAIL else 0
-        done = finished_count(study)
+        done = claimer.finished(claimer.counts())
         progress.trial_end(done, describe_trial(last), describe_best(study))
         _prune_checkpoints(study)
         if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -151,6 +213,86 @@ def run_study(
                 f"{failures} trials in a row failed; last: {last.user_attrs.get('reason', '?')}"
             )
     return study
+
+
+def _run_claimed(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Objective,
+    storage: optuna.storages.BaseStorage,
+    claimer: SlotClaimer,
+    options: WorkerOptions,
+    progress: Progress,
+) -> optuna.trial.FrozenTrial | None:
+    """Run one claimed trial with a heartbeat and tell its outcome. None: the trial had been
+    failed by another worker meanwhile (this one was paused), and its result is dropped."""
+    tid, number = trial._trial_id, trial.number
+    resume_from = trial.user_attrs.get("resume_from")
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is not None:
+        progress.message(
+            f"trial {number} retries trial {retry_of}"
+            + (" from its last finished epoch" if resume_from else "")
+        )
+    value: float | None = None
+    with Heartbeat(storage, tid, options.heartbeat):
+        try:
+            trial.set_user_attr("worker", worker_name())
+            value = objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return _discard(number, objective, options, progress)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the objective stored the reason
+            with signals_ignored():
+                _tell(study, trial, TrialState.FAIL, None, storage)
+                if objective.checkpoint_dir is not None:  # a rerun starts new trials
+                    (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(
+                        missing_ok=True
+                    )
+            raise
+        except Exception:
+            state = TrialState.FAIL  # the objective stored the reason and traceback
+    if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("reason", f"non-finite objective value {value}")
+        state, value = TrialState.PRUNED, None  # never a COMPLETE trial with a NaN value
+    if not _tell(study, trial, state, value, storage):
+        return _discard(number, objective, options, progress)
+    if resume_from and objective.checkpoint_dir is not None:
+        path = Path(resume_from)
+        if path.parent == objective.checkpoint_dir:  # the retry is done with it
+            path.unlink(missing_ok=True)
+    return storage.get_trial(tid)
+
+
+def _tell(study, trial, state: TrialState, value: float | None, storage) -> bool:
+    """Store the outcome; False when the trial was already failed by a sweep."""
+    try:
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+        return True
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        stored = storage.get_trial(trial._trial_id)
+        if stored.state == state:  # our write had landed before a dropped connection
+            return True
+        if stored.state.is_finished():
+            return False
+        raise
+
+
+def _discard(number: int, objective: Objective, options: WorkerOptions, progress: Progress):
+    progress.message(
+        f"trial {number}: this worker sent no heartbeat for over {options.grace_period:g} s "
+        "(paused or cut off), so another worker marked the trial failed and retried it; "
+        "the late result is discarded"
+    )
+    if objective.checkpoint_dir is not None:  # not moved aside for a retry: nobody needs it
+        (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(missing_ok=True)
+    return None
 
 
 def describe_trial(t: optuna.trial.FrozenTrial) -> str:
@@ -178,5 +320,5 @@ def _prune_checkpoints(study: optuna.Study) -> None:
     ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
     for t in ranked[KEEP_CHECKPOINTS:]:
         path = t.user_attrs.get("checkpoint")
-        if path and Path(path).exists():
-            Path(path).unlink()
+        if path:
+            Path(path).unlink(missing_ok=True)  # another local worker may have been first

@@ -1,0 +1,453 @@
+"""Workers: claim trial slots in the database, keep a heartbeat, retry lost trials; and
+``search run --workers K``, which starts K local worker processes.
+
+Every worker, local or on another machine, runs the same loop against the same storage:
+
+1. Sweep: a RUNNING trial whose heartbeat is older than the grace period belongs to a worker
+   that died or froze. Mark it FAIL (status ``lost``) and enqueue its parameters again, at most
+   ``max_retries`` times, pointing at its last epoch state so the retry resumes there.
+2. Claim: under a lock every worker respects (``storage.exclusive``), count finished (complete
+   + pruned) and running trials; start one only if finished + running < N. That makes
+   ``--trials N`` exact: no worker can start the trial that would make N + 1.
+3. Run it with a heartbeat thread; a result for a trial that was meanwhile failed by a sweep
+   (this worker was paused past the grace period) is discarded, never counted twice.
+
+Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)``) starts its thread only inside
+``study.optimize`` and stops beating after the first database error; ours keeps beating through
+a database restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
+
+from search import storage as storage_mod
+
+log = logging.getLogger("hpsearch")
+DEFAULT_HEARTBEAT = 30.0  # seconds between heartbeats of a running trial
+DEFAULT_RETRIES = 2  # times a lost or interrupted trial's parameters are run again
+CHILD_ENV = "HPSEARCH_WORKER"  # "i/K" in a worker process started by --workers K
+DONE, WAIT = "done", "wait"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    heartbeat: float = DEFAULT_HEARTBEAT
+    grace: float | None = None  # default: 4 heartbeats
+    max_retries: int = DEFAULT_RETRIES
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat > 0:
+            raise ValueError(f"--heartbeat must be > 0 seconds, but got {self.heartbeat}")
+        if self.grace is not None and not self.grace > self.heartbeat:
+            raise ValueError(
+                f"--grace must be longer than the heartbeat ({self.heartbeat} s), "
+                f"but got {self.grace}"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"--retries must be >= 0, but got {self.max_retries}")
+
+    @property
+    def grace_period(self) -> float:
+        return self.grace if self.grace is not None else 4 * self.heartbeat
+
+    @property
+    def poll(self) -> float:
+        """How often a worker with nothing to claim looks again."""
+        return max(0.2, min(self.heartbeat, 5.0))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds in a thread, through database
+    outages (an error is logged once and the next beat tries again)."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpsearch-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                if failing:
+                    log.warning("heartbeat of trial id %d recorded again", self.trial_id)
+                failing = False
+            except Exception as exc:  # the database is restarting: beat again next time
+                if not failing:
+                    log.warning(
+                        "could not record the heartbeat of trial id %d: %s",
+                        self.trial_id,
+                        storage_mod.redact(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+                    )
+                failing = True
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(5.0, 2 * self.interval))
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Let the clean-up after a Ctrl-C or SIGTERM finish before a second signal lands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class SlotClaimer:
+    """Claims trial slots of one study so that exactly ``n_trials`` finish, across processes
+    and machines, and fails and re-enqueues trials whose worker stopped beating."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        *,
+        storage: Any,
+        url: str,
+        n_trials: int,
+        options: WorkerOptions,
+        checkpoint_dir: Path | None = None,
+        say=None,
+    ) -> None:
+        from optuna.storages._rdb import models
+
+        self.study, self.storage, self.url = study, storage, url
+        self.n_trials, self.options = n_trials, options
+        self.checkpoint_dir = checkpoint_dir
+        self.say = say or (lambda text: log.warning(text))
+        self.study_id = study._study_id
+        self._trials = models.TrialModel.__table__
+        self._beats = models.TrialHeartbeatModel.__table__
+        self._attrs = models.TrialUserAttributeModel.__table__
+
+    # -- counting -------------------------------------------------------------------------
+    def counts(self, conn: Any = None) -> dict[TrialState, int]:
+        t = self._trials
+        query = (
+            sqlalchemy.select(t.c.state, sqlalchemy.func.count())
+            .where(t.c.study_id == self.study_id)
+            .group_by(t.c.state)
+        )
+        out = dict.fromkeys(TrialState, 0)
+        if conn is None:
+            with self.storage.engine.connect() as own:
+                rows = own.execute(query).all()
+        else:
+            rows = conn.execute(query).all()
+        for state, n in rows:
+            out[TrialState[state] if isinstance(state, str) else state] = n
+        return out
+
+    @staticmethod
+    def finished(counts: dict[TrialState, int]) -> int:
+        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+
+    # -- claiming -------------------------------------------------------------------------
+    def claim(self) -> optuna.Trial | str:
+        """A new RUNNING trial (a re-enqueued one first), or DONE (N finished), or WAIT (the
+        rest of the budget is running elsewhere; one of those may still fail)."""
+        self.sweep()
+        trial = None
+        server = not storage_mod.is_sqlite(self.url)
+        hold = max(30.0, 2 * self.options.grace_period)
+        try:
+            with storage_mod.exclusive(
+                self.url,
+                f"claim:{self.study.study_name}",
+                engine=self.storage.engine if server else None,
+                hold_limit=hold,
+            ) as conn:
+                counts = self.counts(conn)
+                done = self.finished(counts)
+                if done >= self.n_trials:
+                    return DONE
+                if done + counts[TrialState.RUNNING] >= self.n_trials:
+                    return WAIT
+                trial = self.study.ask()
+                self.storage.record_heartbeat(trial._trial_id)
+                if conn is not None:
+                    conn.execute(sqlalchemy.text("SELECT 1"))  # still holding the lock?
+        except Exception as exc:
+            if not storage_mod._transient(exc, self.url):
+                raise
+            if trial is None:
+                return WAIT  # the database went away while we counted: look again later
+            # The lock connection died while we created the trial, so another worker may
+            # have claimed concurrently: give ours back if the budget is now overdrawn.
+            counts = self.counts()
+            if self.finished(counts) + counts[TrialState.RUNNING] > self.n_trials:
+                self._fail(trial._trial_id, "lost", "claimed while the database restarted; "
+                           "over the trial budget, so not run")  # fmt: skip
+                return WAIT
+        return trial
+
+    # -- lost workers ---------------------------------------------------------------------
+    def _db_now(self, conn: Any) -> datetime:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        if isinstance(now, str):  # SQLite's CURRENT_TIMESTAMP, in UTC
+            now = datetime.fromisoformat(now)
+        return now.replace(tzinfo=None)
+
+    def stale(self) -> list[tuple[int, int, str]]:
+        """(trial id, number, why) of RUNNING trials whose worker stopped beating."""
+        t, hb = self._trials, self._beats
+        grace = self.options.grace_period
+        query = (
+            sqlalchemy.select(t.c.trial_id, t.c.number, t.c.datetime_start, hb.c.heartbeat)
+            .select_from(t.outerjoin(hb, hb.c.trial_id == t.c.trial_id))
+            .where(t.c.study_id == self.study_id, t.c.state == TrialState.RUNNING)
+        )
+        with self.storage.engine.connect() as conn:
+            now = self._db_now(conn)
+            rows = conn.execute(query).all()
+        out = []
+        for trial_id, number, started, beat in rows:
+            if beat is not None:
+                if isinstance(beat, str):
+                    beat = datetime.fromisoformat(beat)
+                age = (now - beat.replace(tzinfo=None)).total_seconds()
+                if age > grace:
+                    out.append(
+                        (trial_id, number, f"no heartbeat for {age:.0f} s (grace {grace:g} s)")
+                    )
+            elif started is not None and datetime.now() - started > timedelta(
+                seconds=2 * grace + 60
+            ):  # left RUNNING by a run without heartbeat (an older version, a crash)
+                out.append((trial_id, number, "left running without a heartbeat"))
+        return out
+
+    def sweep(self) -> list[int]:
+        """Fail trials of dead or frozen workers and enqueue their retries; their numbers."""
+        lost = []
+        for trial_id, number, why in self.stale():
+            reason = f"worker lost: {why}; the worker was killed, crashed or froze"
+            if self._fail(trial_id, "lost", reason):
+                lost.append(number)
+                retry = self.retry(self.storage.get_trial(trial_id), reason)
+                self.say(
+                    f"trial {number} {reason}"
+                    + (f"; retrying its parameters{retry}" if retry is not None else "")
+                )
+        return lost
+
+    def _fail(self, trial_id: int, status: str, reason: str) -> bool:
+        """Move a RUNNING trial to FAIL and record why; False if it had already finished."""
+        try:
+            if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        # Optuna refuses attributes on a finished trial; only the worker that failed it
+        # writes these, so set them in the table directly.
+        a = self._attrs
+        values = {"status": status, "reason": reason}
+        with self.storage.engine.begin() as conn:
+            conn.execute(a.delete().where(a.c.trial_id == trial_id, a.c.key.in_(list(values))))
+            conn.execute(
+                a.insert(),
+                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in values.items()],
+            )  # fmt: skip
+        return True
+
+    def retry(self, failed: FrozenTrial, reason: str) -> str | None:
+        """Enqueue ``failed``'s parameters again (bounded); a description, or None."""
+        history = [*failed.user_attrs.get("retry_history", []), failed.number]
+        if len(history) > self.options.max_retries:
+            self.say(
+                f"trial {failed.number} is not retried: its parameters already ran "
+                f"{len(history)} times (--retries {self.options.max_retries})"
+            )
+            return None
+        resume = self._resume_file(failed)
+        attrs: dict[str, Any] = {
+            "retry_of": history[0],
+            "retry_history": history,
+            "retry_reason": reason,
+        }
+        if resume:
+            attrs["resume_from"] = resume
+        if "enqueued" in failed.user_attrs:
+            attrs["enqueued"] = failed.user_attrs["enqueued"]
+        params = dict(failed.user_attrs.get("enqueued") or {})
+        params.update(failed.params)
+        self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+        return f" (retry {len(history)} of {self.options.max_retries}" + (
+            ", from its last epoch)" if resume else ")"
+        )
+
+    def _resume_file(self, failed: FrozenTrial) -> str | None:
+        """The failed trial's last epoch state, moved aside so its own (maybe still alive)
+        worker cannot delete it; else the state it had itself resumed from."""
+        if self.checkpoint_dir is not None:
+            last = self.checkpoint_dir / f"trial-{failed.number}.last.safetensors"
+            kept = self.checkpoint_dir / f"trial-{failed.number}.resume.safetensors"
+            with contextlib.suppress(OSError):
+                last.replace(kept)
+            if kept.exists():
+                return str(kept)
+        inherited = failed.user_attrs.get("resume_from")
+        return inherited if inherited and Path(inherited).exists() else inherited
+
+
+# -- several local workers --------------------------------------------------------------
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (none on a CPU)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        count = torch.cuda.device_count()
+    except Exception:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        ids = [v.strip() for v in visible.split(",") if v.strip()]
+        return ids[:count] if count else ids
+    return [str(i) for i in range(count)]
+
+
+def child_argv(args: Any, *, threads: int) -> list[str]:
+    """The ``search run`` command line of a worker process. The storage URL travels in the
+    environment, never on a command line that ``ps`` shows to every user."""
+    argv = ["run", "--study", args.study, "--trials", str(args.trials), "--worker-child"]
+    if args.timeout is not None:
+        argv += ["--timeout", str(args.timeout)]
+    for item in args.set or []:
+        argv += ["--set", item]
+    for item in args.enqueue or []:
+        argv += ["--enqueue", item]
+    if args.data:
+        argv += ["--data", str(Path(args.data).expanduser().resolve())]
+    if args.quiet:
+        argv.append("--quiet")
+    argv += ["--heartbeat", str(args.heartbeat), "--retries", str(args.retries)]
+    if args.grace is not None:
+        argv += ["--grace", str(args.grace)]
+    argv += ["--threads", str(threads)]
+    return argv
+
+
+def launch(args: Any, *, url: str, workers: int, stream: TextIO | None = None) -> int:
+    """Start ``workers`` worker processes on this machine and wait for them. Each gets a GPU
+    of its own when there are GPUs (CUDA_VISIBLE_DEVICES), and an equal share of the CPU
+    threads. Ctrl-C and SIGTERM are passed on; the exit code is 130/143 then, 2 when a worker
+    refused its input, 1 when the study is not full for another reason, else 0."""
+    stream = stream or sys.stderr
+    gpus = gpu_ids()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    if gpus and workers > len(gpus):
+        print(f"note: {workers} workers share {len(gpus)} GPU(s)", file=stream)
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    lock = threading.Lock()
+    received: list[int] = []
+
+    def pump(i: int, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with lock:
+                stream.write(f"[w{i}] {storage_mod.redact(line.rstrip(), url)}\n")
+                stream.flush()
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i in range(workers):
+            env = dict(os.environ)
+            env["SEARCH_STORAGE"] = url
+            env[CHILD_ENV] = f"{i}/{workers}"
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "search.cli", *child_argv(args, threads=threads)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # Ctrl-C reaches us, and we pass it on exactly once
+            )
+            procs.append(proc)
+            t = threading.Thread(target=pump, args=(i, proc), daemon=True)
+            t.start()
+            pumps.append(t)
+        where = f"GPU {', '.join(gpus)}" if gpus else f"{threads} CPU thread(s) each"
+        print(f"started {workers} workers ({where})", file=stream, flush=True)
+        codes = [p.wait() for p in procs]
+        for t in pumps:
+            t.join(timeout=5)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if received:
+        return 130 if received[0] == signal.SIGINT else 143
+    if any(c == 2 for c in codes):
+        return 2
+    bad = {i: c for i, c in enumerate(codes) if c != 0}
+    if bad:
+        text = ", ".join(
+            f"w{i} " + (f"killed by {signal.Signals(-c).name}" if c < 0 else f"exit code {c}")
+            for i, c in bad.items()
+        )
+        print(f"note: {text}", file=stream)
+        return 1
+    return 0
+
+
+def watch_parent() -> None:
+    """In a worker process: terminate (trial marked failed) if the launcher dies."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="hpsearch-parent-watch", daemon=True).start()
