@@ -1,0 +1,441 @@
+"""Faults a study must survive, each a test, on SQLite and on a real PostgreSQL (started by
+``tests/pgserver.py``): a killed or interrupted worker, out of memory, non-finite values,
+malicious pickles, a deleted source checkpoint, a corrupt image, odd study names, and the
+trial budget under contention. Fault hooks are switched on by ``HPSEARCH_FAULTS``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+import sqlalchemy
+from conftest import TINY_DIGITS
+from faultkit import (
+    FAST,
+    FAST_OPTIONS,
+    FINISHED,
+    STORAGES,
+    Watch,
+    finish,
+    load,
+    quiet,
+    spawn,
+    states,
+    storage_param,
+    wait_for,
+)
+from optuna.trial import TrialState
+from pgserver import pg_fixture, pg_url_fixture  # noqa: F401  (fixtures pg, pg_url)
+from PIL import Image
+
+import trainer
+from search import storage as storage_mod
+from search.cli import main
+from search.run import plan_run, prepare_study, run_study
+from search.studyfile import load_study
+from search.workers import SlotClaimer, WorkerOptions
+
+
+@pytest.fixture(params=STORAGES)
+def url(request, tmp_path):
+    return storage_param(request, tmp_path)
+
+
+def run(name: str, url: str, n: int, **plan_kwargs) -> optuna.Study:
+    plan = plan_run(load_study(name), storage=url, **plan_kwargs)
+    return run_study(plan, n_trials=n, progress=quiet(), options=FAST_OPTIONS)
+
+
+def checkpoint_dir(url: str, name: str):
+    return storage_mod.artifact_dir(url, name) / "checkpoints"
+
+
+# --------------------------------------------------------------------- killed workers
+
+
+def test_sigkill_mid_epoch_is_retried_from_its_last_epoch(write_study, url):
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 2"))
+    watch = Watch(url, "tiny")
+    proc = spawn(
+        ["run", "--study", "tiny", "--trials", "2", "-q", *FAST],
+        storage=url,
+        faults="epoch_sleep=1.0",  # every epoch takes >= 1 s: we kill in the middle
+    )
+    try:
+        victim = wait_for(
+            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
+        )
+        time.sleep(0.3)  # its epoch-1 state is written right after the report
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        watch.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert (checkpoint_dir(url, "tiny") / f"trial-{victim.number}.last.safetensors").exists()
+
+    study = run("tiny", url, 2)  # another worker: fails the silent trial and retries it
+
+    trials = study.trials
+    lost = trials[victim.number]
+    assert lost.state == TrialState.FAIL
+    assert lost.user_attrs["status"] == "lost"
+    assert "no heartbeat" in lost.user_attrs["reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state in FINISHED and retry.params == lost.params
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert retry.intermediate_values[1] == lost.intermediate_values[1]  # inherited, not rerun
+    assert sum(s in FINISHED for s in states(study)) == 2
+    assert TrialState.RUNNING not in states(study)
+    leftovers = [p.name for p in checkpoint_dir(url, "tiny").glob("*.safetensors")]
+    assert not [n for n in leftovers if ".last." in n or ".resume." in n], leftovers
+
+
+@pytest.mark.parametrize(
+    "url, sig, code",
+    [
+        pytest.param("sqlite", signal.SIGINT, 130, id="sqlite-SIGINT"),
+        # SIGTERM on PostgreSQL: test_postgres.py sends it to a --workers launcher
+    ],
+    indirect=["url"],
+)  # fmt: skip
+def test_signal_fails_the_trial_with_a_reason_and_a_rerun_completes(write_study, url, sig, code):
+    write_study("tiny", TINY_DIGITS)
+    watch = Watch(url, "tiny")
+    proc = spawn(
+        ["run", "--study", "tiny", "--trials", "2", "-q", *FAST],
+        storage=url,
+        faults="epoch_sleep=1.0",
+    )
+    try:
+        victim = wait_for(
+            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
+        )
+        proc.send_signal(sig)
+        rc, out = finish(proc, 60)
+    finally:
+        watch.close()
+    assert rc == code, out
+    assert "Traceback" not in out and "rerun to go on" in out
+    study = load(url, "tiny")
+    trial = study.trials[victim.number]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["status"] == "interrupted"
+    assert ("SIGTERM" if sig == signal.SIGTERM else "Ctrl-C") in trial.user_attrs["reason"]
+    assert TrialState.RUNNING not in states(study)
+
+    study = run("tiny", url, 2)
+    assert sum(s in FINISHED for s in states(study)) == 2
+    assert TrialState.RUNNING not in states(study)
+
+
+def test_lost_trials_are_retried_a_bounded_number_of_times(write_study, url):
+    write_study("tiny", TINY_DIGITS)
+    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    said: list[str] = []
+    options = WorkerOptions(heartbeat=0.5, grace=2.0, max_retries=2)
+    claimer = SlotClaimer(
+        study, storage=storage, url=url, n_trials=5, options=options, say=said.append
+    )
+    beats = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("heartbeat"))
+    for _ in range(3):  # the original and two retries all die
+        trial = claimer.claim()
+        assert isinstance(trial, optuna.Trial)
+        trial.suggest_float("x", 0.0, 1.0)
+        with storage.engine.begin() as conn:  # its worker went silent long ago
+            conn.execute(beats.update().values(heartbeat=sqlalchemy.literal(
+                __import__("datetime").datetime(2000, 1, 1))))  # fmt: skip
+        assert claimer.sweep() == [trial.number]
+    trials = load(url, "tiny").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert len({t.params["x"] for t in trials}) == 1  # the same parameters each time
+    assert [t.user_attrs.get("retry_history") for t in trials] == [None, [0], [0, 1]]
+    assert all(t.user_attrs["status"] == "lost" for t in trials)
+    assert any("not retried" in s and "--retries 2" in s for s in said), said
+
+
+def test_budget_is_exact_when_workers_race(write_study, url):
+    """Four threads claim slots of one study at once, each trial pruned at once: exactly N
+    trials exist afterwards (claims are serialised in the database, not counted after)."""
+    write_study("tiny", TINY_DIGITS)
+    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    n, errors = 7, []
+
+    def worker():
+        claimer = SlotClaimer(study, storage=storage, url=url, n_trials=n, options=FAST_OPTIONS)
+        try:
+            while True:
+                got = claimer.claim()
+                if got == "done":
+                    return
+                if got == "wait":
+                    time.sleep(0.05)
+                    continue
+                time.sleep(0.02)
+                study.tell(got, state=TrialState.PRUNED)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert states(load(url, "tiny")) == [TrialState.PRUNED] * n
+
+
+# --------------------------------------------------------------------- trainer faults
+
+
+def test_out_of_memory_halves_the_micro_batch_then_prunes_with_reason_oom(
+    write_study, url, monkeypatch
+):
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 1"))  # batch size 128
+    monkeypatch.setenv("HPSEARCH_FAULTS", "oom_above=32")
+    (trial,) = run("tiny", url, 1).trials
+    assert trial.state == TrialState.COMPLETE
+    attrs = trial.user_attrs
+    assert (attrs["oom_retries"], attrs["micro_batch"], attrs["accum_steps"]) == (2, 32, 4)
+    assert attrs["effective_batch"] == 128 == attrs["config"]["data.batch_size"]
+
+    monkeypatch.setenv("HPSEARCH_FAULTS", "oom_above=0")  # nothing fits
+    trial = run("tiny", url, 2).trials[1]
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["status"] == "oom"
+    assert trial.user_attrs["reason"].startswith("oom: out of memory at micro-batch 2")
+
+
+def test_non_finite_values_are_never_a_complete_trial(write_study, url, monkeypatch):
+    write_study("tiny", TINY_DIGITS)
+    bad = iter([math.nan, math.inf, -math.inf])
+
+    def fake_train(cfg, **kwargs):
+        v = next(bad)
+        h = {"epoch": 1, "train_loss": v, "train_acc": 0.5, "val_loss": v, "val_acc": v,
+             "lr": 1e-3, "seconds": 0.1}  # fmt: skip
+        return trainer.TrainResult(status="complete", reason="ran", history=[h], best_epoch=1)
+
+    with monkeypatch.context() as m:
+        m.setattr("search.objective.trainer.train", fake_train)
+        study = run("tiny", url, 3)
+    assert states(study) == [TrialState.PRUNED] * 3
+    assert all(t.value is None or math.isfinite(t.value) for t in study.trials)
+
+    write_study("tiny2", TINY_DIGITS)
+    study = run("tiny2", url, 1, fixed={"optim.lr": 1e30})  # a real diverging loss
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["status"] == "nonfinite_loss"
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_a_malicious_pickle_never_executes(write_study, url, tmp_path, capsys):
+    write_study("tiny", TINY_DIGITS)
+    marker = tmp_path / "pwned"
+    for name in ("evil.pt", "evil.safetensors"):
+        (tmp_path / name).write_bytes(pickle.dumps(_Evil(marker)))
+
+    # as pretrained weights: refused before any trial, one line, exit code 2
+    args = ["run", "--study", "tiny", "--trials", "1", "--storage", url, "-q"]
+    assert main([*args, "--set", f"model.pretrained={tmp_path / 'evil.pt'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not be loaded safely" in err and len(err.splitlines()) == 1
+
+    # as the epoch state a retried trial resumes from: ignored, the trial starts at epoch 1
+    _, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    study.enqueue_trial({}, user_attrs={"resume_from": str(tmp_path / "evil.safetensors")})
+    (trial,) = run("tiny", url, 1).trials
+    assert trial.state == TrialState.COMPLETE
+    assert "not a readable resume state" in trial.user_attrs["resume_skipped"]
+    assert "resumed_from_epoch" not in trial.user_attrs
+    assert not marker.exists()
+
+
+SOURCE = TINY_DIGITS.replace("image_size = 8\n", "image_size = 8\nclasses = [0, 1, 2, 3, 4]\n")
+TARGET = (
+    TINY_DIGITS.replace('space = "digits"', 'space = "transfer"')
+    .replace('image_size = 8\n', 'image_size = 8\nclasses = [5, 6, 7, 8, 9]\n')
+    .replace('"model.backbone" = "small_cnn"\n"model.width" = 8\n', '"model.pretrained" = "study:src"\n')
+    .replace("epochs = 3", "epochs = 1")
+)  # fmt: skip
+
+
+def test_deleted_source_checkpoint_is_a_clear_error(write_study, url, capsys):
+    write_study("src", SOURCE)
+    write_study("dst", TARGET)
+    source = run("src", url, 1).best_trial
+    ckpt = source.user_attrs["checkpoint"]
+    plan = plan_run(load_study("dst"), storage=url)  # resolves study:src to that file
+    assert run_study(plan, n_trials=1, progress=quiet()).trials[0].state in FINISHED
+
+    os.unlink(ckpt)  # gone while the target study runs
+    with pytest.raises(RuntimeError, match="trials in a row failed; last: ValueError: checkpoint"):
+        run_study(plan, n_trials=3, progress=quiet())
+    failed = load(url, "dst").trials[-1]
+    assert failed.state == TrialState.FAIL and "does not exist" in failed.user_attrs["reason"]
+
+    # a new run names the source trial and the missing file, before any trial
+    n_before = len(load(url, "dst").trials)
+    assert main(["run", "--study", "dst", "--trials", "3", "--storage", url, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"trial {source.number} of 'src' is gone" in err and ckpt in err
+    assert len(load(url, "dst").trials) == n_before
+
+
+def _image_tree(root, per_class=12):
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate([(250, 20, 20), (20, 20, 250)]):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = np.tile(np.array(colour, dtype=np.int16), (12, 12, 1))
+            img += rng.integers(-30, 31, size=img.shape)
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.png")
+
+
+FOLDER = (
+    TINY_DIGITS.replace('name = "digits"\nimage_size = 8', 'name = "folder"\nimage_size = 8')
+    .replace("epochs = 3", "epochs = 1")
+    .replace('"data.batch_size" = 128', '"data.batch_size" = 8')
+)
+
+
+def test_a_corrupt_image_found_mid_study_is_skipped_with_a_warning(
+    write_study, url, tmp_path, capsys
+):
+    images = tmp_path / "images"
+    _image_tree(images)
+    write_study("imgs", FOLDER)
+    assert len(run("imgs", url, 1, data_root=str(images)).trials) == 1
+
+    bad = images / "class1" / "3.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")  # damaged while the study runs
+    trainer.data._load_cached.cache_clear()  # as a new worker process would
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable image file.*3\.png"):
+        study = run("imgs", url, 2, data_root=str(images))
+    assert sum(s in FINISHED for s in states(study)) == 2
+
+    trainer.data._load_cached.cache_clear()
+    args = ["run", "--study", "imgs", "--trials", "3", "--storage", url, "--data", str(images)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--set", "data.strict=true", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "3.png" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------- names and paths
+
+
+NAMES = [
+    'it\'s "quoted" / slash\\back: 研究 ✓ données',
+    "../../escape",
+    "x" * storage_mod.MAX_NAME_LENGTH,
+]
+
+
+def test_study_names_are_stored_verbatim_and_write_only_under_the_artifact_dir(
+    write_study, url, tmp_path, monkeypatch, capsys
+):
+    art = tmp_path / "art"
+    monkeypatch.setenv("SEARCH_ARTIFACTS", str(art))
+    before = set(tmp_path.parent.rglob("*"))
+    for i, name in enumerate(NAMES):
+        text = f"name = {json.dumps(name, ensure_ascii=False)}\n" + TINY_DIGITS
+        write_study(f"s{i}", text.replace("epochs = 3", "epochs = 1"))
+        args = ["run", "--study", f"s{i}", "--trials", "1", "--storage", url, "-q"]
+        assert main(args) == 0, capsys.readouterr().err
+    assert set(optuna.get_all_study_names(url)) == set(NAMES)
+    for name in NAMES:
+        assert load(url, name).trials[0].state in FINISHED
+
+    capsys.readouterr()
+    write_study("long", f'name = "{"y" * 600}"\n' + TINY_DIGITS)
+    assert main(["run", "--study", "long", "--trials", "1", "--storage", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "600 characters long" in err and "at most 512" in err and len(err.splitlines()) == 1
+    assert set(optuna.get_all_study_names(url)) == set(NAMES)
+
+    new = [p for p in set(tmp_path.parent.rglob("*")) - before if p.is_file()]
+    db = storage_mod.sqlite_path(url)
+    allowed = [art, tmp_path / "studies"] + ([db.parent] if db else [])
+    outside = [p for p in new if not any(p.is_relative_to(a) for a in allowed)]
+    assert outside == []
+    assert [p for p in tmp_path.parent.rglob("*escape*") if art.name not in p.parts] == []
+
+
+def test_sqlite_refuses_several_workers_with_the_reason_and_the_fix(
+    write_study, storage_url, capsys
+):
+    write_study("tiny", TINY_DIGITS)
+    args = ["run", "--study", "tiny", "--trials", "2", "--storage", storage_url, "--workers", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "needs PostgreSQL" in err and "database is locked" in err
+    assert "docs/distributed.md" in err and "--storage postgresql" in err
+    assert not storage_mod.sqlite_path(storage_url).exists()
+
+
+# --------------------------------------------------------------------- the trainer's side
+
+
+TINY_CFG = {"data.image_size": 8, "model.width": 8, "train.epochs": 2, "train.patience": 0}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"optim.name": "adam", "sched.name": "cosine"}, {"optim.name": "sam_sgd", "sched.name": "plateau"}],
+)  # fmt: skip
+def test_resuming_from_an_epoch_state_equals_an_uninterrupted_run(tmp_path, extra):
+    cfg = trainer.TrainConfig.from_flat({**TINY_CFG, **extra})
+    whole = trainer.train(cfg)
+    last, kept = tmp_path / "last.safetensors", tmp_path / "kept.safetensors"
+
+    class KeepAfterEpoch1:  # at epoch 2's report the file holds the state after epoch 1
+        def report(self, epoch, metrics):
+            if epoch == 2:
+                kept.write_bytes(last.read_bytes())
+
+        def should_stop(self):
+            return False
+
+    trainer.train(cfg, reporter=KeepAfterEpoch1(), last_checkpoint_path=last)
+    assert not last.exists()  # removed when the run ends
+    seen = []
+
+    class Record:
+        def report(self, epoch, metrics):
+            seen.append(epoch)
+
+        def should_stop(self):
+            return False
+
+    resumed = trainer.train(cfg, reporter=Record(), resume_from=kept)
+    assert resumed.adjustments == {"resumed_from_epoch": 1}
+    assert seen == [1, 2]  # the inherited epoch is replayed to the new reporter
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in whole.history]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+
+    other = trainer.TrainConfig.from_flat({**TINY_CFG, **extra, "optim.lr": 0.01})
+    fresh = trainer.train(other, resume_from=kept)  # another configuration's state: ignored
+    assert "another configuration" in fresh.adjustments["resume_skipped"]
+    assert len(fresh.history) == 2
