@@ -167,6 +167,21 @@ def _connect_error(url: str, exc: BaseException) -> ValueError:
     return ValueError(f"cannot connect to the storage {_where(url)}: {_first_line(exc, url)}")
 
 
+# connection exceptions, server shutting down or starting, our idle lock holder cut off,
+# serialization failure and deadlock: the same call can succeed a moment later
+_TRANSIENT_SQLSTATES = {
+    "08000",
+    "08003",
+    "08006",
+    "57P01",
+    "57P02",
+    "57P03",
+    "25P03",
+    "40001",
+    "40P01",
+}
+
+
 def _transient(exc: BaseException, url: str) -> bool:
     """A dropped or refused connection (server restart, failover) or a busy SQLite file:
     worth retrying. Bad data or a missing table is not."""
@@ -177,6 +192,8 @@ def _transient(exc: BaseException, url: str) -> bool:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if getattr(getattr(e, "orig", None), "sqlstate", None) in _TRANSIENT_SQLSTATES:
             return True
         if isinstance(e, sa_exc.DisconnectionError | sa_exc.TimeoutError):
             return True

@@ -155,7 +155,13 @@ class SlotClaimer:
         self._attrs = models.TrialUserAttributeModel.__table__
 
     # -- counting -------------------------------------------------------------------------
-    def counts(self, conn: Any = None) -> dict[TrialState, int]:
+    @storage_mod._retrying
+    def counts(self) -> dict[TrialState, int]:
+        """Trials of the study per state (retried while the database is away)."""
+        with self.storage.engine.connect() as conn:
+            return self._count(conn)
+
+    def _count(self, conn: Any) -> dict[TrialState, int]:
         t = self._trials
         query = (
             sqlalchemy.select(t.c.state, sqlalchemy.func.count())
@@ -163,12 +169,7 @@ class SlotClaimer:
             .group_by(t.c.state)
         )
         out = dict.fromkeys(TrialState, 0)
-        if conn is None:
-            with self.storage.engine.connect() as own:
-                rows = own.execute(query).all()
-        else:
-            rows = conn.execute(query).all()
-        for state, n in rows:
+        for state, n in conn.execute(query).all():
             out[TrialState[state] if isinstance(state, str) else state] = n
         return out
 
@@ -191,7 +192,7 @@ class SlotClaimer:
                 engine=self.storage.engine if server else None,
                 hold_limit=hold,
             ) as conn:
-                counts = self.counts(conn)
+                counts = self._count(conn) if conn is not None else self.counts()
                 done = self.finished(counts)
                 if done >= self.n_trials:
                     return DONE
@@ -202,10 +203,10 @@ class SlotClaimer:
                 if conn is not None:
                     conn.execute(sqlalchemy.text("SELECT 1"))  # still holding the lock?
         except Exception as exc:
-            if not storage_mod._transient(exc, self.url):
-                raise
             if trial is None:
-                return WAIT  # the database went away while we counted: look again later
+                if storage_mod._transient(exc, self.url):
+                    return WAIT  # the database went away while we counted: look again
+                raise
             # The lock connection died while we created the trial, so another worker may
             # have claimed concurrently: give ours back if the budget is now overdrawn.
             counts = self.counts()
@@ -222,6 +223,7 @@ class SlotClaimer:
             now = datetime.fromisoformat(now)
         return now.replace(tzinfo=None)
 
+    @storage_mod._retrying
     def stale(self) -> list[tuple[int, int, str]]:
         """(trial id, number, why) of RUNNING trials whose worker stopped beating."""
         t, hb = self._trials, self._beats
@@ -271,17 +273,20 @@ class SlotClaimer:
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
+        self._write_attrs(trial_id, {"status": status, "reason": reason})
+        return True
+
+    @storage_mod._retrying
+    def _write_attrs(self, trial_id: int, values: dict[str, Any]) -> None:
         # Optuna refuses attributes on a finished trial; only the worker that failed it
         # writes these, so set them in the table directly.
         a = self._attrs
-        values = {"status": status, "reason": reason}
         with self.storage.engine.begin() as conn:
             conn.execute(a.delete().where(a.c.trial_id == trial_id, a.c.key.in_(list(values))))
             conn.execute(
                 a.insert(),
                 [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in values.items()],
             )  # fmt: skip
-        return True
 
     def retry(self, failed: FrozenTrial, reason: str) -> str | None:
         """Enqueue ``failed``'s parameters again (bounded); a description, or None."""

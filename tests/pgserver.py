@@ -45,8 +45,9 @@ def free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable  # tests trade crash safety for speed; benchmarks must not
         self.root = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
@@ -81,10 +82,9 @@ class PgServer:
         self.psql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
 
     def pg_ctl(self, action: str, *extra: str) -> None:
-        opts = (
-            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._cmd(
             self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-o", opts, "-w",
             "-t", "30", action, *extra,

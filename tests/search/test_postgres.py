@@ -256,3 +256,29 @@ def test_the_password_never_reaches_output_notes_or_storage(write_study, pg, pg_
     assert "tiny" in dump
     no_secret(dump)
     no_secret(os.environ.get("SEARCH_STORAGE", ""))
+
+
+def test_a_frozen_lock_holder_cannot_block_the_other_workers(pg_url):
+    """A worker paused while it holds the claim lock: the server ends its idle transaction
+    after the hold limit, so the others get the lock; the frozen one sees an error."""
+    import threading
+
+    held, errors = threading.Event(), []
+
+    def frozen():
+        try:
+            with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
+                held.set()
+                time.sleep(4)  # idle in transaction, as a SIGSTOPped process would be
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=frozen)
+    t.start()
+    held.wait(10)
+    start = time.monotonic()
+    with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
+        waited = time.monotonic() - start
+    t.join()
+    assert waited < 3.5
+    assert errors and storage_mod._transient(errors[0], pg_url)
