@@ -44,6 +44,9 @@ def resolve_url(cli_url: str | None = None, study_url: str | None = None) -> str
         rel = url[len("sqlite:///") :]
         if rel and rel != ":memory:":
             url = f"sqlite:///{(Path.cwd() / rel).resolve()}"
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):  # the driver we ship (psycopg 3), not SQLAlchemy's default
+            url = "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 
