@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries",
         type=int,
         default=2,
-        help="runs again of a lost or interrupted trial's parameters (default 2)",
+        help="times a lost trial's parameters are run again (default 2)",
     )
     p.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)

@@ -43,7 +43,7 @@ from search import storage as storage_mod
 
 log = logging.getLogger("hpsearch")
 DEFAULT_HEARTBEAT = 30.0  # seconds between heartbeats of a running trial
-DEFAULT_RETRIES = 2  # times a lost or interrupted trial's parameters are run again
+DEFAULT_RETRIES = 2  # times a lost trial's parameters are run again
 CHILD_ENV = "HPSEARCH_WORKER"  # "i/K" in a worker process started by --workers K
 DONE, WAIT = "done", "wait"
 
