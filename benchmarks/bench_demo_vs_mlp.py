@@ -100,11 +100,17 @@ def main() -> None:
     mlp_acc, mlp_s = mlp_baseline(args.mlp_trials)
     demo_acc, demo_s, pruned = demo(args.demo_trials)
     print(f"{'run':<42} {'trials':>6} {'best val_acc':>12} {'wall s':>8}")
-    print(f"{'pytorch_simple-style MLP (TPE + median)':<42} {args.mlp_trials:>6} {mlp_acc:>12.4f} {mlp_s:>8.1f}")
-    print(f"{'search run --study digits':<42} {args.demo_trials:>6} {demo_acc:>12.4f} {demo_s:>8.1f}")
-    print(f"demo: {pruned} of {args.demo_trials} trials pruned; "
-          f"error rate ratio (MLP / demo): {(1 - mlp_acc) / max(1 - demo_acc, 1 / 360):.1f}x "
-          "(a 0-error demo counts as one error in 360)")
+    print(
+        f"{'pytorch_simple-style MLP (TPE + median)':<42} {args.mlp_trials:>6} {mlp_acc:>12.4f} {mlp_s:>8.1f}"
+    )
+    print(
+        f"{'search run --study digits':<42} {args.demo_trials:>6} {demo_acc:>12.4f} {demo_s:>8.1f}"
+    )
+    print(
+        f"demo: {pruned} of {args.demo_trials} trials pruned; "
+        f"error rate ratio (MLP / demo): {(1 - mlp_acc) / max(1 - demo_acc, 1 / 360):.1f}x "
+        "(a 0-error demo counts as one error in 360)"
+    )
 
 
 if __name__ == "__main__":

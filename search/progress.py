@@ -54,4 +54,6 @@ class Progress:
         bar_w = 20
         filled = min(bar_w, round(bar_w * finished / max(self.wanted, 1)))
         bar = "#" * filled + "." * (bar_w - filled)
-        self._print(f"[{bar}] {finished}/{self.wanted} {text}" + (f" | best {best}" if best else ""))
+        self._print(
+            f"[{bar}] {finished}/{self.wanted} {text}" + (f" | best {best}" if best else "")
+        )

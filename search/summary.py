@@ -100,7 +100,7 @@ def print_list(storage: str | None) -> None:
 
     files = list_study_files()
     print("study files:")
-    for name, path in files.items():
+    for name in files:
         try:
             spec = load_study(name)
             desc = spec.description.splitlines()[0] if spec.description else ""
