@@ -16,7 +16,14 @@ from optuna.trial import TrialState
 from search import storage as storage_mod
 from search.ablate import collect_runs, companion_name
 from search.stats import mean_ci
-from search.tables import Table, expected_max_table, factor_table, loss_table, write_tables
+from search.tables import (
+    Table,
+    expected_max_table,
+    factor_table,
+    loss_table,
+    slugify,
+    write_tables,
+)
 
 log = logging.getLogger("hpsearch")
 EXPECTED_MAX_KS = (1, 2, 5, 10, 20, 50)
@@ -189,17 +196,11 @@ def write_figures(
             figs[f"ablation-bars-{factor}"] = fig
     written = []
     for name, fig in figs.items():
-        path = out / f"{_slug(name)}.html"
+        path = out / f"{slugify(name)}.html"
         # one shared plotly.min.js beside the figures: opens offline, no 3.5 MB per file
         fig.write_html(path, include_plotlyjs="directory")
         written.append(path)
     return written
-
-
-def _slug(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "figure"
 
 
 def _by_factor(companion: optuna.Study) -> dict[str, list[dict[str, Any]]]:
