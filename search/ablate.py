@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +24,8 @@ from optuna.trial import TrialState
 import spaces
 import trainer
 from search import storage as storage_mod
-from search.objective import OptunaReporter, record_result
+from search.notes import annotate_trial, note_failure
+from search.objective import OptunaReporter, record_result, set_status
 from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
@@ -184,7 +186,7 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     )
     finished = total - len(todo)
     for arm, repeat in todo:
-        _run_one(study, arm, repeat, progress)
+        _run_one(study, arm, repeat, progress, storage_mod.artifact_store_dir(plan.url))
         finished += 1
         last = study.get_trials(deepcopy=False)[-1]
         value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
@@ -196,7 +198,9 @@ def _label(arm: Arm) -> str:
     return "baseline" if arm.factor == "baseline" else f"{arm.factor}={arm.value}"
 
 
-def _run_one(study: optuna.Study, arm: Arm, repeat: int, progress: Progress) -> None:
+def _run_one(
+    study: optuna.Study, arm: Arm, repeat: int, progress: Progress, store_root: Path
+) -> None:
     cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
     trial = study.ask()
     trial.set_user_attr("arm", arm.key)
@@ -210,16 +214,19 @@ def _run_one(study: optuna.Study, arm: Arm, repeat: int, progress: Progress) -> 
     progress.trial_start(trial.number, {"arm": _label(arm), "repeat": repeat})
     try:
         result = trainer.train(cfg, reporter=OptunaReporter(trial, progress, cfg.train.epochs))
-    except KeyboardInterrupt:
-        trial.set_user_attr("reason", "interrupted by the user (Ctrl-C)")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
+        set_status(trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)"))
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:
-        trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        set_status(trial, "error", reason)
+        note_failure(trial, cfg, status="error", reason=reason)
         study.tell(trial, state=TrialState.FAIL)
         return
     record_result(trial, result)
-    if result.status == "nonfinite_loss" or not math.isfinite(result.best_val_acc):
+    annotate_trial(trial, cfg, result, store_root=store_root)
+    if result.status in ("nonfinite_loss", "oom") or not math.isfinite(result.best_val_acc):
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, result.best_val_acc)

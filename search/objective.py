@@ -70,7 +70,7 @@ class Objective:
                 last_checkpoint_path=last,
             )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
-            _set_status(
+            set_status(
                 trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)")
             )
             raise
@@ -78,7 +78,7 @@ class Objective:
             raise  # another worker failed this trial meanwhile: nothing of ours to store
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            _set_status(trial, "error", reason)
+            set_status(trial, "error", reason)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             note_failure(trial, cfg, status="error", reason=reason)
             raise
@@ -102,13 +102,13 @@ def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         "curves", {k: [_finite_or_none(x) for x in v] for k, v in result.curves().items()}
     )
     trial.set_user_attr("setup_seconds", result.setup_seconds)
-    for key, value in getattr(result, "adjustments", {}).items():
+    for key, value in result.adjustments.items():
         trial.set_user_attr(key, value)  # oom_retries, micro_batch, resumed_from_epoch, ...
     if result.checkpoint:
         trial.set_user_attr("checkpoint", result.checkpoint)
 
 
-def _set_status(trial: optuna.Trial, status: str, reason: str) -> None:
+def set_status(trial: optuna.Trial, status: str, reason: str) -> None:
     trial.set_user_attr("status", status)
     trial.set_user_attr("reason", reason)
 

@@ -35,9 +35,11 @@ def _display(value: Any) -> str:
     return str(value)
 
 
-def ablation_tables(companion: optuna.Study) -> list[Table]:
+def ablation_tables(
+    companion: optuna.Study, arms: list[dict[str, Any]] | None = None
+) -> list[Table]:
     """One seed-style table per factor (plus seed 003's loss form for ``loss.name``)."""
-    arms = collect_runs(companion)
+    arms = collect_runs(companion) if arms is None else arms
     baseline_cfg = companion.user_attrs.get("baseline", {})
     baseline_runs = next((a["runs"] for a in arms if a["factor"] == "baseline"), [])
     tables: list[Table] = []
@@ -163,37 +165,36 @@ def export_study(name: str, *, storage: str | None, out_dir: str, formats: list[
     tables: list[Table] = []
     if study is not None:
         tables += study_tables(study)
+    arms = collect_runs(companion) if companion is not None else []  # read storage once
     if companion is not None:
-        tables += ablation_tables(companion)
+        tables += ablation_tables(companion, arms)
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(tables, out, formats)
-    written += write_figures(study, companion, out / "figures")
+    written += write_figures(study, arms, out / "figures")
     return written
 
 
-def write_figures(
-    study: optuna.Study | None, companion: optuna.Study | None, out: Path
-) -> list[Path]:
+def write_figures(study: optuna.Study | None, arms: list[dict[str, Any]], out: Path) -> list[Path]:
     import optuna.visualization as vis
 
     out.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if study is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study else []
+        if complete:
             figs["optimization-history"] = vis.plot_optimization_history(study)
             figs["intermediate-values"] = vis.plot_intermediate_values(study)
             figs["parallel-coordinates"] = vis.plot_parallel_coordinate(study)
-            if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= 3:
+            if len(complete) >= 3:
                 try:
                     figs["param-importances"] = vis.plot_param_importances(study)
                 except (ValueError, RuntimeError) as exc:
                     log.warning("no importance figure: %s", exc)
-    if companion is not None:
-        for factor, fig in ablation_curve_figures(companion).items():
-            figs[f"ablation-curves-{factor}"] = fig
-        for factor, fig in ablation_bar_figures(companion).items():
-            figs[f"ablation-bars-{factor}"] = fig
+    for factor, fig in ablation_curve_figures(arms).items():
+        figs[f"ablation-curves-{factor}"] = fig
+    for factor, fig in ablation_bar_figures(arms).items():
+        figs[f"ablation-bars-{factor}"] = fig
     written = []
     for name, fig in figs.items():
         path = out / f"{slugify(name)}.html"
@@ -203,22 +204,22 @@ def write_figures(
     return written
 
 
-def _by_factor(companion: optuna.Study) -> dict[str, list[dict[str, Any]]]:
+def _by_factor(arms: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for arm in collect_runs(companion):
+    for arm in arms:
         if arm["factor"] != "baseline":
             grouped.setdefault(arm["factor"], []).append(arm)
     return grouped
 
 
-def ablation_curve_figures(companion: optuna.Study) -> dict[str, Any]:
+def ablation_curve_figures(arms: list[dict[str, Any]]) -> dict[str, Any]:
     """Validation accuracy per epoch for each value: mean over repeats with a min-max band."""
     import plotly.graph_objects as go
 
     figs = {}
-    for factor, arms in _by_factor(companion).items():
+    for factor, group in _by_factor(arms).items():
         fig = go.Figure()
-        for arm in arms:
+        for arm in group:
             curves = [r["curves"].get("val_acc", []) for r in arm["runs"] if r.get("curves")]
             if not curves:
                 continue
@@ -251,14 +252,14 @@ def ablation_curve_figures(companion: optuna.Study) -> dict[str, Any]:
     return figs
 
 
-def ablation_bar_figures(companion: optuna.Study) -> dict[str, Any]:
+def ablation_bar_figures(arms: list[dict[str, Any]]) -> dict[str, Any]:
     """Max validation accuracy per value with 95% CI whiskers."""
     import plotly.graph_objects as go
 
     figs = {}
-    for factor, arms in _by_factor(companion).items():
+    for factor, group in _by_factor(arms).items():
         names, means, errs = [], [], []
-        for arm in arms:
+        for arm in group:
             values = [r["max_val_acc"] for r in arm["runs"] if r.get("max_val_acc") is not None]
             if not values:
                 continue

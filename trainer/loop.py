@@ -252,7 +252,6 @@ def _train_once(
 ) -> TrainResult:
     t_setup = time.perf_counter()
     device = select_device(cfg.train.device)
-    data = data or load_data(cfg.data)
     model = build_model(cfg, data, device)
     fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
 

@@ -51,6 +51,13 @@ def test_arms_share_runs_and_repeats_are_paired(study, storage_url):
     # baseline, lr=0.01, dropout=0.5 (lr=0.001 and dropout=0.0 are the baseline itself)
     assert len(trials) == 3 * 2
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    from optuna_dashboard import get_note
+
+    companion = optuna.load_study(study_name=companion_name("abl"), storage=storage_url)
+    first = optuna.Trial(companion, companion.trials[0]._trial_id)
+    note = get_note(first)  # each run carries its dashboard note (config table)
+    assert "ran all 2 epochs" in note or "no val_acc gain" in note
+    assert "| `optim.lr` |" in note
     for t in trials:
         assert t.user_attrs["config"]["train.seed"] == t.user_attrs["repeat"]
         assert len(t.intermediate_values) == t.user_attrs["epochs_run"]
