@@ -17,6 +17,7 @@ from trainer.loop import NullReporter, Reporter, TrainResult, build_model, selec
 from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
+from trainer.throughput import Throughput, measure_throughput
 
 __all__ = [
     "DataConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "SchedConfig",
     "TrainConfig",
     "TrainResult",
+    "Throughput",
     "build_model",
     "check_backbone",
     "check_key",
@@ -43,6 +45,7 @@ __all__ = [
     "list_optimizers",
     "load_data",
     "load_pretrained",
+    "measure_throughput",
     "read_checkpoint",
     "register_dataset",
     "save_checkpoint",
