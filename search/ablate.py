@@ -29,6 +29,7 @@ from search.objective import OptunaReporter, record_result, set_status
 from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
+from search.values import parse_value
 
 SUFFIX = ".ablation"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned = diverged (non-finite loss)
@@ -65,8 +66,6 @@ class AblationPlan:
 
 def parse_factor(text: str) -> tuple[str, list[Any]]:
     """``optim.lr=1e-5,1e-4`` -> ("optim.lr", [1e-05, 0.0001])."""
-    from search.cli import parse_value
-
     if "=" not in text:
         raise ValueError(f"--factor expects KEY=V1,V2,..., e.g. optim.lr=1e-4,1e-3, got {text!r}")
     key, raw = (p.strip() for p in text.split("=", 1))
@@ -114,7 +113,7 @@ def plan_ablation(
             raise ValueError(
                 f"--baseline must be best, defaults or KEY=VALUE pairs, but got {baseline!r}"
             )
-        cfg, _ = spaces.build_config(spec.space, None, base=base, fixed={**pinned, **given})
+        cfg, _ = spaces.build_config(spec.search_space, None, base=base, fixed={**pinned, **given})
     trainer.check_backbone(cfg.model.backbone)
     flat = cfg.to_flat()
     arms = [Arm("baseline", "baseline", flat)]

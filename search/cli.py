@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import signal
 import sys
 from typing import Any
+
+from search.values import parse_assignments
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
@@ -17,33 +18,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (the running trial is marked failed) but exit code 143."""
 
     reason = "terminated by SIGTERM"
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``optim.lr=1e-3`` -> ("optim.lr", 0.001); values are Python/TOML-like literals."""
-    from trainer import check_key
-
-    if "=" not in text:
-        raise ValueError(f"--set expects KEY=VALUE, e.g. optim.lr=1e-3, but got {text!r}")
-    key, raw = (part.strip() for part in text.split("=", 1))
-    check_key(key)
-    return key, parse_value(raw)
-
-
-def parse_value(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw  # a bare word such as adam or resnet18
-
-
-def parse_assignments(items: list[str] | None) -> dict[str, Any]:
-    return dict(parse_assignment(item) for item in items or [])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -63,7 +37,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fixed=parse_assignments(args.set),
         enqueue=enqueue,
         data_root=args.data,
+        force=args.force,
     )
+    if args.dry_run:
+        from search.run import dry_run
+        from search.summary import print_dry_run
+
+        print_dry_run(plan, dry_run(plan))
+        return 0
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {args.trials}")
     from search import storage as storage_mod
@@ -120,6 +101,15 @@ def _run_workers(args: argparse.Namespace, plan) -> int:
         print(msg, file=sys.stderr)
         return 1
     print_summary(study, plan.url)
+    return 0
+
+
+def _cmd_space(args: argparse.Namespace) -> int:
+    from search.spaceview import format_space, space_rows
+    from search.studyfile import load_study
+
+    spec = load_study(args.study)
+    print(format_space(spec, space_rows(spec, parse_assignments(args.set))))
     return 0
 
 
@@ -280,8 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="times a lost trial's parameters are run again (default 2)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything and print the first 3 configurations; train and write nothing",
+    )
+    p.add_argument(
+        "--force",
+        "--force-space",
+        dest="force",
+        action="store_true",
+        help="go on although the study's settings or space changed since it was created "
+        "(the change is recorded in the study's note)",
+    )
     p.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("space", help="the resolved search space of a study, parameter by parameter")
+    p.add_argument("--study", required=True, help="study file name (see `search list`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
+    p.set_defaults(func=_cmd_space)
 
     p = sub.add_parser("best", help="the best trial of a study")
     p.add_argument("--study", required=True)

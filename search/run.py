@@ -23,8 +23,9 @@ from optuna.trial import TrialState
 import spaces
 import trainer
 from search import storage as storage_mod
-from search.algorithms import create_pruner, create_sampler
+from search.algorithms import TrialSeededSampler, create_pruner, create_sampler
 from search.objective import Objective
+from search.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.studyfile import StudySpec
@@ -53,6 +54,9 @@ class Plan:
     fixed: dict[str, Any]
     enqueue: list[dict[str, Any]]
     preview: trainer.TrainConfig
+    space: spaces.SearchSpace
+    problem: dict[str, Any]  # what the study measures (search.problem)
+    force: bool = False  # go on although the problem changed, recording the change
 
 
 def plan_run(
@@ -62,30 +66,60 @@ def plan_run(
     fixed: dict[str, Any] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
     data_root: str | None = None,
+    force: bool = False,
 ) -> Plan:
-    """Validate the study, overrides, storage and data before any trial or table is written."""
+    """Validate the study, overrides, storage and data before any trial or table is written:
+    also that every backbone the space can draw builds and runs at the image size, and that an
+    existing study of this name measures the same problem."""
     url = storage_mod.resolve_url(storage, spec.storage)
     storage_mod.check_url(url)
     storage_mod.check_study_name(spec.name)
-    spaces.get_space(spec.space)
+    space = spaces.resolve_space(spec.search_space)
     base = spec.base_config(data_root=data_root)
     spec.check_data_root(base)
     pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
     source = pinned.get("model.pretrained")
     if isinstance(source, str) and source != "imagenet":
         trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
-    cfg, _ = spaces.build_config(spec.space, None, base=base, fixed=pinned)
+    cfg, _ = spaces.build_config(space, None, base=base, fixed=pinned)
     for key, value in pinned.items():
         if key == "model.backbone":
             trainer.check_backbone(value)
     _check_names(cfg)
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
     for item in queue:
-        _check_names(spaces.build_config(spec.space, None, base=base, fixed={**pinned, **item})[0])
+        _check_names(spaces.build_config(space, None, base=base, fixed={**pinned, **item})[0])
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
-    trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
-    return Plan(spec, url, base, pinned, queue, cfg)
+    data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
+    for backbone in _backbones(space, cfg, pinned=pinned, base=base, queue=queue):
+        trainer.check_model(cfg.replace({"model.backbone": backbone}), data)
+    problem = describe_problem(
+        cfg, data, metric=spec.metric, direction=spec.direction, space=spec.space,
+        params=spec.raw_params,
+    )  # fmt: skip
+    if not force:
+        check_problem(stored_problem(url, spec.name), problem, study=spec.name)
+    return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
+
+
+def _backbones(
+    space: spaces.SearchSpace,
+    cfg: trainer.TrainConfig,
+    *,
+    pinned: dict[str, Any],
+    base: dict[str, Any],
+    queue: list[dict[str, Any]],
+) -> list[str]:
+    """Every backbone a trial of this study can get: drawn by the space, pinned, enqueued."""
+    if "model.backbone" in pinned:
+        return [pinned["model.backbone"]]
+    seen: dict[str, spaces.Traced] = {}
+    spaces.trace(space, fixed=pinned, base=base, seen=seen)
+    drawn = seen.get("model.backbone")
+    names = list(drawn.choices) if drawn is not None and drawn.kind == "choice" else []
+    names += [item["model.backbone"] for item in queue if "model.backbone" in item]
+    return list(dict.fromkeys(names or [cfg.model.backbone]))
 
 
 def _check_names(cfg: trainer.TrainConfig) -> None:
@@ -113,8 +147,9 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])
-    study.set_user_attr("space", spec.space)
+    study.set_user_attr("space", plan.space.name)
     study.set_user_attr("study_file", str(spec.path))
+    record_problem(study, plan.problem, forced=plan.force)
     return study
 
 
@@ -155,7 +190,7 @@ def run_study(
     storage, study = prepare_study(plan)
     ckpt_dir = storage_mod.artifact_dir(plan.url, plan.spec.name) / "checkpoints"
     objective = Objective(
-        space=plan.spec.space,
+        space=plan.space,
         base=plan.base,
         fixed=plan.fixed,
         checkpoint_dir=ckpt_dir,
@@ -163,9 +198,10 @@ def run_study(
         artifact_root=storage_mod.artifact_store_dir(plan.url),
     )
     progress.wanted = n_trials
-    if os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url):
-        # Workers run side by side here: with one seed they would all propose the same
-        # parameters, so each draws from its own random stream.
+    if not isinstance(study.sampler, TrialSeededSampler) and (
+        os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
+    ):
+        # An unseeded sampler: make sure workers started together do not share a stream.
         study.sampler.reseed_rng()
     claimer = SlotClaimer(
         study,
@@ -322,3 +358,22 @@ def _prune_checkpoints(study: optuna.Study) -> None:
         path = t.user_attrs.get("checkpoint")
         if path:
             Path(path).unlink(missing_ok=True)  # another local worker may have been first
+
+
+def dry_run(plan: Plan, n: int = 3) -> list[dict[str, Any]]:
+    """The parameters of the first ``n`` trials of a fresh study (the queue first), drawn in
+    memory: nothing is trained and no storage is touched."""
+    optuna.logging.set_verbosity(logging.ERROR)
+    study = optuna.create_study(
+        sampler=create_sampler(plan.spec.sampler), direction=plan.spec.direction
+    )
+    for params in plan.enqueue:
+        study.enqueue_trial(params, user_attrs={"enqueued": params})
+    drawn = []
+    for _ in range(n):
+        trial = study.ask()
+        _, params = spaces.build_config(plan.space, trial, base=plan.base, fixed=plan.fixed)
+        enqueued = trial.user_attrs.get("enqueued", {})
+        drawn.append({**params, **{k: v for k, v in enqueued.items() if k not in params}})
+        study.tell(trial, state=TrialState.FAIL)
+    return drawn

@@ -6,6 +6,7 @@ spaces, study files, ``--set`` and ablation factors all speak these names.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -192,11 +193,13 @@ def check_key(key: str) -> str:
     return key
 
 
+@functools.cache
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in fields(TrainConfig)}
 
 
+@functools.cache
 def _key_types() -> dict[str, Any]:
     out = {}
     for section, section_cls in _section_types().items():
