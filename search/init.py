@@ -206,12 +206,13 @@ class Prober:
         self.measured = 0  # probes that ran now (not from the cache)
         self._path = probe_cache_path()
         self._cache = self._read()
+        self._fresh: set[str] = set()  # measured by this run (--remeasure measures each once)
 
     def images_per_second(self, backbone: str, image_size: int, batch_size: int) -> float:
         key = json.dumps(
             [self.device, torch.__version__, backbone, image_size, batch_size, self.num_classes]
         )
-        if not self.remeasure and key in self._cache:
+        if key in self._cache and (not self.remeasure or key in self._fresh):
             return float(self._cache[key])
         cfg = TrainConfig.from_flat(
             {
@@ -228,6 +229,7 @@ class Prober:
             max_seconds=PROBE_MAX_SECONDS,
         )
         self.measured += 1
+        self._fresh.add(key)
         self._cache[key] = got.images_per_second
         self._write()
         return got.images_per_second
@@ -346,13 +348,13 @@ def plan_study(
         ]
         notes.append(
             f"epochs lowered from {EPOCHS} to {epochs}: even {fastest.backbone} needs "
-            f"~{_minutes(fastest.minutes)} per trial of {EPOCHS} epochs here"
+            f"{_about(fastest.minutes)} per trial of {EPOCHS} epochs here"
         )
     kept = [e.backbone for e in estimates if e.minutes is not None and e.minutes <= limit]
     if not kept:
         kept = [fastest.backbone]
         notes.append(
-            f"even {fastest.backbone} needs ~{_minutes(fastest.minutes / EPOCHS * epochs)} per "
+            f"even {fastest.backbone} needs {_about(fastest.minutes / EPOCHS * epochs)} per "
             f"trial here (limit {_minutes(limit)}); kept anyway: pass a longer --budget"
         )
     losses = ["ce", "focal"] if folder.imbalance >= IMBALANCE else ["ce"]
@@ -396,14 +398,14 @@ def _choose_size(ref: Estimate, *, cap: int, floor: int, limit: float) -> tuple[
     fits = [s for s in options if at(s) <= limit]
     if not fits:
         return floor, (
-            f"{REFERENCE} needs ~{_minutes(at(floor))} per trial even at {floor} px here "
+            f"{REFERENCE} needs {_about(at(floor))} per trial even at {floor} px here "
             f"(limit {_minutes(limit)}), so the smallest useful size"
         )
     size = max(fits)
     bigger = [s for s in options if s > size]
-    why = f"{REFERENCE} ~{_minutes(at(size))} per trial at {size} px here"
+    why = f"{REFERENCE} {_about(at(size))} per trial at {size} px here"
     if bigger:
-        why += f", ~{_minutes(at(bigger[0]))} at {bigger[0]} px (limit {_minutes(limit)})"
+        why += f", {_about(at(bigger[0]))} at {bigger[0]} px (limit {_minutes(limit)})"
     else:
         why += f" (limit {_minutes(limit)})"
     return size, why
@@ -414,6 +416,12 @@ def _minutes(minutes: float) -> str:
     if minutes < 0.1:
         return "<0.1 min"
     return f"{float(f'{minutes:.2g}'):g} min"
+
+
+def _about(minutes: float) -> str:
+    """An estimate: ``~2.5 min``, or ``<0.1 min``."""
+    text = _minutes(minutes)
+    return text if text.startswith("<") else f"~{text}"
 
 
 def default_name(layout: str, root: Path) -> str:
@@ -473,12 +481,12 @@ def describe(plan: InitPlan) -> list[str]:
             lines.append(f"  {e.backbone:<16} left out: fails at {e.image_size} px ({e.error})")
         elif e.backbone in plan.backbones:
             lines.append(
-                f"  {e.backbone:<16} kept: ~{_minutes(e.minutes)} per trial "
+                f"  {e.backbone:<16} kept: {_about(e.minutes)} per trial "
                 f"({e.images_per_second:,.0f} images/s)"
             )
         else:
             lines.append(
-                f"  {e.backbone:<16} left out: ~{_minutes(e.minutes)} per trial here at "
+                f"  {e.backbone:<16} left out: {_about(e.minutes)} per trial here at "
                 f"{e.image_size} px (limit {_minutes(plan.limit_minutes)})"
             )
     if plan.losses != ["ce"]:
