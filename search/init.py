@@ -44,7 +44,7 @@ EVAL_COST = 1 / 3
 # trials, and more since cheap configurations and pruned trials end sooner.
 TRIALS_PER_WALL = 4
 DEFAULT_WALL = "10m"
-PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 3, 2, 5.0
+PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 2, 1, 3.0
 IMBALANCE = 3.0  # largest class / smallest class at which the focal loss joins the space
 PRUNER = {"name": "median", "n_startup_trials": 3}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -106,7 +106,8 @@ class InitPlan:
 
     @property
     def baseline_backbone(self) -> str:
-        return REFERENCE if REFERENCE in self.backbones else self.backbones[0]
+        """The first trial's backbone: the workhorse if it fits, else the most capable kept."""
+        return REFERENCE if REFERENCE in self.backbones else self.backbones[-1]
 
 
 # ----------------------------------------------------------------------------- durations
