@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -40,6 +40,9 @@ MIN_SIZE = 32  # below this, photos lose what tells classes apart (unless the im
 EPOCHS, MIN_EPOCHS, PATIENCE = 10, 3, 3
 # An evaluation image costs about a third of a training image (forward only, no backward).
 EVAL_COST = 1 / 3
+# Per trial beyond the images: building the model, the first batches, checkpoints (seconds;
+# a seed_cnn trial of 2 epochs took ~3 s more than its images on a 2-core CPU).
+TRIAL_OVERHEAD_S = 5.0
 # The per-trial limit is the wall budget over this: the budget buys at least this many full
 # trials, and more since cheap configurations and pruned trials end sooner.
 TRIALS_PER_WALL = 4
@@ -248,7 +251,7 @@ class Prober:
 
 
 def _trial_minutes(ips: float, *, n_train: int, n_val: int, epochs: int) -> float:
-    return epochs * (n_train + EVAL_COST * n_val) / ips / 60
+    return (epochs * (n_train + EVAL_COST * n_val) / ips + TRIAL_OVERHEAD_S) / 60
 
 
 def _estimate(
@@ -316,16 +319,9 @@ def plan_study(
     folder = summarize_folder(scan, image_size=image_size)
     batches = _batch_sizes(gpu=gpu, n_train=folder.n_train)
     epochs = EPOCHS
+    counts = {"n_train": folder.n_train, "n_val": folder.n_val}
     estimates = [
-        _estimate(
-            prober,
-            b,
-            size=image_size,
-            batch=batches[0],
-            n_train=folder.n_train,
-            n_val=folder.n_val,
-            epochs=epochs,
-        )
+        _estimate(prober, b, size=image_size, batch=batches[0], **counts, epochs=epochs)
         for b in CANDIDATES
     ]
     notes: list[str] = []
@@ -337,14 +333,12 @@ def plan_study(
         )
     fastest = min(runnable, key=lambda e: e.minutes or 0.0)
     if fastest.minutes > limit:  # nothing fits 10 epochs: fewer epochs before fewer choices
-        per_epoch = fastest.minutes / epochs
-        epochs = max(MIN_EPOCHS, math.floor(limit / per_epoch))
+        per_epoch = max(1e-9, (fastest.minutes - TRIAL_OVERHEAD_S / 60) / epochs)
+        epochs = max(MIN_EPOCHS, math.floor((limit - TRIAL_OVERHEAD_S / 60) / per_epoch))
         estimates = [
             e
-            if e.minutes is None
-            else Estimate(
-                e.backbone, e.image_size, e.images_per_second, e.minutes / EPOCHS * epochs
-            )
+            if e.images_per_second is None
+            else replace(e, minutes=_trial_minutes(e.images_per_second, **counts, epochs=epochs))
             for e in estimates
         ]
         notes.append(
@@ -354,9 +348,10 @@ def plan_study(
     kept = [e.backbone for e in estimates if e.minutes is not None and e.minutes <= limit]
     if not kept:
         kept = [fastest.backbone]
+        now = next(e for e in estimates if e.backbone == fastest.backbone)
         notes.append(
-            f"even {fastest.backbone} needs {_about(fastest.minutes / EPOCHS * epochs)} per "
-            f"trial here (limit {_minutes(limit)}); kept anyway: pass a longer --budget"
+            f"even {fastest.backbone} needs {_about(now.minutes or 0.0)} per trial of "
+            f"{epochs} epochs here (limit {_minutes(limit)}); kept anyway: pass a longer --budget"
         )
     losses = ["ce", "focal"] if folder.imbalance >= IMBALANCE else ["ce"]
     return InitPlan(
@@ -393,8 +388,10 @@ def _choose_size(ref: Estimate, *, cap: int, floor: int, limit: float) -> tuple[
         size = min(64, cap)
         return size, f"{REFERENCE} could not be probed ({ref.error}); {size} px by default"
 
+    fixed = TRIAL_OVERHEAD_S / 60
+
     def at(size: int) -> float:
-        return ref.minutes * (size / ref.image_size) ** 2
+        return fixed + (ref.minutes - fixed) * (size / ref.image_size) ** 2
 
     fits = [s for s in options if at(s) <= limit]
     if not fits:

@@ -12,6 +12,9 @@ Registered dataset layouts (``data.name``), all reading ``data.root``:
   ``test`` are ignored). Without a validation row the training rows are split.
 
 ``load_unlabeled(root, image_size=...)`` reads a flat folder of images for prediction.
+``detect_layout(root)``, ``scan_folder(root)`` and ``unreadable_files(scan, image_size=...)``
+look at a folder before any training (``search init``) with the same listing, the same
+decoding pass and the same cache.
 
 Every image becomes RGB (grayscale, palette and 16-bit are converted, transparency is composited
 on white, EXIF orientation is applied) and is resized directly to ``image_size`` squared, as seed
