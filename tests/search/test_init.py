@@ -355,3 +355,22 @@ def test_the_real_probe_measures_this_device_and_caches_it(tmp_path, monkeypatch
     assert all(v > 0 for v in cache.values())
     out = capsys.readouterr().out
     assert "seed_cnn         kept: " in out and "images/s" in out
+
+
+def test_the_written_study_runs(tmp_path, fake_speed, monkeypatch, storage_url, capsys):
+    import optuna
+
+    monkeypatch.setattr(si, "CANDIDATES", ("seed_cnn", "small_cnn"))
+    monkeypatch.setattr(si, "REFERENCE", "seed_cnn")
+    root = tmp_path / "small"
+    for c, name in enumerate(("a", "b")):
+        for i in range(8):
+            _photo(root / name / f"{i}.jpg", cls=c, seed=i, size=20)
+    assert _init(str(root)) == 0
+    assert main(["run", "--study", "small", "--trials", "1", "-q", "--storage", storage_url]) == 0
+    trial = optuna.load_study(study_name="small", storage=storage_url).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    config = trial.user_attrs["config"]
+    assert config["model.backbone"] == "seed_cnn"  # the enqueued first trial: the reference
+    assert config["data.image_size"] == 16 and config["data.name"] == "folder"
+    assert config["train.epochs"] == 10
