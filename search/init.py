@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -106,6 +107,7 @@ class InitPlan:
     backbones: list[str]
     losses: list[str]
     notes: list[str]
+    probes: tuple[int, int, float] = (0, 0, 0.0)  # probes asked, measured now, seconds measuring
 
     @property
     def baseline_backbone(self) -> str:
@@ -207,7 +209,9 @@ class Prober:
         self.num_classes = num_classes
         self.device = device_label(select_device("auto"))
         self.remeasure = remeasure
+        self.asked = 0
         self.measured = 0  # probes that ran now (not from the cache)
+        self.seconds = 0.0  # spent measuring
         self._path = probe_cache_path()
         self._cache = self._read()
         self._fresh: set[str] = set()  # measured by this run (--remeasure measures each once)
@@ -216,6 +220,7 @@ class Prober:
         key = json.dumps(
             [self.device, torch.__version__, backbone, image_size, batch_size, self.num_classes]
         )
+        self.asked += 1
         if key in self._cache and (not self.remeasure or key in self._fresh):
             return float(self._cache[key])
         cfg = TrainConfig.from_flat(
@@ -225,6 +230,7 @@ class Prober:
                 "data.batch_size": batch_size,
             }
         )
+        start = time.perf_counter()
         got = measure_throughput(
             cfg,
             num_classes=self.num_classes,
@@ -233,6 +239,7 @@ class Prober:
             max_seconds=PROBE_MAX_SECONDS,
         )
         self.measured += 1
+        self.seconds += time.perf_counter() - start
         self._fresh.add(key)
         self._cache[key] = got.images_per_second
         self._write()
@@ -370,6 +377,7 @@ def plan_study(
         backbones=kept,
         losses=losses,
         notes=notes,
+        probes=(prober.asked, prober.measured, prober.seconds),
     )
 
 
@@ -465,8 +473,15 @@ def describe(plan: InitPlan) -> list[str]:
     else:
         lines.append("bad      none: every image decodes")
     lines += [f"warning  {w}" for w in f.warnings]
+    asked, measured, seconds = plan.probes
+    if measured:
+        probed = (
+            f"{measured} of {asked} probes measured now in {seconds:.0f} s, cached for next time"
+        )
+    else:
+        probed = f"{asked} probes from the cache of an earlier run (--remeasure measures again)"
     lines += [
-        f"device   {plan.device}",
+        f"device   {plan.device}; {probed}",
         f"budget   {plan.wall} wall, at most {_minutes(plan.limit_minutes)} per trial "
         f"(1/{TRIALS_PER_WALL} of the budget)",
         f"size     {plan.image_size} px: {plan.size_reason}",
