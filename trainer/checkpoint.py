@@ -8,6 +8,7 @@ model, replacing the head when the class count differs (seed 001's transfer).
 from __future__ import annotations
 
 import json
+import warnings
 import os
 import tempfile
 from pathlib import Path
@@ -67,7 +68,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             ) from None
         return state, meta
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notice: our error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
             f"checkpoint {str(path)!r} could not be loaded safely "
