@@ -8,9 +8,9 @@ model, replacing the head when the class count differs (seed 001's transfer).
 from __future__ import annotations
 
 import json
-import warnings
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 

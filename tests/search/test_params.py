@@ -67,7 +67,13 @@ def test_each_entry_form_becomes_its_distribution(write_study):
     # a one-element list pins the key: used, but never shown to the sampler
     assert "optim.name" not in d and params["optim.name"] == "adam" and cfg.optim.name == "adam"
     # without [params] for them, the rest keep their defaults: [params] is the whole space
-    assert set(params) == {"model.backbone", "optim.lr", "model.dropout", "train.seed", "optim.name"}
+    assert set(params) == {
+        "model.backbone",
+        "optim.lr",
+        "model.dropout",
+        "train.seed",
+        "optim.name",
+    }
 
 
 def test_an_entry_narrows_the_base_space_and_keeps_its_conditions(write_study):
@@ -194,9 +200,7 @@ def test_search_space_prints_every_parameter_with_its_source(write_study, capsys
     assert "loss.gamma" in rows and "loss.name in [focal, ls_focal]" in rows["loss.gamma"]
 
 
-def test_dry_run_prints_three_configurations_and_writes_nothing(
-    write_study, tmp_path, capsys
-):
+def test_dry_run_prints_three_configurations_and_writes_nothing(write_study, tmp_path, capsys):
     write_study("dry", params_study('"model.backbone" = ["small_cnn", "mlp"]\n', space="digits"))
     db = tmp_path / "dry.db"
     assert main(["run", "--study", "dry", "--trials", "5", "--storage", f"sqlite:///{db}", "--dry-run"]) == 0  # fmt: skip

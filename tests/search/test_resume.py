@@ -17,7 +17,9 @@ from search.algorithms import trial_seed
 from search.cli import main
 
 # The tiny digits study with the sampler's choices left free, so that draws can repeat.
-FREE = TINY_DIGITS.split("[fixed]")[0] + '[fixed]\n"model.backbone" = "small_cnn"\n"model.width" = 8\n'
+FREE = (
+    TINY_DIGITS.split("[fixed]")[0] + '[fixed]\n"model.backbone" = "small_cnn"\n"model.width" = 8\n'
+)
 
 
 def run(url: str, n: int, *extra: str, study: str = "free") -> int:
@@ -30,7 +32,9 @@ def params_of(url: str, study: str = "free") -> list[dict]:
 
 
 def key(params: dict) -> tuple:
-    return tuple(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+    return tuple(
+        sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items())
+    )
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
