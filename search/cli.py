@@ -200,6 +200,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return launch(study=args.study, storage=args.storage, host=args.host, port=args.port)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from search.init import init_study
+
+    init_study(
+        args.folder,
+        name=args.name,
+        out=args.out,
+        wall=args.budget,
+        force=args.force,
+        remeasure=args.remeasure,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search", description="Hyperparameter search and ablation for image classifiers."
@@ -329,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="md,csv,tex,html,json", help="comma-separated formats")
     storage_arg(p)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("init", help="write a study file that fits an image folder and this machine")
+    p.add_argument("folder", help="image folder (class subfolders, <label>_<id> files) or manifest")
+    p.add_argument("--name", help="study name (default: the folder's name)")
+    p.add_argument("--out", help="study file to write (default: studies/NAME.toml)")
+    p.add_argument(
+        "--budget",
+        default="10m",
+        help="the wall-clock budget the study is sized for: 10m, 2h, ... (default 10m)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing study file")
+    p.add_argument(
+        "--remeasure", action="store_true", help="probe training speed again, not from the cache"
+    )
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
     p.add_argument("--study", help="study whose storage and artifacts to browse")

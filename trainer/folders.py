@@ -12,6 +12,9 @@ Registered dataset layouts (``data.name``), all reading ``data.root``:
   ``test`` are ignored). Without a validation row the training rows are split.
 
 ``load_unlabeled(root, image_size=...)`` reads a flat folder of images for prediction.
+``detect_layout(root)``, ``scan_folder(root)`` and ``unreadable_files(scan, image_size=...)``
+look at a folder before any training (``search init``) with the same listing, the same
+decoding pass and the same cache.
 
 Every image becomes RGB (grayscale, palette and 16-bit are converted, transparency is composited
 on white, EXIF orientation is applied) and is resized directly to ``image_size`` squared, as seed
@@ -43,7 +46,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -143,6 +146,10 @@ def _csv(cfg: DataConfig) -> ImageData:
             f"data.root {manifest} {what}; data.name='csv' needs the manifest file "
             "(header path,label[,split])"
         )
+    return _load_labeled(cfg, _csv_listing(manifest))
+
+
+def _csv_listing(manifest: Path) -> _Listing:
     base = manifest.parent
     files, labels, splits = [], [], []
     seen: dict[Path, int] = {}
@@ -192,7 +199,7 @@ def _csv(cfg: DataConfig) -> ImageData:
         train_labels = [lb for lb, v in zip(labels, splits, strict=True) if not v]
         val_labels = [lb for lb, v in zip(labels, splits, strict=True) if v]
         _check_val_classes(train_labels, val_labels, manifest, manifest)
-    return _load_labeled(cfg, listing)
+    return listing
 
 
 def load_unlabeled(
@@ -217,6 +224,109 @@ def load_unlabeled(
         raise ValueError(f"none of the {len(files)} images in {folder} could be read")
     x = torch.from_numpy(decoded.arranged(good))
     return x, [_rel(files[i], folder) for i in good.tolist()]
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """An image folder as training lists it, before decoding (see ``scan_folder``)."""
+
+    layout: str  # folder | flat | csv: the data.name that reads it
+    root: Path  # the data.root that reads it: the folder, or the manifest for csv
+    base: Path  # file names in messages are relative to this
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]  # raw label of each file: folder name, id or manifest label
+    is_val: tuple[bool, ...] | None  # the given validation split; None: training splits
+    sizes: tuple[tuple[int, int] | None, ...]  # (width, height) per header; None: unreadable
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in training's order (integer labels numerically)."""
+        return _class_names(set(self.labels))
+
+    def name(self, i: int) -> str:
+        """File ``i`` as messages show it: relative to the folder or manifest."""
+        return _rel(self.files[i], self.base)
+
+
+def detect_layout(root: str | Path) -> tuple[str, Path]:
+    """``(layout, data_root)`` for a folder or manifest: ``folder`` when it (or its ``train/``)
+    has subfolders, ``flat`` for ``<label>_<id>`` files, ``csv`` for a manifest file (or the
+    one ``.csv`` in a folder without images)."""
+    path = Path(root).expanduser().resolve()
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv", path
+        raise ValueError(f"{path} is a file; pass an image folder or a manifest .csv")
+    if not path.is_dir():
+        raise ValueError(f"{path} does not exist; pass the folder that holds the images")
+    train_dir, _ = _split_dirs(path)
+    top = train_dir or path
+    if any(d.is_dir() and not d.name.startswith(".") for d in top.iterdir()):
+        return "folder", path
+    images = list(_image_files(top, recursive=False))
+    if any(_FLAT_NAME.fullmatch(p.stem) for p in images):
+        return "flat", path
+    if images:
+        raise ValueError(
+            f"the images directly in {top} carry no class: put each class's images in its own "
+            "subfolder, or name them <label>_<id>.png"
+        )
+    manifests = sorted(path.glob("*.csv"))
+    if len(manifests) == 1:
+        return "csv", manifests[0]
+    raise ValueError(
+        f"no images in {path}: put each class's images in its own subfolder "
+        f"({path.name}/cats/*.jpg), name them <label>_<id>.png, or pass a manifest .csv"
+    )
+
+
+def scan_folder(root: str | Path, *, layout: str | None = None) -> FolderScan:
+    """List ``root`` exactly as training's ``layout`` does (detected when None) and read each
+    image's header for its size. Nothing is decoded; ``unreadable_files`` does that."""
+    if layout is None:
+        layout, data_root = detect_layout(root)
+    else:
+        data_root = Path(root).expanduser().resolve()
+    if layout == "csv":
+        if not data_root.is_file():
+            raise ValueError(f"{data_root} is not a manifest file; layout csv needs the .csv")
+        listing = _csv_listing(data_root)
+    elif layout in ("folder", "flat"):
+        if not data_root.is_dir():
+            raise ValueError(f"{data_root} is not a folder; layout {layout} needs the folder")
+        listing = _dir_listing(layout, data_root)
+    else:
+        raise ValueError(f"layout must be folder, flat or csv, but got {layout!r}")
+    if len(listing.files) >= PARALLEL_MIN_FILES:  # headers are I/O: threads overlap the reads
+        with ThreadPoolExecutor(8) as pool:
+            sizes = tuple(pool.map(_header_size, listing.files))
+    else:
+        sizes = tuple(_header_size(f) for f in listing.files)
+    return FolderScan(
+        layout=layout,
+        root=data_root,
+        base=listing.base,
+        files=tuple(listing.files),
+        labels=tuple(listing.labels),
+        is_val=None if listing.is_val is None else tuple(listing.is_val),
+        sizes=sizes,
+    )
+
+
+def unreadable_files(scan: FolderScan, *, image_size: int) -> dict[int, str]:
+    """Run training's one decoding pass over ``scan`` at ``image_size`` (filling the cache that
+    training then reads) and return the files it cannot use: index in ``scan.files`` -> why."""
+    return dict(_decode_cached(scan.layout, scan.base, scan.files, image_size).bad)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge image is judged by the decoding pass
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - any failure here means "no usable header"
+        return None
 
 
 def _root_dir(cfg: DataConfig) -> Path:
@@ -629,9 +739,13 @@ def _hash(text: str) -> str:
 __all__ = [
     "BadImageWarning",
     "CACHE_VERSION",
+    "FolderScan",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "cache_dir",
+    "detect_layout",
     "load_unlabeled",
     "max_pixels",
+    "scan_folder",
+    "unreadable_files",
 ]
