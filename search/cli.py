@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any
 
 from search.values import parse_assignments
@@ -366,6 +368,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning as one ``warning: ...`` line: no source path, no code line."""
+    text = (str(message).strip().splitlines() or [category.__name__])[0]
+    try:
+        print(f"warning: {text}", file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):  # a closed stream: a warning must never fail a command
+        pass
+
+
+# Library noise that says nothing a user can act on: Optuna's experimental-API notices, and
+# deprecation notices of torch / timm / torchvision internals.
+_IGNORED_WARNINGS = (
+    ("ignore", r".*is experimental", Warning, ""),
+    ("ignore", "", DeprecationWarning, r"(torch|timm|torchvision|optuna)(\.|$)"),
+    ("ignore", "", FutureWarning, r"(torch|timm|torchvision|optuna)(\.|$)"),
+)
+
+
+_LOGGERS = ("hpsearch", "trainer")
+
+
+class _LogLines(logging.StreamHandler):
+    """Our loggers' warnings and errors as ``warning: ...`` / ``error: ...`` lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property
+    def stream(self):  # whatever sys.stderr is now (tests swap it)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = (record.getMessage().strip().splitlines() or [""])[0]
+        return f"{record.levelname.lower()}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
@@ -374,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    saved_warnings = warnings.showwarning, list(warnings.filters)
+    warnings.showwarning = _show_warning
+    for action, message, category, module in _IGNORED_WARNINGS:
+        warnings.filterwarnings(action, message=message, category=category, module=module)
+    handler = _LogLines()
+    for name in _LOGGERS:
+        logging.getLogger(name).addHandler(handler)
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
@@ -410,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = saved_warnings[0]
+        warnings.filters[:] = saved_warnings[1]
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -134,4 +134,8 @@ def print_dry_run(plan, drawn: list[dict[str, Any]]) -> None:
     for i, params in enumerate(drawn):
         print(f"  trial {i}:")
         for key, value in params.items():
-            print(f"    {key:<22} {value:.4g}" if isinstance(value, float) else f"    {key:<22} {value}")
+            print(
+                f"    {key:<22} {value:.4g}"
+                if isinstance(value, float)
+                else f"    {key:<22} {value}"
+            )

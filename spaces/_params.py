@@ -146,17 +146,18 @@ def _parse_entry(key: str, value: Any) -> Param:
         raise ValueError(f"{where}: step must be > 0, but got {step}")
     if log and step is not None:
         raise ValueError(f"{where}: a log range cannot have a step; drop one of them")
-    for v in (low, high):
-        _check_value(key, v, where)
-    takes_float = isinstance(TrainConfig.from_flat({key: low}).to_flat()[key], float)
-    ints = all(isinstance(v, int) for v in (low, high) if v is not None) and (
-        step is None or isinstance(step, int)
-    )
+    default = TrainConfig().to_flat()[key]
+    takes_float = isinstance(default, float)
+    if not takes_float and (isinstance(default, bool) or not isinstance(default, int)):
+        raise TypeError(f"{where}: {key} is not a number; give a list of choices instead")
+    ints = all(isinstance(v, int) for v in (low, high, step) if v is not None)
     if not takes_float and not ints:
         raise TypeError(
             f"{where}: {key} takes integers, so it cannot draw from a float range "
             f"(low={low}, high={high}); give integer low and high"
         )
+    for v in (low, high):
+        _check_value(key, v, where)
     kind = "float" if takes_float else "int"
     cast = float if kind == "float" else int
     return Param(

@@ -24,7 +24,7 @@ def check_model(cfg: TrainConfig, data: ImageData) -> None:
             model(torch.zeros(2, data.in_chans, size, size))
     except ValueError as exc:
         raise ValueError(f"backbone {name!r}: {exc}") from None
-    except RuntimeError as exc:
+    except Exception as exc:  # a shape error, or a timm model's size assertion
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(
             f"backbone {name!r} cannot take {size} px images ({first}); raise data.image_size "
