@@ -294,7 +294,7 @@ def plan_study(
         raise ValueError(_no_readable(scan, [(scan.name(0), "not an image PIL can read")]))
     if len(set(scan.labels)) < 2:
         raise ValueError(_one_class(scan, sorted(set(scan.labels))))
-    limit = round(wall_seconds / 60 / TRIALS_PER_WALL, 1)
+    limit = max(0.1, round(wall_seconds / 60 / TRIALS_PER_WALL, 1))
     gpu = select_device("auto").type == "cuda"
     sides = sorted(min(s) for s in readable)
     cap = max([s for s in SIZES if s <= min(median(sides), SIZES[-1])] or [SIZES[0]])
@@ -302,11 +302,10 @@ def plan_study(
 
     # Image size: the counts before decoding are close enough to choose it.
     n_guess = len(readable)
-    train_guess = (
-        sum(1 for v in scan.is_val or () if not v)
-        if scan.is_val is not None
-        else math.floor(n_guess * (1 - DataConfig().val_fraction))
-    )
+    if scan.is_val is not None:
+        train_guess = sum(1 for s, v in zip(scan.sizes, scan.is_val, strict=True) if s and not v)
+    else:
+        train_guess = math.floor(n_guess * (1 - DataConfig().val_fraction))
     batches = _batch_sizes(gpu=gpu, n_train=train_guess)
     prober = Prober(num_classes=len(set(scan.labels)), remeasure=remeasure)
     echo(f"probing {prober.device} ...")

@@ -141,6 +141,18 @@ def test_the_default_name_is_the_folders_and_the_flat_class_names_are_ids(
     assert "12 in 2 classes: 3 6, 10 6" in capsys.readouterr().out
 
 
+def test_a_given_train_val_split_is_used_as_training_uses_it(tmp_path, fake_speed, capsys):
+    root = tmp_path / "split"
+    make_folder(root / "train", {"china": 8, "flower": 8})
+    make_folder(root / "val", {"china": 3, "flower": 3})
+    assert _init(str(root)) == 0
+    out = capsys.readouterr().out
+    assert "(layout folder, given train/val split)" in out
+    assert "16 train / 6 val" in out
+    raw = tomllib.loads(Path("studies/split.toml").read_text())
+    assert raw["data"]["root"] == str(root.resolve()) and "val_fraction" not in raw["data"]
+
+
 # --------------------------------------------------------------------------- the choices
 
 
