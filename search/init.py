@@ -34,6 +34,9 @@ from trainer.throughput import device_label
 # Candidate backbones, cheapest first on most devices. All train from scratch: pretrained
 # weights cannot be fetched offline, and from-scratch cost is what the probe measures.
 CANDIDATES = ("seed_cnn", "small_cnn", "resnet18", "resnet34", "efficientnet_b2", "resnet50")
+# A deeper network of a family is never faster at the same size and batch: once the shallower
+# one is over the limit, the deeper one is left out without spending a probe on it.
+SHALLOWER = {"resnet34": "resnet18", "resnet50": "resnet34"}
 # The image size is the largest at which this workhorse finishes a trial within the limit.
 REFERENCE = "resnet18"
 SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224)
@@ -65,6 +68,7 @@ class Estimate:
     images_per_second: float | None
     minutes: float | None  # per trial: epochs x (train + eval images) / images per second
     error: str | None = None
+    deeper_than: Estimate | None = None  # left out unprobed: a shallower sibling is too slow
 
 
 @dataclass(frozen=True)
@@ -326,13 +330,20 @@ def plan_study(
     batches = _batch_sizes(gpu=gpu, n_train=folder.n_train)
     epochs = EPOCHS
     counts = {"n_train": folder.n_train, "n_val": folder.n_val}
-    estimates = [
-        _estimate(prober, b, size=image_size, batch=batches[0], **counts, epochs=epochs)
-        for b in CANDIDATES
-    ]
+    estimates: list[Estimate] = []
+    for b in CANDIDATES:
+        shallower = next((e for e in estimates if e.backbone == SHALLOWER.get(b)), None)
+        if shallower is not None and _over(shallower, limit):
+            estimates.append(
+                Estimate(b, image_size, None, None, deeper_than=shallower.deeper_than or shallower)
+            )
+        else:
+            estimates.append(
+                _estimate(prober, b, size=image_size, batch=batches[0], **counts, epochs=epochs)
+            )
     notes: list[str] = []
     runnable = [e for e in estimates if e.minutes is not None]
-    if not runnable:
+    if not runnable:  # every probe failed (unprobed ones follow a probed one)
         raise ValueError(
             f"none of the backbones {', '.join(CANDIDATES)} can train at {image_size} px here "
             f"({estimates[0].error}); check the installation of torch and timm"
@@ -378,6 +389,10 @@ def plan_study(
         notes=notes,
         probes=(prober.asked, prober.measured, prober.seconds),
     )
+
+
+def _over(e: Estimate, limit: float) -> bool:
+    return e.deeper_than is not None or (e.minutes is not None and e.minutes > limit)
 
 
 def _batch_sizes(*, gpu: bool, n_train: int) -> list[int]:
@@ -489,7 +504,13 @@ def describe(plan: InitPlan) -> list[str]:
         f"{plan.epochs} epochs, from scratch:",
     ]
     for e in plan.estimates:
-        if e.minutes is None:
+        if e.deeper_than is not None:
+            d = e.deeper_than
+            lines.append(
+                f"  {e.backbone:<16} left out, not probed: deeper than {d.backbone} "
+                f"({_about(d.minutes or 0.0)} per trial, limit {_minutes(plan.limit_minutes)})"
+            )
+        elif e.minutes is None:
             lines.append(f"  {e.backbone:<16} left out: fails at {e.image_size} px ({e.error})")
         elif e.backbone in plan.backbones:
             lines.append(
@@ -605,6 +626,8 @@ def _kv(key: str, value: Any, comment: str = "") -> str:
 
 def _coarse(e: Estimate) -> str:
     """Whole minutes in the file, so that probe noise rarely changes it."""
+    if e.deeper_than is not None:
+        return f"{e.backbone} (deeper than {e.deeper_than.backbone})"
     if e.minutes is None:
         return f"{e.backbone} fails here"
     return f"{e.backbone} <1 min" if e.minutes < 1 else f"{e.backbone} ~{round(e.minutes):d} min"

@@ -169,7 +169,15 @@ def test_only_backbones_under_the_per_trial_limit_are_kept(tmp_path, fake_speed,
     assert want == ["seed_cnn", "small_cnn", "resnet18"]
     assert raw["params"]["model.backbone"] == want
     assert raw["budget"]["max_trial_minutes"] == 2.5
-    assert "resnet50         left out: ~8.8 min per trial here at 64 px (limit 2.5 min)" in out
+    assert "resnet34         left out: ~4.4 min per trial here at 64 px (limit 2.5 min)" in out
+    assert (  # deeper than an over-the-limit resnet34: not worth a probe
+        "resnet50         left out, not probed: deeper than resnet34 (~4.4 min per trial, "
+        "limit 2.5 min)" in out
+    )
+    assert (
+        "# left out: resnet34 ~4 min, efficientnet_b2 ~3 min, resnet50 (deeper than resnet34)"
+        in (Path("studies/photos.toml").read_text())
+    )
     assert "efficientnet_b2  left out: ~3 min per trial" in out
     assert raw["enqueue"][0]["model.backbone"] == "resnet18"
 
@@ -242,7 +250,8 @@ def test_running_twice_gives_the_same_file_from_the_probe_cache(tmp_path, fake_s
     root = make_folder(tmp_path / "photos", {"china": 12, "flower": 12})
     assert _init(str(root), "--out", "a.toml") == 0
     first_calls = fake_speed["calls"]
-    assert first_calls == len(si.CANDIDATES)  # resnet18's size probe at 64 px is reused
+    # resnet18's size probe at 64 px is reused; resnet50 is deeper than a too-slow resnet34
+    assert first_calls == len(si.CANDIDATES) - 1
 
     fake_speed["factor"] = 0.5  # the device got busier: a new probe would choose otherwise
     assert _init(str(root), "--out", "b.toml") == 0
@@ -253,7 +262,8 @@ def test_running_twice_gives_the_same_file_from_the_probe_cache(tmp_path, fake_s
     assert fake_speed["calls"] == 2 * first_calls  # each probe once more, the new figures
     assert Path("c.toml").read_text() != Path("a.toml").read_text()
     cache = json.loads(si.probe_cache_path().read_text())
-    assert sorted(cache.values()) == sorted(0.5 * v for v in SPEED_AT_64.values())
+    probed = [v for b, v in SPEED_AT_64.items() if b != "resnet50"]
+    assert sorted(cache.values()) == sorted(0.5 * v for v in probed)
 
 
 def test_an_existing_study_file_is_kept_unless_force(tmp_path, fake_speed, capsys):
