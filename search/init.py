@@ -189,10 +189,12 @@ def _no_readable(scan: FolderScan, bad: list[tuple[str, str]]) -> str:
 
 def _one_class(scan: FolderScan, labels: list[str]) -> str:
     what = f"one class ({labels[0]})" if labels else "no class"
-    return (
-        f"{scan.root} has {what} with readable images; a classifier needs at least 2: "
-        "add one subfolder of images per class"
-    )
+    fix = {
+        "folder": "add one subfolder of images per class",
+        "flat": "add <label>_<id> files of another label",
+        "csv": "add rows of another label to the manifest",
+    }[scan.layout]
+    return f"{scan.root} has {what} with readable images; a classifier needs at least 2: {fix}"
 
 
 # ------------------------------------------------------------------------------ the probe
