@@ -27,6 +27,7 @@ from search.algorithms import create_pruner, create_sampler
 from search.objective import Objective
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.splits import record_splits
 from search.studyfile import StudySpec
 from search.workers import (
     CHILD_ENV,
@@ -115,6 +116,7 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
             study.set_metric_names([spec.metric])
     study.set_user_attr("space", spec.space)
     study.set_user_attr("study_file", str(spec.path))
+    record_splits(study, plan.preview.data)  # search confirm refuses data changed since
     return study
 
 

@@ -128,9 +128,7 @@ def _load_cached(cfg: DataConfig) -> _Loaded:
         data = select_classes(data, cfg.classes)
     _check_labels(data)
     if cfg.test_fraction > 0 and data.x_test is None:
-        raise ValueError(
-            f"dataset {cfg.name!r} does not support data.test_fraction; set it to 0"
-        )
+        raise ValueError(f"dataset {cfg.name!r} does not support data.test_fraction; set it to 0")
     data.splits = _split_records(data)
     if cfg.normalize == "imagenet":
         if data.in_chans != 3:
