@@ -138,7 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     study, _ = load_existing_study(args.study, args.storage)
-    report = evaluate_trial(study, args.trial, data_root=args.data)
+    report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -177,11 +177,38 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         storage=args.storage,
         data_root=args.data,
         fixed=parse_assignments(args.set),
+        test=args.test,
     )
     study = run_ablation(plan, progress=Progress(quiet=args.quiet))
     from search.reports import print_ablation
 
     print_ablation(study)
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from search.confirm import plan_confirm, run_confirm
+    from search.progress import Progress
+    from search.reports import print_confirm
+
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for item in args.seeds for s in item.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--seeds takes integers, e.g. --seeds 11 12 13, but got {args.seeds}"
+            ) from None
+    plan = plan_confirm(
+        args.study,
+        storage=args.storage,
+        top=args.top,
+        repeats=args.repeats,
+        seeds=seeds,
+        tta=args.tta,
+        data_root=args.data,
+    )
+    print_confirm(run_confirm(plan, progress=Progress(quiet=args.quiet)))
     return 0
 
 
@@ -310,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root, if it moved since the study ran")
     p.add_argument("--out", help="write the confusion matrix as a plotly HTML figure")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="evaluate on the validation split (default) or the held-out test split",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
@@ -335,7 +368,27 @@ def build_parser() -> argparse.ArgumentParser:
     storage_arg(p)
     p.add_argument("--data", help="data root (overrides the study file)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument(
+        "--test", action="store_true", help="also evaluate every run on the held-out test split"
+    )
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser(
+        "confirm", help="retrain the top configurations with fresh seeds; report on test"
+    )
+    p.add_argument("--study", required=True, help="the search study")
+    p.add_argument(
+        "--top", type=int, default=3, help="distinct configurations to confirm (default 3)"
+    )
+    p.add_argument("--repeats", type=int, help="runs per configuration (default 5)")
+    p.add_argument(
+        "--seeds", nargs="+", metavar="SEED", help="the seeds to use (default: fresh ones)"
+    )
+    p.add_argument("--tta", action="store_true", help="evaluate with 6 test-time views")
+    storage_arg(p)
+    p.add_argument("--data", help="data root, if it moved since the search ran")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("export", help="tables and figures of a study and its ablation")
     p.add_argument("--study", required=True)

@@ -28,6 +28,7 @@ from search.objective import Objective
 from search.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.splits import record_splits
 from search.studyfile import StudySpec
 from search.workers import (
     CHILD_ENV,
@@ -150,6 +151,7 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
     study.set_user_attr("space", plan.space.name)
     study.set_user_attr("study_file", str(spec.path))
     record_problem(study, plan.problem, forced=plan.force)
+    record_splits(study, plan.preview.data)  # search confirm refuses data changed since
     return study
 
 
