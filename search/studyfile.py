@@ -34,7 +34,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "enqueue": list,
     "ablation": dict,
 }
-_BUDGET_KEYS = {"epochs": int, "patience": int}
+_BUDGET_KEYS = {"epochs": int, "patience": int, "max_trial_minutes": (int, float), "wall": (str, int, float)}
 # data keys beyond DataConfig's fields: an environment variable that overrides root
 _DATA_EXTRA_KEYS = {"root_env": str}
 
