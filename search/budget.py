@@ -143,9 +143,10 @@ class CostModel:
         study: optuna.Study,
         *,
         url: str | None = None,
-        measure: Callable[..., trainer.Throughput] = trainer.measure_throughput,
+        measure: Callable[..., trainer.Throughput] | None = None,
     ) -> None:
-        self.study, self.url, self.measure = study, url, measure
+        self.study, self.url = study, url
+        self.measure = measure or (lambda *a, **k: trainer.measure_throughput(*a, **k))
 
     def images_per_second(
         self, cfg: trainer.TrainConfig, data: trainer.ImageData
