@@ -23,6 +23,10 @@ class Terminated(KeyboardInterrupt):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.monotonic()  # the wall-clock budget counts from here
+    from search.budget import resolve_budget
     from search.run import plan_run, run_study
     from search.studyfile import load_study
     from search.summary import print_summary
@@ -32,6 +36,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, but got {args.threads}")
     spec = load_study(args.study)
+    budget = resolve_budget(
+        spec.budget,
+        where=str(spec.path),
+        wall=args.budget,
+        max_trial_minutes=args.max_trial_minutes,
+    )
+    if args.trials is None and budget.wall_seconds is None:
+        raise ValueError(
+            "--trials N is needed unless a wall-clock budget is given "
+            "(--budget 30m, or budget.wall in the study file)"
+        )
     enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
     plan = plan_run(
         spec,
@@ -47,14 +62,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print_dry_run(plan, dry_run(plan))
         return 0
-    if args.trials < 1:
+    if args.trials is not None and args.trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {args.trials}")
     from search import storage as storage_mod
     from search.progress import Progress
 
     storage_mod.check_workers(plan.url, args.workers)
     if args.workers > 1:
-        return _run_workers(args, plan)
+        return _run_workers(args, plan, budget=budget, started=started)
     if args.worker_child:
         from search.workers import watch_parent
 
@@ -70,35 +85,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=Progress(quiet=args.quiet),
         options=options,
         announce=not args.worker_child,
+        budget=budget,
+        started=started,
     )
     if not args.worker_child:
         print_summary(study, plan.url)
     return 0
 
 
-def _run_workers(args: argparse.Namespace, plan) -> int:
+def _run_workers(args: argparse.Namespace, plan, *, budget, started: float) -> int:
     """--workers K: create the study here, then K worker processes fill it."""
+    import time
+
     from search import storage as storage_mod
-    from search.run import prepare_study
+    from search.run import UNLIMITED, prepare_study
     from search.summary import print_summary
     from search.workers import SlotClaimer, WorkerOptions, launch
 
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
-        study, storage=storage, url=plan.url, n_trials=args.trials, options=WorkerOptions()
+        study,
+        storage=storage,
+        url=plan.url,
+        n_trials=args.trials if args.trials is not None else UNLIMITED,
+        options=WorkerOptions(),
     )
+    done = claimer.finished(claimer.counts())
     print(
-        f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {args.trials} "
-        f"trials finished; storage {storage_mod.mask_url(plan.url)}",
+        f"study {plan.spec.name!r}: {done}"
+        + (f" of {args.trials}" if args.trials is not None else "")
+        + f" trials finished; storage {storage_mod.mask_url(plan.url)}",
         file=sys.stderr,
     )
+    if budget.wall_seconds is not None:  # the workers get what is left of this command's
+        args.budget = f"{max(1.0, budget.wall_seconds - (time.monotonic() - started)):.1f}"
     code = launch(args, url=plan.url, workers=args.workers)
     if code in (EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED):
         if code != EXIT_USAGE:
             print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
         return code
     done = claimer.finished(claimer.counts())
-    if done < args.trials and args.timeout is None:
+    if (
+        args.trials is not None
+        and done < args.trials
+        and args.timeout is None
+        and not budget.wall_seconds
+    ):
         msg = f"error: the study holds {done} of {args.trials} finished trials; rerun to go on"
         print(msg, file=sys.stderr)
         return 1
@@ -138,7 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     study, _ = load_existing_study(args.study, args.storage)
-    report = evaluate_trial(study, args.trial, data_root=args.data)
+    report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -177,11 +209,38 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         storage=args.storage,
         data_root=args.data,
         fixed=parse_assignments(args.set),
+        test=args.test,
     )
     study = run_ablation(plan, progress=Progress(quiet=args.quiet))
     from search.reports import print_ablation
 
     print_ablation(study)
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from search.confirm import plan_confirm, run_confirm
+    from search.progress import Progress
+    from search.reports import print_confirm
+
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for item in args.seeds for s in item.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--seeds takes integers, e.g. --seeds 11 12 13, but got {args.seeds}"
+            ) from None
+    plan = plan_confirm(
+        args.study,
+        storage=args.storage,
+        top=args.top,
+        repeats=args.repeats,
+        seeds=seeds,
+        tta=args.tta,
+        data_root=args.data,
+    )
+    print_confirm(run_confirm(plan, progress=Progress(quiet=args.quiet)))
     return 0
 
 
@@ -230,10 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="create or resume a study and run it to N finished trials")
     p.add_argument("--study", required=True, help="study file name (see `search list`)")
     p.add_argument(
-        "--trials", type=int, required=True, help="finished trials the study should hold"
+        "--trials",
+        type=int,
+        help="finished trials the study should hold (optional with a wall-clock budget)",
     )
     storage_arg(p)
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="wall-clock budget of this command, e.g. 30m, 2h, 45s or seconds: no trial starts "
+        "that cannot finish in the time left, and the running one stops at the deadline",
+    )
+    p.add_argument(
+        "--max-trial-minutes",
+        type=float,
+        metavar="M",
+        help="configurations estimated to take longer are not trained (pruned, over_budget)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
     p.add_argument(
         "--enqueue",
@@ -310,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root, if it moved since the study ran")
     p.add_argument("--out", help="write the confusion matrix as a plotly HTML figure")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="evaluate on the validation split (default) or the held-out test split",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
@@ -335,7 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
     storage_arg(p)
     p.add_argument("--data", help="data root (overrides the study file)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument(
+        "--test", action="store_true", help="also evaluate every run on the held-out test split"
+    )
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser(
+        "confirm", help="retrain the top configurations with fresh seeds; report on test"
+    )
+    p.add_argument("--study", required=True, help="the search study")
+    p.add_argument(
+        "--top", type=int, default=3, help="distinct configurations to confirm (default 3)"
+    )
+    p.add_argument("--repeats", type=int, help="runs per configuration (default 5)")
+    p.add_argument(
+        "--seeds", nargs="+", metavar="SEED", help="the seeds to use (default: fresh ones)"
+    )
+    p.add_argument("--tta", action="store_true", help="evaluate with 6 test-time views")
+    storage_arg(p)
+    p.add_argument("--data", help="data root, if it moved since the search ran")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("export", help="tables and figures of a study and its ablation")
     p.add_argument("--study", required=True)

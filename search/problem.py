@@ -14,7 +14,6 @@ import hashlib
 import json
 from typing import Any
 
-import numpy as np
 import optuna
 
 import trainer
@@ -26,15 +25,10 @@ _DATA_KEYS = ("data.name", "data.root", "data.image_size", "data.val_fraction", 
 
 
 def data_digest(data: trainer.ImageData) -> str:
-    """A digest of what training sees: pixels and labels of every split, and class names."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps(data.class_names).encode())
-    for t in (data.x_train, data.y_train, data.x_val, data.y_val):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(
-            np.ascontiguousarray(t.numpy() if t.device.type == "cpu" else t.cpu().numpy()).data
-        )
-    return h.hexdigest()
+    """A digest of the images and labels of every split (``ImageData.splits``: per split the
+    count and a hash of its (file name and content, label) list), not of where they lie."""
+    record = {k: (v["count"], v["hash"]) for k, v in sorted(data.splits.items())}
+    return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
 
 
 def describe_problem(
@@ -51,7 +45,7 @@ def describe_problem(
     keys = [*_DATA_KEYS, *(k for k in flat if k.startswith("data.test"))]
     out: dict[str, Any] = {k: flat[k] for k in keys if k in flat}
     out["data.digest"] = data_digest(data)
-    out["data.images"] = {"train": len(data.y_train), "val": len(data.y_val)}
+    out["data.images"] = {k: v["count"] for k, v in data.splits.items()}
     out["train.epochs"] = flat["train.epochs"]
     out["metric"] = f"{metric} ({direction})"
     out["space"] = space
@@ -72,12 +66,12 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
             out.append(f"{key}: {_short(old)} -> {_short(new)}")
     if not same_images and "data.root" not in {d.split(":")[0] for d in out}:
         before, after = recorded.get("data.images", {}), current.get("data.images", {})
-        out.append(f"data: the images changed ({_counts(before)} -> {_counts(after)} train/val)")
+        out.append(f"data: the images changed ({_counts(before)} -> {_counts(after)} train/val/test images)")
     return out
 
 
 def _counts(images: dict[str, int]) -> str:
-    return f"{images.get('train', '?')}/{images.get('val', '?')}"
+    return "/".join(str(images.get(k, 0)) for k in ("train", "val", "test"))
 
 
 def _short(value: Any) -> str:

@@ -24,10 +24,12 @@ import spaces
 import trainer
 from search import storage as storage_mod
 from search.algorithms import TrialSeededSampler, create_pruner, create_sampler
-from search.objective import Objective
+from search.budget import Budget, CostModel, fmt_duration
+from search.objective import NoTimeLeft, Objective
 from search.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.splits import record_splits
 from search.studyfile import StudySpec
 from search.workers import (
     CHILD_ENV,
@@ -42,6 +44,8 @@ from trainer._registry import unknown_name_error
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
 MAX_CONSECUTIVE_FAILURES = 3
+MAX_MISFITS = 3  # drawn configurations in a row too long for the budget left: the run ends
+UNLIMITED = 2**62  # trial slots when only the wall-clock budget ends the run
 
 
 @dataclass
@@ -150,6 +154,7 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
     study.set_user_attr("space", plan.space.name)
     study.set_user_attr("study_file", str(spec.path))
     record_problem(study, plan.problem, forced=plan.force)
+    record_splits(study, plan.preview.data)  # search confirm refuses data changed since
     return study
 
 
@@ -172,18 +177,29 @@ def finished_count(study: optuna.Study) -> int:
 def run_study(
     plan: Plan,
     *,
-    n_trials: int,
+    n_trials: int | None,
     timeout: float | None = None,
     progress: Progress | None = None,
     options: WorkerOptions | None = None,
     announce: bool = True,
+    budget: Budget | None = None,
+    started: float | None = None,
 ) -> optuna.Study:
     """Run until the study holds ``n_trials`` finished (complete + pruned) trials, counting
-    those of every other worker on the same storage; never more."""
-    if n_trials < 1:
+    those of every other worker on the same storage; never more. With a wall-clock budget
+    (``budget.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
+    also ends when it is spent: no trial starts that its estimate says cannot finish in the
+    time left, and the running one stops at its next step. Without ``n_trials`` the budget
+    alone ends the run."""
+    budget = budget or Budget()
+    if n_trials is None and budget.wall_seconds is None:
+        raise ValueError("--trials N is needed unless a wall-clock budget is given (--budget 30m)")
+    if n_trials is not None and n_trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
+    started = time.monotonic() if started is None else started
+    wall_end = started + budget.wall_seconds if budget.wall_seconds is not None else None
     options = options or WorkerOptions()
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
@@ -196,8 +212,12 @@ def run_study(
         checkpoint_dir=ckpt_dir,
         progress=progress,
         artifact_root=storage_mod.artifact_store_dir(plan.url),
+        budget=budget,
+        cost=CostModel(study, url=plan.url) if budget.costed else None,
+        deadline=wall_end,
     )
     progress.wanted = n_trials
+    progress.start(started=started, wall_seconds=budget.wall_seconds)
     if not isinstance(study.sampler, TrialSeededSampler) and (
         os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
     ):
@@ -207,22 +227,33 @@ def run_study(
         study,
         storage=storage,
         url=plan.url,
-        n_trials=n_trials,
+        n_trials=n_trials if n_trials is not None else UNLIMITED,
         options=options,
         checkpoint_dir=ckpt_dir,
         say=progress.message,
     )
     if announce:
+        done = claimer.finished(claimer.counts())
+        wanted = f"{done} of {n_trials}" if n_trials is not None else f"{done}"
+        wall = budget.wall_seconds
         progress.message(
-            f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {n_trials} "
-            f"trials finished; storage {storage_mod.mask_url(plan.url)}"
+            f"study {plan.spec.name!r}: {wanted} trials finished"
+            + (f"; wall-clock budget {fmt_duration(wall)}" if wall is not None else "")
+            + f"; storage {storage_mod.mask_url(plan.url)}"
         )
     deadline = time.monotonic() + timeout if timeout else None
-    failures, waiting = 0, False
+    failures, misfits, waiting = 0, 0, False
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             done = claimer.finished(claimer.counts())
-            progress.message(f"timeout reached with {done} of {n_trials} trials finished")
+            progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
+            break
+        if wall_end is not None and time.monotonic() >= wall_end:
+            done = claimer.finished(claimer.counts())
+            progress.message(
+                f"budget: {fmt_duration(budget.wall_seconds)} spent with {_of(done, n_trials)} "
+                "trials finished; rerun with a new --budget to go on"
+            )
             break
         claimed = claimer.claim()
         if claimed == "done":
@@ -240,6 +271,18 @@ def run_study(
         last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
         if last is None:  # a late result, discarded
             continue
+        if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
+            misfits += 1
+            progress.message(f"trial {last.number} {last.user_attrs['reason']}")
+            if misfits >= MAX_MISFITS:
+                progress.message(
+                    f"budget: {misfits} configurations in a row cannot finish in the "
+                    f"{fmt_duration(wall_end - time.monotonic())} left; rerun with a new "
+                    "--budget to go on"
+                )
+                break
+            continue
+        misfits = 0
         failures = failures + 1 if last.state == TrialState.FAIL else 0
         done = claimer.finished(claimer.counts())
         progress.trial_end(done, describe_trial(last), describe_best(study))
@@ -280,6 +323,8 @@ def _run_claimed(
             state = TrialState.PRUNED
         except optuna.exceptions.UpdateFinishedTrialError:
             return _discard(number, objective, options, progress)
+        except NoTimeLeft:
+            state = TrialState.FAIL  # not run; FAIL is what samplers ignore (neither good nor bad)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the objective stored the reason
             with signals_ignored():
                 _tell(study, trial, TrialState.FAIL, None, storage)
@@ -329,6 +374,10 @@ def _discard(number: int, objective: Objective, options: WorkerOptions, progress
     if objective.checkpoint_dir is not None:  # not moved aside for a retry: nobody needs it
         (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(missing_ok=True)
     return None
+
+
+def _of(done: int, wanted: int | None) -> str:
+    return f"{done} of {wanted}" if wanted is not None else str(done)
 
 
 def describe_trial(t: optuna.trial.FrozenTrial) -> str:

@@ -4,12 +4,17 @@ Registered dataset layouts (``data.name``), all reading ``data.root``:
 
 - ``folder``: one subfolder per class (torchvision's ImageFolder), searched recursively. If
   ``root/train`` and ``root/val`` (or ``valid``/``validation``) exist they are the given splits;
-  otherwise ``root/train`` (or ``root`` itself) is split with a seeded stratified split.
+  otherwise ``root/train`` (or ``root`` itself) is split with a seeded stratified split. A
+  labeled ``root/test`` (class subfolders) beside ``root/train`` is the test split; an
+  unlabeled one (images directly in it, for ``search predict``) is ignored.
 - ``flat``: files named ``<label>_<id>.<ext>`` in one folder (seed 000's Food-11), with the same
-  ``train``/``val`` rule. Class names are the label ids, sorted numerically.
+  ``train``/``val``/``test`` rule. Class names are the label ids, sorted numerically.
 - ``csv``: ``data.root`` is a manifest with a header ``path,label[,split]``; paths are relative to
-  the manifest's folder, labels are names or integer ids, ``split`` is train/val (rows marked
-  ``test`` are ignored). Without a validation row the training rows are split.
+  the manifest's folder, labels are names or integer ids, ``split`` is train, val or test.
+  Without a validation row the training rows are split.
+
+Without a given test split, ``data.test_fraction`` holds out that share of the images (seeded,
+stratified, byte-identical files on one side) before the validation split is drawn.
 
 ``load_unlabeled(root, image_size=...)`` reads a flat folder of images for prediction.
 ``detect_layout(root)``, ``scan_folder(root)`` and ``unreadable_files(scan, image_size=...)``
@@ -56,7 +61,7 @@ import torch
 from PIL import Image, ImageOps
 
 from trainer.config import DataConfig
-from trainer.data import ImageData, register_dataset, stratified_split
+from trainer.data import ImageData, grouped_split, register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,7 @@ class _Listing:
     files: list[Path]
     labels: list[str]  # raw label of each file: folder name, id, or manifest label
     is_val: list[bool] | None  # None: no given validation set, split with data.split_seed
+    is_test: list[bool] | None = None  # None: no given test set
 
 
 @register_dataset("folder")
@@ -123,15 +129,44 @@ def _dir_listing(layout: str, root: Path) -> _Listing:
         files, labels = _class_files(train_dir or root, required=True)
     else:
         files, labels = _flat_files(train_dir or root)
-    if val_dir is None:
-        return _Listing(layout, root, files, labels, None)
+    is_val = None
+    if val_dir is not None:
+        if layout == "folder":
+            vfiles, vlabels = _class_files(val_dir, required=False)
+        else:
+            vfiles, vlabels = _flat_files(val_dir)
+        _check_val_classes(labels, vlabels, val_dir, train_dir)
+        is_val = [False] * len(files) + [True] * len(vfiles)
+        files, labels = files + vfiles, labels + vlabels
+    test = _labeled_test(layout, root) if train_dir is not None else None
+    if test is None:
+        return _Listing(layout, root, files, labels, is_val)
+    tfiles, tlabels = test
+    _check_val_classes(labels, tlabels, root / "test", train_dir, what="test")
+    n = len(files)
+    return _Listing(
+        layout, root, files + tfiles, labels + tlabels,
+        None if is_val is None else is_val + [False] * len(tfiles),
+        [False] * n + [True] * len(tfiles),
+    )  # fmt: skip
+
+
+def _labeled_test(layout: str, root: Path) -> tuple[list[Path], list[str]] | None:
+    """``root/test`` with labels (class subfolders, or all files named ``<label>_<id>``), or
+    None: absent, or unlabeled (seed 000's test folder, read by ``search predict``)."""
+    folder = root / "test"
+    if not folder.is_dir():
+        return None
     if layout == "folder":
-        vfiles, vlabels = _class_files(val_dir, required=False)
+        if not any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
+            return None
+        files, labels = _class_files(folder, required=False)
     else:
-        vfiles, vlabels = _flat_files(val_dir)
-    _check_val_classes(labels, vlabels, val_dir, train_dir)
-    is_val = [False] * len(files) + [True] * len(vfiles)
-    return _Listing(layout, root, files + vfiles, labels + vlabels, is_val)
+        files = list(_image_files(folder, recursive=False))
+        if not files or not all(_FLAT_NAME.fullmatch(p.stem) for p in files):
+            return None
+        files, labels = _flat_files(folder)
+    return (files, labels) if files else None
 
 
 @register_dataset("csv")
@@ -151,7 +186,7 @@ def _csv(cfg: DataConfig) -> ImageData:
 
 def _csv_listing(manifest: Path) -> _Listing:
     base = manifest.parent
-    files, labels, splits = [], [], []
+    files, labels, splits, tests = [], [], [], []
     seen: dict[Path, int] = {}
     with manifest.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -167,9 +202,7 @@ def _csv_listing(manifest: Path) -> _Listing:
             split = (row.get(columns.get("split", ""), "") or "").strip().lower()
             if not rel or not label:
                 raise ValueError(f"{manifest}, line {line}: empty path or label; fill it in")
-            if split == "test":
-                continue  # prediction reads test images with load_unlabeled
-            if split not in ("", "train", *VAL_DIRS):
+            if split not in ("", "train", "test", *VAL_DIRS):
                 raise ValueError(
                     f"{manifest}, line {line}: split {split!r} must be train, val or test"
                 )
@@ -192,13 +225,19 @@ def _csv_listing(manifest: Path) -> _Listing:
             files.append(key)
             labels.append(label)
             splits.append(split in VAL_DIRS)
-    if not files:
+            tests.append(split == "test")
+    if all(tests):
         raise ValueError(f"{manifest} lists no training images; add rows path,label")
-    listing = _Listing("csv", base, files, labels, splits if any(splits) else None)
+    listing = _Listing(
+        "csv", base, files, labels, splits if any(splits) else None, tests if any(tests) else None
+    )
+    train_labels = [lb for lb, v, t in zip(labels, splits, tests, strict=True) if not v and not t]
     if listing.is_val is not None:
-        train_labels = [lb for lb, v in zip(labels, splits, strict=True) if not v]
         val_labels = [lb for lb, v in zip(labels, splits, strict=True) if v]
         _check_val_classes(train_labels, val_labels, manifest, manifest)
+    if listing.is_test is not None:
+        test_labels = [lb for lb, t in zip(labels, tests, strict=True) if t]
+        _check_val_classes(train_labels, test_labels, manifest, manifest, what="test")
     return listing
 
 
@@ -399,14 +438,19 @@ def _flat_files(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def _check_val_classes(
-    train_labels: Sequence[str], val_labels: Sequence[str], val_src: Path, train_src: Path | None
+    train_labels: Sequence[str],
+    val_labels: Sequence[str],
+    val_src: Path,
+    train_src: Path | None,
+    *,
+    what: str = "validation",
 ) -> None:
     missing = sorted(set(val_labels) - set(train_labels))
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise ValueError(
-            f"validation class(es) {shown} in {val_src} have no training images in "
-            f"{train_src}; add training images or remove them from validation"
+            f"{what} class(es) {shown} in {val_src} have no training images in "
+            f"{train_src}; add training images or remove them from {what}"
         )
 
 
@@ -437,12 +481,19 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
     n = len(listing.files)
     good = np.array([i for i in range(n) if i not in decoded.bad], dtype=np.int64)
     is_val = np.array(listing.is_val if listing.is_val is not None else [False] * n, dtype=bool)
-    train_pool = good[~is_val[good]]
+    is_test = np.array(listing.is_test if listing.is_test is not None else [False] * n, bool)
+    if listing.is_test is not None and cfg.test_fraction > 0:
+        where = "split=test rows" if listing.layout == "csv" else "a labeled test/ folder"
+        raise ValueError(
+            f"{listing.base} has {where} and data.test_fraction={cfg.test_fraction:g} asks for "
+            "another test split; set data.test_fraction = 0 to use the given one"
+        )
+    train_pool = good[~is_val[good] & ~is_test[good]]
     labels = np.array(listing.labels, dtype=object)
     names = _class_names(set(labels[train_pool].tolist()))
     if not names:
         raise ValueError(f"no readable training images under {listing.base}")
-    lost = sorted(set(labels[~is_val].tolist()) - set(names))
+    lost = sorted(set(labels[~is_val & ~is_test].tolist()) - set(names))
     if lost:
         raise ValueError(
             f"class(es) {', '.join(lost[:10])} have no readable training images under "
@@ -450,65 +501,71 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
         )
     index = {name: i for i, name in enumerate(names)}
     y_all = np.array([index.get(lb, -1) for lb in listing.labels], dtype=np.int64)
+    digests = decoded.digests
 
+    def split_off(pool: np.ndarray, fraction: float, key: str, of: float | None = None):
+        keep, held = grouped_split(
+            y_all[pool], [digests[i] for i in pool], fraction=fraction, seed=cfg.split_seed,
+            class_names=names, key=key, fraction_of=of,
+        )  # fmt: skip
+        return pool[keep], pool[held]
+
+    test_idx, source = good[is_test[good]], "test/ folder"
+    if listing.layout == "csv":
+        source = "manifest rows split=test"
+    val_fraction, val_of = cfg.val_fraction, None
+    if cfg.test_fraction > 0:  # held out first, so the test set does not move with val_fraction
+        train_pool, test_idx = split_off(train_pool, cfg.test_fraction, "data.test_fraction")
+        source = f"data.test_fraction={cfg.test_fraction:g}"
+        if listing.is_val is None:
+            val_fraction, val_of = cfg.val_fraction / (1.0 - cfg.test_fraction), cfg.val_fraction
     if listing.is_val is None:
-        tr, va = _grouped_split(
-            y_all[good], [decoded.digests[i] for i in good], names=names, cfg=cfg
-        )
-        train_idx, val_idx = good[tr], good[va]
+        train_idx, val_idx = split_off(train_pool, val_fraction, "data.val_fraction", val_of)
     else:
         train_idx, val_idx = train_pool, good[is_val[good]]
-        _warn_duplicates(listing, decoded.digests, train_idx, val_idx)
+        _warn_duplicates(listing, digests, train_idx, val_idx)
+    has_test = listing.is_test is not None or cfg.test_fraction > 0
+    if has_test and listing.is_test is not None:
+        _warn_duplicates(
+            listing, digests, np.concatenate([train_idx, val_idx]), test_idx, what="test"
+        )
+    if has_test and len(test_idx) == 0:
+        raise ValueError(f"the test split under {listing.base} has no readable images")
 
-    order = np.concatenate([train_idx, val_idx])
+    order = np.concatenate([train_idx, val_idx, test_idx])
     x = torch.from_numpy(decoded.arranged(order))
     y = torch.from_numpy(y_all[order])
-    k = len(train_idx)
-    return ImageData(x[:k], y[:k], x[k:], y[k:], names)
+    k, v = len(train_idx), len(train_idx) + len(val_idx)
 
+    def ids(idx: np.ndarray) -> list[str]:
+        return [f"{_rel(listing.files[i], listing.base)}#{digests[i]}" for i in idx.tolist()]
 
-def _grouped_split(
-    y: np.ndarray, digests: Sequence[str | None], *, names: list[str], cfg: DataConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split in which byte-identical files stay on one side (seed 004's
-    leakage lesson: no image may be in both training and validation)."""
-    first: dict[str, int] = {}
-    group = np.empty(len(y), dtype=np.int64)  # position of each file's first identical copy
-    for i, d in enumerate(digests):
-        group[i] = first.setdefault(d, i) if d is not None else i
-    reps = np.unique(group)
-    counts = np.bincount(y[reps], minlength=len(names))
-    if counts.min() < 2:
-        c = int(counts.argmin())
-        raise ValueError(
-            f"class {names[c]!r} has {counts[c]} distinct image(s); a stratified split needs at "
-            "least 2 per class: add images, or give a validation folder (train/ and val/)"
-        )
-    n_val = int(np.ceil(cfg.val_fraction * len(reps)))
-    if n_val < len(names) or len(reps) - n_val < len(names):
-        raise ValueError(
-            f"data.val_fraction={cfg.val_fraction} puts {n_val} of {len(reps)} images in "
-            f"validation, but each of the {len(names)} classes needs one on each side; "
-            "change data.val_fraction or add images"
-        )
-    _, va = stratified_split(y[reps], val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-    in_val = np.zeros(len(y), dtype=bool)
-    in_val[reps[va]] = True
-    in_val = in_val[group]  # every copy goes where its first copy went
-    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+    return ImageData(
+        x[:k], y[:k], x[k:v], y[k:v], names,
+        x_test=x[v:] if has_test else None,
+        y_test=y[v:] if has_test else None,
+        ids={"train": ids(train_idx), "val": ids(val_idx), "test": ids(test_idx)},
+        test_source=source if has_test else "",
+    )  # fmt: skip
 
 
 def _warn_duplicates(
-    listing: _Listing, digests: Sequence[str | None], train_idx: np.ndarray, val_idx: np.ndarray
+    listing: _Listing,
+    digests: Sequence[str | None],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    what: str = "validation",
 ) -> None:
     train_digests = {digests[i] for i in train_idx.tolist()} - {None}
     dup = [i for i in val_idx.tolist() if digests[i] in train_digests]
     if dup:
         shown = ", ".join(_rel(listing.files[i], listing.base) for i in dup[:5])
         more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
+        other = "training" if what == "validation" else "training or validation"
         warnings.warn(
-            f"{len(dup)} validation image(s) are byte-identical to training images, so "
-            f"validation accuracy is inflated: {shown}{more}; remove them from one split",
+            f"{len(dup)} {what} image(s) are byte-identical to {other} images, so "
+            f"{what} accuracy is inflated: {shown}{more}; remove them from one split",
             BadImageWarning,
             stacklevel=2,
         )
