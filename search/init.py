@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from search.budget import parse_duration
 from trainer import DataConfig, TrainConfig, load_data, measure_throughput, select_device
 from trainer.folders import FolderScan, cache_dir, detect_layout, scan_folder, unreadable_files
 from trainer.throughput import device_label
@@ -55,8 +56,6 @@ PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 2, 1, 3.0
 IMBALANCE = 3.0  # largest class / smallest class at which the focal loss joins the space
 PRUNER = {"name": "median", "n_startup_trials": 3}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True)
@@ -122,15 +121,8 @@ class InitPlan:
 # ----------------------------------------------------------------------------- durations
 
 
-def parse_duration(text: str) -> float:
-    """``"10m"`` -> 600.0 seconds; ``s``, ``m``, ``h`` suffixes, plain numbers are seconds."""
-    m = _DURATION.fullmatch(str(text).strip().lower())
-    if m is None or float(m.group(1)) <= 0:
-        raise ValueError(f"--budget must be a positive duration like 10m, 90s or 2h, not {text!r}")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
 def _format_duration(seconds: float) -> str:
+    """600.0 -> ``10m``, 5400.0 -> ``90m``, 45.0 -> ``45s``: what the study file's wall says."""
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"

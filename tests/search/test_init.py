@@ -340,8 +340,8 @@ def test_bad_folders_are_one_error_line_exit_2_and_nothing_written(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--budget", "soon"], "--budget must be a positive duration like 10m"),
-        (["--budget", "0m"], "--budget must be a positive duration"),
+        (["--budget", "soon"], "--budget must be a duration such as 30m"),
+        (["--budget", "0m"], "--budget must be more than 0 seconds"),
         (["--name", "../x"], "study name '../x' must be letters"),
         (["--out", "study.yaml"], "must end in .toml"),
     ],
