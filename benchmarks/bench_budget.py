@@ -8,8 +8,9 @@ The folder: random square crops at several scales of scikit-learn's two bundled 
 (the left or right half of either photo), split 80/20 into ``train/`` and ``val/`` so both
 sides validate on the same images.
 
-Our side: ``search init DIR --budget Nm`` then ``search run --study bench_budget --budget Nm``
-(the clock starts before ``search init``: the scan and the probes count).
+Our side: ``search init DIR --budget Nm`` then ``search run --study bench_budget --budget S``
+with S = N minutes less what ``search init`` took (its scan and probes count against the same
+minutes; the clock starts before it).
 
 The script: what a user writes after Optuna's official examples: torchvision ``ImageFolder``
 and ``DataLoader`` (decoding the JPEGs every epoch, 64 px, a random horizontal flip),
@@ -95,10 +96,11 @@ def ours(folder: Path, work: Path, *, minutes: float) -> dict:
     ).stdout
     # --trials far beyond what fits: the budget ends the run
     run = [*cli, "run", "--study", "bench_budget", "--storage", url, "-q", "--trials", "100000"]
+    # The same minutes as the script in all: search init's scan and probes count against them.
+    left = max(1.0, minutes * 60 - init_s)
     if "--budget" in help_text:
-        run += ["--budget", f"{minutes:g}m"]
+        run += ["--budget", f"{left:.0f}s"]
     else:  # before `run --budget` exists: stop starting trials when the time is up
-        left = max(1.0, minutes * 60 - init_s)
         print(f"note: `search run` has no --budget here; using --timeout {left:.0f}")
         run += ["--timeout", f"{left:.0f}"]
     subprocess.run(run, check=True, env=env, cwd=work)
