@@ -383,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    faults = None
+    if os.environ.get("HPSEARCH_FAULTS"):  # tests' fault injection, installed once, here
+        from trainer import _faults
+
+        faults = _faults.install(_faults.from_env())
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
@@ -419,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if os.environ.get("HPSEARCH_FAULTS"):
+            from trainer import _faults
+
+            _faults.install(faults)
 
 
 if __name__ == "__main__":

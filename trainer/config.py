@@ -17,7 +17,7 @@ from trainer._registry import unknown_name_error
 AUGMENT_POLICIES = ("none", "light", "strong")
 NORMALIZE_MODES = ("dataset", "imagenet", "none")
 STRATEGIES = ("full", "partial", "linear_probe")
-SCHEDULERS = ("none", "cosine", "plateau")
+SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: str = "cosine"  # none, cosine (to min_lr over the epoch budget), plateau
+    name: str = "cosine"  # none, cosine (to min_lr over the epoch budget), plateau, step, onecycle
     min_lr: float = 1e-6  # cosine floor
-    factor: float = 0.5  # plateau: multiply lr by this ...
-    patience: int = 1  # ... after this many epochs without val-acc improvement
+    factor: float = 0.5  # plateau and step: multiply lr by this ...
+    patience: int = 1  # ... plateau: after more than this many epochs without val-acc gain
+    step_epochs: int = 5  # ... step: every this many epochs
+    warmup_epochs: int = 0  # linear warmup from ~0 to optim.lr over these epochs, any schedule
 
     def __post_init__(self) -> None:
         _choice("sched.name", self.name, SCHEDULERS)
         _check(0.0 < self.factor < 1.0, f"sched.factor must be in (0, 1), but got {self.factor}")
         _check(self.patience >= 0, f"sched.patience must be >= 0, but got {self.patience}")
+        _check(self.step_epochs >= 1, f"sched.step_epochs must be >= 1, but got {self.step_epochs}")
+        _check(
+            self.warmup_epochs >= 0,
+            f"sched.warmup_epochs must be >= 0, but got {self.warmup_epochs}",
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class RunConfig:
     amp: bool = True  # mixed precision where the device supports it (CUDA)
     device: str = "auto"  # auto (cuda, mps, cpu) or an explicit torch device
     channels_last: bool = True  # memory format for conv nets (faster on CPU and GPU)
+    ema_decay: float = 0.0  # weight EMA (timm's ModelEmaV3), evaluated and kept; 0 turns it off
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, but got {self.epochs}")
@@ -140,6 +148,10 @@ class RunConfig:
         _check(
             self.accum_steps >= 1,
             f"train.accum_steps must be >= 1, but got {self.accum_steps}",
+        )
+        _check(
+            0.0 <= self.ema_decay < 1.0,
+            f"train.ema_decay must be in [0, 1), but got {self.ema_decay}",
         )
 
 
