@@ -17,6 +17,7 @@ from trainer.loop import NullReporter, Reporter, TrainResult, build_model, selec
 from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
+from trainer.schedulers import create_scheduler, list_schedulers
 from trainer.throughput import Throughput, measure_throughput
 
 __all__ = [
@@ -39,10 +40,12 @@ __all__ = [
     "create_loss",
     "create_model",
     "create_optimizer",
+    "create_scheduler",
     "list_datasets",
     "list_losses",
     "list_models",
     "list_optimizers",
+    "list_schedulers",
     "load_data",
     "load_pretrained",
     "measure_throughput",

@@ -62,38 +62,41 @@ def make_augment(policy: str, *, image_size: int) -> Augment | None:
 
 def mix_batch(
     x: torch.Tensor, y: torch.Tensor, *, cutmix: float, mixup: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """CutMix / MixUp: returns (images, labels_a, labels_b, lam); loss = lam*a + (1-lam)*b.
 
     With probability ``cutmix`` a box from a shuffled copy of the batch is pasted in (seed 000's
     rand_bbox; lam is corrected to the box's actual area); otherwise, with probability
     ``mixup``, the batch is blended with the shuffled copy. lam ~ Beta(1, 1) = Uniform(0, 1).
-    Otherwise the batch comes back unchanged with lam = 1.
+    Otherwise the images come back unchanged with lam = 1. ``lam`` is a 0-dim tensor on the
+    images' device and the choice is made there too (a box mask, ``torch.where``), so nothing
+    is read back to the host: no sync per batch.
     """
     for name, p in (("cutmix", cutmix), ("mixup", mixup)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], but got {p}")
-    # One small draw and one host sync per batch: the loop needs lam as a Python float.
-    u_cut, u_mix, lam, u_cx, u_cy = torch.rand(
-        5, generator=generator, device=generator.device
-    ).tolist()
+    if cutmix == 0.0 and mixup == 0.0:
+        return x, y, y, torch.ones((), device=x.device, dtype=x.dtype)
+    dev = generator.device
+    u = torch.rand(5, generator=generator, device=dev).to(x.device, x.dtype)
+    u_cut, u_mix, lam, u_cx, u_cy = u.unbind()
+    perm = torch.randperm(len(x), generator=generator, device=dev).to(x.device)
+    x_b, y_b = x[perm], y[perm]
     do_cut = u_cut < cutmix
-    if not do_cut and not u_mix < mixup:
-        return x, y, y, 1.0
-    perm = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
-    y_b = y[perm]
-    if not do_cut:
-        return lam * x + (1.0 - lam) * x[perm], y, y_b, lam
+    do_mix = ~do_cut & (u_mix < mixup)
+    # seed 000's rand_bbox with the corners kept on the device
     h, w = x.shape[-2:]
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
-    cy, cx = int(u_cy * h), int(u_cx * w)
-    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    out = x.clone()
-    out[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
-    lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)  # the box was clipped at the border
-    return out, y, y_b, lam
+    cut = torch.sqrt(1.0 - lam)
+    cut_h, cut_w = (h * cut).floor(), (w * cut).floor()
+    cy, cx = (u_cy * h).floor(), (u_cx * w).floor()
+    y1, y2 = (cy - cut_h // 2).clamp(min=0), (cy + cut_h // 2).clamp(max=h)
+    x1, x2 = (cx - cut_w // 2).clamp(min=0), (cx + cut_w // 2).clamp(max=w)
+    rows = torch.arange(h, device=x.device, dtype=x.dtype)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype)
+    box = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :] & do_cut
+    out = torch.where(do_mix, lam * x + (1.0 - lam) * x_b, torch.where(box, x_b, x))
+    lam_cut = 1.0 - box.sum() / (h * w)  # the box was clipped at the border; 1 without a box
+    return out, y, y_b, torch.where(do_mix, lam, lam_cut).to(x.dtype)
 
 
 def _uniform(

@@ -121,17 +121,18 @@ class _Step(Scheduler):
 
 @_SCHEDULERS.register("onecycle")
 class _OneCycle(Scheduler):
-    """torch's OneCycleLR (cosine up from lr/25 over 30 % of the steps, then down to
-    lr/25/1e4), per step over the steps after the warmup."""
+    """torch's OneCycleLR, per step over the steps after the warmup: cosine up from lr/25 over
+    the first 30 % of them, then cosine down to lr/25/1e4."""
 
     def factor(self, step: int) -> float:
-        total = max(1, self.epochs * self.steps_per_epoch - self.warmup_steps)
-        t = min(1.0, max(0, step - self.warmup_steps) / total)
-        lo, hi, end = 1 / ONECYCLE_DIV, 1.0, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
-        if t < ONECYCLE_PCT_START:
-            a, b, p = lo, hi, t / ONECYCLE_PCT_START
+        total = max(2, self.epochs * self.steps_per_epoch - self.warmup_steps)
+        t = max(0, step - self.warmup_steps)
+        peak = ONECYCLE_PCT_START * total - 1  # OneCycleLR's end of the first phase
+        lo, end = 1 / ONECYCLE_DIV, 1 / ONECYCLE_DIV / ONECYCLE_FINAL_DIV
+        if peak > 0 and t <= peak:
+            a, b, p = lo, 1.0, t / peak
         else:
-            a, b, p = hi, end, (t - ONECYCLE_PCT_START) / (1 - ONECYCLE_PCT_START)
+            a, b, p = 1.0, end, min(1.0, (t - peak) / (total - 1 - peak))
         return b + (a - b) * (1 + math.cos(math.pi * p)) / 2
 
 
