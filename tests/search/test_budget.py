@@ -205,26 +205,28 @@ SLOW = TINY_DIGITS.replace("epochs = 3", "epochs = 200").replace("patience = 2",
 def test_budget_stops_the_running_trial_and_a_rerun_goes_on(
     write_study, storage_url, fake_speed, monkeypatch, capsys
 ):
-    # The estimate says a trial takes a moment (fake speed); a 0.5 s pause in every epoch
-    # (fault injection) makes it run for minutes, so the deadline stops it mid-trial.
+    # The estimate says a trial takes a moment (fake speed); a 0.3 s pause in every epoch
+    # (fault injection) makes its 200 epochs take minutes, so the deadline stops it mid-trial.
     write_study("tiny", SLOW)
     fake_speed(1e6)
-    monkeypatch.setenv("HPSEARCH_FAULTS", "epoch_sleep=0.5")
-    budget = 6.0
+    monkeypatch.setenv("HPSEARCH_FAULTS", "epoch_sleep=0.3")
+    budget = 8.0
     args = ["run", "--study", "tiny", "-q", "--storage", storage_url]
     t0 = time.monotonic()
     assert main([*args, "--trials", "50", "--budget", f"{budget:g}s"]) == 0
     elapsed = time.monotonic() - t0
     assert elapsed <= budget * 1.1 + 30  # the bound, generous on a loaded machine
     err = capsys.readouterr().err
-    assert "budget: 6s spent with 1 of 50 trials finished" in err
+    assert "budget: 8s spent with 1 of 50 trials finished" in err
 
     (t,) = load(storage_url).trials
     assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "budget"
     assert "wall-clock budget ran out in epoch" in t.user_attrs["reason"]
+    # however many epochs finished before the deadline (the machine's load decides) are
+    # its intermediate values; the trainer's tests stop at a fixed step and keep epoch 1
     epochs = t.user_attrs["epochs_run"]
-    assert 1 <= epochs < 200
-    assert sorted(t.intermediate_values) == list(range(1, epochs + 1))  # finished epochs count
+    assert epochs < 200 and f"{epochs} finished epoch" in t.user_attrs["reason"]
+    assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
     assert "checkpoint" not in t.user_attrs
 
     # a rerun with a new budget (and no --trials: the budget alone ends it) goes on
