@@ -17,6 +17,7 @@ from trainer._registry import unknown_name_error
 AUGMENT_POLICIES = ("none", "light", "strong")
 NORMALIZE_MODES = ("dataset", "imagenet", "none")
 STRATEGIES = ("full", "partial", "linear_probe")
+DEVICE_CACHES = ("auto", "device", "host")
 SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
 
 
@@ -34,6 +35,9 @@ class DataConfig:
     mixup: float = 0.0  # probability of MixUp per batch
     normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
     strict: bool = False  # refuse to start when the pre-scan finds unreadable files
+    # where the decoded images live while training: the device (fastest), host memory (each
+    # batch copied over, one ahead), or auto: the device when they fit half its free memory
+    device_cache: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, f"data.image_size must be >= 4, but got {self.image_size}")
@@ -44,6 +48,7 @@ class DataConfig:
         )
         _choice("data.augment", self.augment, AUGMENT_POLICIES)
         _choice("data.normalize", self.normalize, NORMALIZE_MODES)
+        _choice("data.device_cache", self.device_cache, DEVICE_CACHES)
         for key in ("cutmix", "mixup"):
             p = getattr(self, key)
             _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")

@@ -36,6 +36,7 @@ from trainer.steps import Batch, make_step
 EVAL_BATCH = 512
 MIN_MICRO_BATCH = 2  # out of memory below this micro-batch: the trial ends with status "oom"
 CHECK_EVERY = 8  # training steps between host reads of the loss (non-finite check)
+DEVICE_CACHE_SHARE = 0.5  # data.device_cache=auto: the images may take this share of free memory
 
 
 class Reporter(Protocol):
@@ -275,6 +276,8 @@ def _train_once(
     t_setup = time.perf_counter()
     run = _Run(cfg, data, micro_batch=micro_batch, faults=faults)
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
+    if run.data_on == "host" and cfg.data.device_cache == "auto":
+        result.adjustments["device_cache"] = "host"  # the images did not fit the device
     first_epoch = 1 if resume is None else run.resume(resume, result, reporter)
     result.setup_seconds = time.perf_counter() - t_setup
     t_train = time.perf_counter()
@@ -343,8 +346,16 @@ class _Run:
         self.dtype = next(self.model.parameters()).dtype  # float32 (float64 in exactness tests)
         fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
         self.fmt = fmt or torch.contiguous_format
-        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
-        self.x_val, self.y_val = data.x_val.to(device), data.y_val.to(device)
+        self.data_on = data_placement(
+            cfg.data.device_cache, device=device,
+            needed=data.x_train.nbytes + data.x_val.nbytes, free=_free_bytes(device),
+        )  # fmt: skip
+        # images: the whole uint8 set on the device when it fits, else in host memory with
+        # each batch copied over (``gather``); labels are small and always live on the device
+        place = device if self.data_on == "device" else torch.device("cpu")
+        self.x_train, self.x_val = data.x_train.to(place), data.x_val.to(place)
+        self.y_train, self.y_val = data.y_train.to(device), data.y_val.to(device)
+        self.pin = self.data_on == "host" and device.type == "cuda"
         self.mean = torch.tensor(data.mean, device=device, dtype=self.dtype).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device, dtype=self.dtype).view(1, -1, 1, 1)
         self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
@@ -384,20 +395,20 @@ class _Run:
         return self.optimizer.param_groups[0]["lr"]
 
     def prepare(self, xb: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> normalised floats in the model's dtype and memory format."""
-        return self.normalize(xb.to(self.dtype) / 255.0)
+        """uint8 images (on the device or the host) -> normalised floats on the device, in the
+        model's dtype and memory format."""
+        return self.normalize(xb.to(self.device, non_blocking=True).to(self.dtype) / 255.0)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         return ((xb - self.mean) / self.std).contiguous(memory_format=self.fmt)
 
     def batches(self) -> Iterator[Batch]:
-        """This epoch's batches in a fresh seeded order, gathered, augmented and mixed on the
-        device. Each is a whole optimizer step's images, so its randomness does not depend on
-        how the step is split into micro-batches."""
-        perm = torch.randperm(len(self.x_train), device=self.device, generator=self.gen)
-        for i in range(self.steps_per_epoch):
-            idx = perm[i * self.batch : (i + 1) * self.batch]
-            xb, yb = self.x_train[idx].to(self.dtype) / 255.0, self.y_train[idx]
+        """This epoch's batches in a fresh seeded order, augmented and mixed on the device.
+        Each is a whole optimizer step's images, so its randomness does not depend on how the
+        step is split into micro-batches."""
+        perm = torch.randperm(len(self.y_train), device=self.device, generator=self.gen)
+        for xb, yb in self.gather(perm):
+            xb = xb.to(self.dtype) / 255.0
             if self.aug is not None:
                 xb = self.aug(xb, self.gen)
             y_mix, lam = yb, 1.0
@@ -410,6 +421,28 @@ class _Run:
                     generator=self.gen,
                 )
             yield Batch(self.normalize(xb), yb, y_mix, lam)
+
+    def gather(self, perm: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) of each step, on the device, in ``perm``'s order."""
+        b, steps = self.batch, self.steps_per_epoch
+        if self.data_on == "device":  # index the resident set: no copies, no sync
+            for i in range(steps):
+                idx = perm[i * b : (i + 1) * b]
+                yield self.x_train[idx], self.y_train[idx]
+            return
+        # Host memory: gather a batch there and copy it without blocking, one batch ahead,
+        # so the copy overlaps the step before it. The order is the device path's (one read
+        # of the permutation per epoch), so the run is the same as with the set on the device.
+        host_perm = perm.cpu()
+
+        def fetch(i: int) -> torch.Tensor:
+            xb = self.x_train[host_perm[i * b : (i + 1) * b]]
+            return (xb.pin_memory() if self.pin else xb).to(self.device, non_blocking=True)
+
+        upcoming = fetch(0)
+        for i in range(steps):
+            xb, upcoming = upcoming, fetch(i + 1) if i + 1 < steps else None
+            yield xb, self.y_train[perm[i * b : (i + 1) * b]]
 
     def train_epoch(
         self, epoch: int, on_step: StepHook | None, *, done: int
@@ -490,6 +523,25 @@ class _Run:
             scheduler=self.scheduler, generator=self.gen,
             ema=self.eval_model if self.ema is not None else None,
         )  # fmt: skip
+
+
+def data_placement(setting: str, *, device: torch.device, needed: int, free: int | None) -> str:
+    """Where the decoded images live while training: ``"device"`` or ``"host"``.
+
+    ``auto`` keeps them on the device when they take at most ``DEVICE_CACHE_SHARE`` of its
+    free memory (the rest is for activations), else in host memory; a CPU is its own host.
+    """
+    if setting != "auto":
+        return setting
+    if device.type == "cpu" or free is None:
+        return "device"
+    return "device" if needed <= DEVICE_CACHE_SHARE * free else "host"
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
 
 
 def _first_nonfinite(step_loss: torch.Tensor) -> tuple[int, float] | None:
