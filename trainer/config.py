@@ -18,6 +18,15 @@ AUGMENT_POLICIES = ("none", "light", "strong")
 NORMALIZE_MODES = ("dataset", "imagenet", "none")
 STRATEGIES = ("full", "partial", "linear_probe")
 DEVICE_CACHES = ("auto", "device", "host")
+AUGMENT_RANGES = (  # data.* augmentation settings and their valid ranges
+    ("crop_scale", 0.0, 1.0),
+    ("hflip", 0.0, 1.0),
+    ("vflip", 0.0, 1.0),
+    ("rotation", 0.0, 180.0),
+    ("translate", 0.0, 0.5),
+    ("color_jitter", 0.0, 1.0),
+    ("erasing", 0.0, 1.0),
+)
 SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
 
 
@@ -30,7 +39,15 @@ class DataConfig:
     val_fraction: float = 0.2  # held-out share when the data has no validation set
     split_seed: int = 0  # the split is fixed per study, independent of the trial seed
     classes: tuple[int, ...] | None = None  # keep only these labels (relabelled 0..k-1)
-    augment: str = "none"  # batched augmentation policy, see trainer.augment
+    augment: str = "none"  # batched augmentation preset (none, light, strong), trainer.augment
+    # augmentation settings; None keeps the preset's value
+    crop_scale: float | None = None  # random resized crop: area in [crop_scale, 1]; 1 = none
+    hflip: float | None = None  # probability of a horizontal flip
+    vflip: float | None = None  # probability of a vertical flip
+    rotation: float | None = None  # degrees, +-
+    translate: float | None = None  # share of the side, +-
+    color_jitter: float | None = None  # brightness/contrast/saturation factors in [1-s, 1+s]
+    erasing: float | None = None  # probability of random erasing
     cutmix: float = 0.0  # probability of CutMix per batch (seed 000 used 0.5)
     mixup: float = 0.0  # probability of MixUp per batch
     normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
@@ -52,6 +69,20 @@ class DataConfig:
         for key in ("cutmix", "mixup"):
             p = getattr(self, key)
             _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")
+        for key, low, high in AUGMENT_RANGES:
+            v = getattr(self, key)
+            _check(
+                v is None or low <= v <= high,
+                f"data.{key} must be in [{low:g}, {high:g}], but got {v}",
+            )
+        _check(
+            self.crop_scale is None or self.crop_scale > 0,
+            f"data.crop_scale must be > 0, but got {self.crop_scale}",
+        )
+
+    def augment_settings(self) -> dict[str, float | None]:
+        """The augmentation settings set here (None: the preset's), for make_augment."""
+        return {key: getattr(self, key) for key, _, _ in AUGMENT_RANGES}
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,9 @@ class _Run:
         self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
         n = len(self.x_train)
         self.steps_per_epoch = max(1, n // self.batch)  # the ragged last batch is dropped
-        self.aug = _augment.make_augment(cfg.data.augment, image_size=cfg.data.image_size)
+        self.aug = _augment.make_augment(
+            cfg.data.augment, image_size=cfg.data.image_size, **cfg.data.augment_settings()
+        )
         self.mixing = cfg.data.cutmix > 0 or cfg.data.mixup > 0
         self.amp = cfg.train.amp and device.type == "cuda"
         self.gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # order, aug
