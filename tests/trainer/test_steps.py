@@ -11,6 +11,7 @@ exact with it). The step-level tests use a small tanh MLP; the end-to-end ones s
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,52 @@ def test_accum_steps_two_equals_the_doubled_batch(float64):
         cfg_for("sam_sgd", **{"data.batch_size": 16, "train.accum_steps": 2})
     )
     assert_same(weights(accumulated), weights(doubled))
+
+
+# --------------------------------------------------------------------------- host reads
+
+
+def test_a_training_epoch_reads_the_device_only_every_few_steps(monkeypatch):
+    """Every way Python reads a tensor's value (item, tolist, bool, int, float) is counted
+    during training epochs (evaluation excluded): only the non-finite checks every
+    CHECK_EVERY steps and the epoch-end loss and accuracy may read, whatever the recipe.
+    Reads from inside torch are not ours to count: its optimizers read their step counters,
+    which live on the host (CPU tensors) by design, so those are no device sync."""
+    import sys
+
+    import trainer.loop as loop
+
+    torch_dir = str(Path(torch.__file__).parent)
+    reads: list[str] = []
+    counting = [False]
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if counting[0] and not caller.startswith(torch_dir):
+                reads.append(f"{_name} from {caller}:{sys._getframe(1).f_lineno}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_epoch = loop._Run.train_epoch
+
+    def train_epoch(self, *args, **kwargs):
+        counting[0] = True
+        try:
+            return real_epoch(self, *args, **kwargs)
+        finally:
+            counting[0] = False
+
+    monkeypatch.setattr(loop._Run, "train_epoch", train_epoch)
+    cfg = TrainConfig.from_flat({
+        "data.image_size": 8, "data.batch_size": 32, "model.width": 8, "train.epochs": 2,
+        "train.patience": 0, "data.augment": "strong", "data.cutmix": 0.5, "data.mixup": 0.5,
+        "optim.name": "sam_adam", "train.grad_clip": 1.0, "train.accum_steps": 2,
+        "train.ema_decay": 0.9, "sched.name": "onecycle", "sched.warmup_epochs": 1,
+    })  # fmt: skip
+    result = trainer.train(cfg)
+    assert result.status == "complete"
+    steps = len(trainer.load_data(cfg.data).x_train) // 64  # 22 steps of 2 x 32 images
+    checks = -(-steps // trainer.loop.CHECK_EVERY)  # the last one at the epoch end
+    assert len(reads) == 2 * (checks + 2), reads  # per epoch: checks + loss + accuracy
