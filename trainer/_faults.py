@@ -1,10 +1,12 @@
-"""Fault injection for tests: off unless a test (or the CLI, from ``HPSEARCH_FAULTS``) installs it.
+"""Fault injection for tests: off unless a test (or the CLI, from ``HPSEARCH_FAULTS``)
+installs it.
 
 The training loop never reads the environment and has no fault branch per step: ``train``
 asks ``installed()`` once per call, and only when faults are installed does it wrap the
 optimisation step in ``wrap_step``. Tests in this process call ``install(parse("..."))``;
-a test that starts ``python -m search.cli`` sets ``HPSEARCH_FAULTS`` and the CLI entry installs
-it once, before any training (``search.cli.main``). ``HPSEARCH_FAULTS="epoch_sleep=1.5,oom_above=32"``:
+a test that starts ``python -m search.cli`` sets ``HPSEARCH_FAULTS`` and the CLI entry
+installs it once, before any training (``search.cli.main``).
+``HPSEARCH_FAULTS="epoch_sleep=1.5,oom_above=32"``:
 
 - ``epoch_sleep=S``: sleep S seconds in the middle of every training epoch (after its first
   step), so a test can kill or pause a worker mid-epoch.

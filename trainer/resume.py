@@ -1,9 +1,10 @@
 """The state of a training run after an epoch, so a killed run resumes where it stopped.
 
 ``save_state`` writes, after every finished epoch, the weights, the best weights so far, the
-weight EMA where on, the optimizer and scheduler state, the batch-order RNG and the history; ``load_state`` reads it
-back. The format is safetensors plus a JSON block: no pickle, nothing executes on load, and a
-damaged or foreign file is a ValueError the caller turns into "start from epoch 1".
+weight EMA where on, the optimizer and scheduler state, the batch-order RNG and the history;
+``load_state`` reads it back. The format is safetensors plus a JSON block: no pickle, nothing
+executes on load, and a damaged or foreign file is a ValueError the caller turns into "start
+from epoch 1".
 """
 
 from __future__ import annotations
