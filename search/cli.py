@@ -523,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = _LogLines()
     for name in _LOGGERS:
         logging.getLogger(name).addHandler(handler)
+    faults = None
+    if os.environ.get("HPSEARCH_FAULTS"):  # tests' fault injection, installed once, here
+        from trainer import _faults
+
+        faults = _faults.install(_faults.from_env())
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
@@ -563,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filters[:] = saved_warnings[1]
         for name in _LOGGERS:
             logging.getLogger(name).removeHandler(handler)
+        if os.environ.get("HPSEARCH_FAULTS"):
+            from trainer import _faults
+
+            _faults.install(faults)
 
 
 if __name__ == "__main__":

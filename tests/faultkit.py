@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -44,6 +46,18 @@ def spawn(
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@contextlib.contextmanager
+def injected(spec: str) -> Iterator[None]:
+    """Fault hooks for ``train`` calls in this process, e.g. ``injected("oom_above=32")``."""
+    from trainer import _faults
+
+    previous = _faults.install(_faults.parse(spec))
+    try:
+        yield
+    finally:
+        _faults.install(previous)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
 from trainer.preflight import check_model
+from trainer.schedulers import create_scheduler, list_schedulers
 from trainer.throughput import Throughput, measure_throughput
 
 __all__ = [
@@ -41,10 +42,12 @@ __all__ = [
     "create_loss",
     "create_model",
     "create_optimizer",
+    "create_scheduler",
     "list_datasets",
     "list_losses",
     "list_models",
     "list_optimizers",
+    "list_schedulers",
     "load_data",
     "load_pretrained",
     "measure_throughput",

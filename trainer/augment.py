@@ -1,9 +1,11 @@
 """Batched training augmentation on the training device: no per-sample PIL work.
 
-``make_augment(policy, image_size=...)`` returns ``aug(x, generator) -> x`` for float images
-``[B, C, H, W]`` in 0..1 (before normalisation), or None for ``"none"``. Every random parameter
-is drawn per sample from the given ``torch.Generator`` (which lives on the training device), so
-a seeded generator gives the same batch twice. Policies:
+``make_augment(policy, image_size=..., **settings)`` returns ``aug(x, generator) -> x`` for float
+images ``[B, C, H, W]`` in 0..1 (before normalisation), or None when it would do nothing. Every
+random parameter is drawn per sample from the given ``torch.Generator`` (which lives on the
+training device), so a seeded generator gives the same batch twice. The policies are presets
+of ``AugmentSettings`` (crop scale, flips, rotation, translate, zoom, colour jitter, blur,
+random erasing), and any setting can be changed (``data.rotation = 15``, searchable too):
 
 - ``light``: random resized crop (area 0.8-1, aspect 3/4-4/3) and horizontal flip.
 - ``strong``: seed 000's training set (random resized crop, flip, rotation +-10 degrees, affine
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,30 +34,69 @@ POLICIES = ("none", "light", "strong")
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
-def make_augment(policy: str, *, image_size: int) -> Augment | None:
+@dataclass(frozen=True)
+class AugmentSettings:
+    """What ``make_augment`` does; each field 0 (or 1 for ``crop_scale``) turns its part off."""
+
+    crop_scale: float = 1.0  # random resized crop: area in [crop_scale, 1]; 1 = no crop
+    hflip: float = 0.0  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip
+    rotation: float = 0.0  # degrees: uniform in +-rotation
+    translate: float = 0.0  # share of the side: uniform in +-translate, each axis
+    zoom: float = 0.0  # scale in [1 - zoom, 1 + zoom]
+    color_jitter: float = 0.0  # brightness, contrast, saturation factors in [1 - s, 1 + s]
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1-2 px at 256 px)
+    erasing: float = 0.0  # probability of random erasing (one rectangle)
+    rotations: int = 1  # rotation draws added up: seed 000 rotated twice (Rotation, Affine)
+
+
+# The named policies, as settings; data.* keys (crop_scale, rotation, ...) override them.
+PRESETS: dict[str, AugmentSettings] = {
+    "none": AugmentSettings(),
+    "light": AugmentSettings(crop_scale=0.8, hflip=0.5),
+    "strong": AugmentSettings(
+        crop_scale=0.8,
+        hflip=0.5,
+        rotation=10.0,
+        translate=0.05,
+        zoom=0.1,
+        color_jitter=0.1,
+        blur=0.5,
+        erasing=0.5,
+        rotations=2,
+    ),  # fmt: skip
+}
+
+
+def make_augment(policy: str, *, image_size: int, **overrides: float | None) -> Augment | None:
     """A function ``(float images [B, C, H, W] in 0..1, generator) -> images``, or None.
 
-    The output is ``image_size`` x ``image_size`` whatever the input size (the crop resamples).
+    ``policy`` names a preset (``PRESETS``); ``overrides`` change its fields (None keeps the
+    preset's). The output is ``image_size`` x ``image_size`` whatever the input size.
     """
     if policy not in POLICIES:
         raise unknown_name_error("data.augment", policy, POLICIES)
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, but got {image_size}")
-    if policy == "none":
+    unknown = set(overrides) - {f.name for f in fields(AugmentSettings)}
+    if unknown:
+        raise ValueError(f"unknown augmentation setting(s) {sorted(unknown)}")
+    st = replace(PRESETS[policy], **{k: v for k, v in overrides.items() if v is not None})
+    if replace(st, rotations=1) == AugmentSettings():
         return None
-    strong = policy == "strong"
 
     def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if x.ndim != 4 or not x.is_floating_point():
             raise ValueError(
                 f"augment expects float images [B, C, H, W], but got {x.dtype} {list(x.shape)}"
             )
-        x = _geometry(x, generator, size=image_size, strong=strong)
-        if strong:
-            x = _color_jitter(x, generator, strength=0.1)
-            # Seed 000 blurred with sigma 0.1-2 at 256 px; scale sigma to the training size.
-            x = _gaussian_blur(x, generator, p=0.5, sigma=(0.1, 2.0), scale=image_size / 256)
-            x = _random_erasing(x, generator, p=0.5)
+        x = _geometry(x, generator, size=image_size, st=st)
+        if st.color_jitter > 0:
+            x = _color_jitter(x, generator, strength=st.color_jitter)
+        if st.blur > 0:  # seed 000 blurred with sigma 0.1-2 at 256 px; scaled to the size
+            x = _gaussian_blur(x, generator, p=st.blur, sigma=(0.1, 2.0), scale=image_size / 256)
+        if st.erasing > 0:
+            x = _random_erasing(x, generator, p=st.erasing)
         return x
 
     return augment
@@ -62,38 +104,41 @@ def make_augment(policy: str, *, image_size: int) -> Augment | None:
 
 def mix_batch(
     x: torch.Tensor, y: torch.Tensor, *, cutmix: float, mixup: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """CutMix / MixUp: returns (images, labels_a, labels_b, lam); loss = lam*a + (1-lam)*b.
 
     With probability ``cutmix`` a box from a shuffled copy of the batch is pasted in (seed 000's
     rand_bbox; lam is corrected to the box's actual area); otherwise, with probability
     ``mixup``, the batch is blended with the shuffled copy. lam ~ Beta(1, 1) = Uniform(0, 1).
-    Otherwise the batch comes back unchanged with lam = 1.
+    Otherwise the images come back unchanged with lam = 1. ``lam`` is a 0-dim tensor on the
+    images' device and the choice is made there too (a box mask, ``torch.where``), so nothing
+    is read back to the host: no sync per batch.
     """
     for name, p in (("cutmix", cutmix), ("mixup", mixup)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], but got {p}")
-    # One small draw and one host sync per batch: the loop needs lam as a Python float.
-    u_cut, u_mix, lam, u_cx, u_cy = torch.rand(
-        5, generator=generator, device=generator.device
-    ).tolist()
+    if cutmix == 0.0 and mixup == 0.0:
+        return x, y, y, torch.ones((), device=x.device, dtype=x.dtype)
+    dev = generator.device
+    u = torch.rand(5, generator=generator, device=dev).to(x.device, x.dtype)
+    u_cut, u_mix, lam, u_cx, u_cy = u.unbind()
+    perm = torch.randperm(len(x), generator=generator, device=dev).to(x.device)
+    x_b, y_b = x[perm], y[perm]
     do_cut = u_cut < cutmix
-    if not do_cut and not u_mix < mixup:
-        return x, y, y, 1.0
-    perm = torch.randperm(len(x), generator=generator, device=generator.device).to(x.device)
-    y_b = y[perm]
-    if not do_cut:
-        return lam * x + (1.0 - lam) * x[perm], y, y_b, lam
+    do_mix = ~do_cut & (u_mix < mixup)
+    # seed 000's rand_bbox with the corners kept on the device
     h, w = x.shape[-2:]
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
-    cy, cx = int(u_cy * h), int(u_cx * w)
-    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    out = x.clone()
-    out[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
-    lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)  # the box was clipped at the border
-    return out, y, y_b, lam
+    cut = torch.sqrt(1.0 - lam)
+    cut_h, cut_w = (h * cut).floor(), (w * cut).floor()
+    cy, cx = (u_cy * h).floor(), (u_cx * w).floor()
+    y1, y2 = (cy - cut_h // 2).clamp(min=0), (cy + cut_h // 2).clamp(max=h)
+    x1, x2 = (cx - cut_w // 2).clamp(min=0), (cx + cut_w // 2).clamp(max=w)
+    rows = torch.arange(h, device=x.device, dtype=x.dtype)
+    cols = torch.arange(w, device=x.device, dtype=x.dtype)
+    box = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :] & do_cut
+    out = torch.where(do_mix, lam * x + (1.0 - lam) * x_b, torch.where(box, x_b, x))
+    lam_cut = 1.0 - box.sum() / (h * w)  # the box was clipped at the border; 1 without a box
+    return out, y, y_b, torch.where(do_mix, lam, lam_cut).to(x.dtype)
 
 
 def _uniform(
@@ -105,9 +150,9 @@ def _uniform(
 
 
 def _geometry(
-    x: torch.Tensor, generator: torch.Generator, *, size: int, strong: bool
+    x: torch.Tensor, generator: torch.Generator, *, size: int, st: AugmentSettings
 ) -> torch.Tensor:
-    """Random resized crop + flip (+ rotation and affine when strong), in one resample.
+    """Random resized crop, flips, rotation, translation and zoom, in one resample.
 
     Builds, per image, the 3x3 map from output to input coordinates in affine_grid's
     normalised [-1, 1] space: crop(flip(rotate(affine^-1(p)))).
@@ -118,23 +163,27 @@ def _geometry(
     def u(low: float, high: float) -> torch.Tensor:
         return _uniform(b, low, high, generator, dev)
 
-    # Random resized crop (torchvision's area/aspect sampling, clamped instead of retried).
-    area = u(0.8, 1.0)
-    ratio = torch.exp(u(math.log(3 / 4), math.log(4 / 3)))
-    cw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
-    ch = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx, cy = u(-1.0, 1.0) * (1 - cw), u(-1.0, 1.0) * (1 - ch)  # crop centre, inside the image
-    flip = torch.where(u(0.0, 1.0) < 0.5, -1.0, 1.0)
-
     m = torch.zeros(b, 3, 3, device=dev, dtype=torch.float32)
-    m[:, 0, 0], m[:, 0, 2] = cw * flip, cx
-    m[:, 1, 1], m[:, 1, 2] = ch, cy
-    m[:, 2, 2] = 1.0
-    if strong:
-        # RandomRotation(10) then RandomAffine(10, translate 0.05, scale 0.9-1.1), inverted.
-        angle = torch.deg2rad(u(-10.0, 10.0) + u(-10.0, 10.0))
-        scale = u(0.9, 1.1)
-        tx, ty = u(-0.1, 0.1), u(-0.1, 0.1)  # 5 % of the side = 0.1 in [-1, 1] units
+    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = 1.0, 1.0, 1.0
+    if st.crop_scale < 1.0:
+        # Random resized crop (torchvision's area/aspect sampling, clamped instead of retried).
+        area = u(st.crop_scale, 1.0)
+        ratio = torch.exp(u(math.log(3 / 4), math.log(4 / 3)))
+        cw = torch.sqrt(area * ratio).clamp(max=1.0)  # crop width / image width
+        ch = torch.sqrt(area / ratio).clamp(max=1.0)
+        m[:, 0, 0], m[:, 1, 1] = cw, ch
+        m[:, 0, 2], m[:, 1, 2] = u(-1.0, 1.0) * (1 - cw), u(-1.0, 1.0) * (1 - ch)  # centre
+    if st.hflip > 0:
+        m[:, 0, 0] *= torch.where(u(0.0, 1.0) < st.hflip, -1.0, 1.0)
+    if st.vflip > 0:
+        m[:, 1, 1] *= torch.where(u(0.0, 1.0) < st.vflip, -1.0, 1.0)
+    affine = st.rotation > 0 or st.translate > 0 or st.zoom > 0
+    if affine:
+        # RandomRotation then RandomAffine (rotation, translate, scale), inverted.
+        angle = torch.deg2rad(sum(u(-st.rotation, st.rotation) for _ in range(st.rotations)))
+        scale = u(1 - st.zoom, 1 + st.zoom)
+        t = 2 * st.translate  # a share of the side, in [-1, 1] units
+        tx, ty = u(-t, t), u(-t, t)
         cos, sin = torch.cos(-angle), torch.sin(-angle)
         a = w / h  # rotate in pixel space, not in the stretched normalised square
         inv = torch.zeros(b, 3, 3, device=dev, dtype=torch.float32)
@@ -147,7 +196,7 @@ def _geometry(
     grid = F.affine_grid(m[:, :2].to(dt), [b, x.shape[1], size, size], align_corners=False)
     # Rotation/affine fill with zeros (black), as torchvision; a crop alone stays inside the
     # image but its edge can fall past the last pixel centre, so there "border" avoids a dark rim.
-    pad = "zeros" if strong else "border"
+    pad = "zeros" if affine else "border"
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
 
 
@@ -251,4 +300,4 @@ def _random_erasing(
     return x.masked_fill(mask, fill)
 
 
-__all__ = ["POLICIES", "Augment", "make_augment", "mix_batch"]
+__all__ = ["POLICIES", "PRESETS", "Augment", "AugmentSettings", "make_augment", "mix_batch"]

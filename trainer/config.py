@@ -18,7 +18,17 @@ from trainer._registry import unknown_name_error
 AUGMENT_POLICIES = ("none", "light", "strong")
 NORMALIZE_MODES = ("dataset", "imagenet", "none")
 STRATEGIES = ("full", "partial", "linear_probe")
-SCHEDULERS = ("none", "cosine", "plateau")
+DEVICE_CACHES = ("auto", "device", "host")
+AUGMENT_RANGES = (  # data.* augmentation settings and their valid ranges
+    ("crop_scale", 0.0, 1.0),
+    ("hflip", 0.0, 1.0),
+    ("vflip", 0.0, 1.0),
+    ("rotation", 0.0, 180.0),
+    ("translate", 0.0, 0.5),
+    ("color_jitter", 0.0, 1.0),
+    ("erasing", 0.0, 1.0),
+)
+SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
 
 
 @dataclass(frozen=True)
@@ -33,11 +43,22 @@ class DataConfig:
     test_fraction: float = 0.0
     split_seed: int = 0  # the split is fixed per study, independent of the trial seed
     classes: tuple[int, ...] | None = None  # keep only these labels (relabelled 0..k-1)
-    augment: str = "none"  # batched augmentation policy, see trainer.augment
+    augment: str = "none"  # batched augmentation preset (none, light, strong), trainer.augment
+    # augmentation settings; None keeps the preset's value
+    crop_scale: float | None = None  # random resized crop: area in [crop_scale, 1]; 1 = none
+    hflip: float | None = None  # probability of a horizontal flip
+    vflip: float | None = None  # probability of a vertical flip
+    rotation: float | None = None  # degrees, +-
+    translate: float | None = None  # share of the side, +-
+    color_jitter: float | None = None  # brightness/contrast/saturation factors in [1-s, 1+s]
+    erasing: float | None = None  # probability of random erasing
     cutmix: float = 0.0  # probability of CutMix per batch (seed 000 used 0.5)
     mixup: float = 0.0  # probability of MixUp per batch
     normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
     strict: bool = False  # refuse to start when the pre-scan finds unreadable files
+    # where the decoded images live while training: the device (fastest), host memory (each
+    # batch copied over, one ahead), or auto: the device when they fit half its free memory
+    device_cache: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, f"data.image_size must be >= 4, but got {self.image_size}")
@@ -54,9 +75,24 @@ class DataConfig:
         )
         _choice("data.augment", self.augment, AUGMENT_POLICIES)
         _choice("data.normalize", self.normalize, NORMALIZE_MODES)
+        _choice("data.device_cache", self.device_cache, DEVICE_CACHES)
         for key in ("cutmix", "mixup"):
             p = getattr(self, key)
             _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")
+        for key, low, high in AUGMENT_RANGES:
+            v = getattr(self, key)
+            _check(
+                v is None or low <= v <= high,
+                f"data.{key} must be in [{low:g}, {high:g}], but got {v}",
+            )
+        _check(
+            self.crop_scale is None or self.crop_scale > 0,
+            f"data.crop_scale must be > 0, but got {self.crop_scale}",
+        )
+
+    def augment_settings(self) -> dict[str, float | None]:
+        """The augmentation settings set here (None: the preset's), for make_augment."""
+        return {key: getattr(self, key) for key, _, _ in AUGMENT_RANGES}
 
 
 @dataclass(frozen=True)
@@ -121,15 +157,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: str = "cosine"  # none, cosine (to min_lr over the epoch budget), plateau
+    name: str = "cosine"  # none, cosine (to min_lr over the epoch budget), plateau, step, onecycle
     min_lr: float = 1e-6  # cosine floor
-    factor: float = 0.5  # plateau: multiply lr by this ...
-    patience: int = 1  # ... after this many epochs without val-acc improvement
+    factor: float = 0.5  # plateau and step: multiply lr by this ...
+    patience: int = 1  # ... plateau: after more than this many epochs without val-acc gain
+    step_epochs: int = 5  # ... step: every this many epochs
+    warmup_epochs: int = 0  # linear warmup from ~0 to optim.lr over these epochs, any schedule
 
     def __post_init__(self) -> None:
         _choice("sched.name", self.name, SCHEDULERS)
         _check(0.0 < self.factor < 1.0, f"sched.factor must be in (0, 1), but got {self.factor}")
         _check(self.patience >= 0, f"sched.patience must be >= 0, but got {self.patience}")
+        _check(self.step_epochs >= 1, f"sched.step_epochs must be >= 1, but got {self.step_epochs}")
+        _check(
+            self.warmup_epochs >= 0,
+            f"sched.warmup_epochs must be >= 0, but got {self.warmup_epochs}",
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +185,7 @@ class RunConfig:
     amp: bool = True  # mixed precision where the device supports it (CUDA)
     device: str = "auto"  # auto (cuda, mps, cpu) or an explicit torch device
     channels_last: bool = True  # memory format for conv nets (faster on CPU and GPU)
+    ema_decay: float = 0.0  # weight EMA (timm's ModelEmaV3), evaluated and kept; 0 turns it off
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, but got {self.epochs}")
@@ -150,6 +194,10 @@ class RunConfig:
         _check(
             self.accum_steps >= 1,
             f"train.accum_steps must be >= 1, but got {self.accum_steps}",
+        )
+        _check(
+            0.0 <= self.ema_decay < 1.0,
+            f"train.ema_decay must be in [0, 1), but got {self.ema_decay}",
         )
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from trainer import _faults
@@ -29,9 +30,13 @@ from trainer.losses import create_loss
 from trainer.models import Classifier, create_model
 from trainer.optim import create_optimizer
 from trainer.resume import TrainState, load_state, restore, save_state
+from trainer.schedulers import create_scheduler
+from trainer.steps import Batch, make_step
 
 EVAL_BATCH = 512
 MIN_MICRO_BATCH = 2  # out of memory below this micro-batch: the trial ends with status "oom"
+CHECK_EVERY = 8  # training steps between host reads of the loss (non-finite check)
+DEVICE_CACHE_SHARE = 0.5  # data.device_cache=auto: the images may take this share of free memory
 
 
 class Reporter(Protocol):
@@ -169,34 +174,35 @@ def train(
     """Train ``cfg``; see the module docstring for the reporter protocol.
 
     ``last_checkpoint_path``: after every epoch that is not the last, the whole run state
-    (weights, optimizer, scheduler, RNG, history) is written there, and removed when the run
-    ends; ``resume_from`` continues a run from such a file (a killed trial's), replaying its
+    (weights, optimizer, scheduler, EMA, RNG, history) is written there, and removed when the
+    run ends; ``resume_from`` continues a run from such a file (a killed trial's), replaying its
     epochs to the reporter. A file that is missing, damaged, or for another configuration is
     noted in ``adjustments["resume_skipped"]`` and the run starts from epoch 1.
 
-    Out of memory (a CUDA OOM): the micro-batch is halved and gradient accumulation doubled,
-    so the effective batch stays, and the run continues from its last finished epoch (or
-    restarts); ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the result has status
-    ``oom``.
+    Out of memory (a CUDA OOM): the micro-batch is halved and gradient accumulation doubled.
+    A step still sees the same images, augmented the same way, and its gradient is still their
+    mean (see ``trainer.steps``), so the update is the same; the run continues from its last
+    finished epoch (or restarts) and ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the
+    result has status ``oom``.
     """
     reporter = reporter or NullReporter()
     on_step: StepHook | None = getattr(reporter, "step", None)  # optional: looked up once
     reporter = _ReportOnce(reporter)
-    fault = _faults.faults()
+    faults = _faults.installed()  # None outside tests; read once, never per step
     oom_error = _faults.out_of_memory_error()
     data = data or load_data(cfg.data)
     notes: dict[str, Any] = {}
     resume = _read_resume(resume_from, cfg, notes)
     if resume is not None:
         notes["resumed_from_epoch"] = resume.epoch
-    micro, accum, ooms = cfg.data.batch_size, cfg.train.accum_steps, 0
+    batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
+    micro, ooms = cfg.data.batch_size, 0  # images per forward/backward pass
     while True:
         try:
             result = _train_once(
                 cfg, reporter=reporter, checkpoint_path=checkpoint_path, data=data,
-                micro_batch=micro, accum_steps=accum, eval_batch=max(1, EVAL_BATCH >> ooms),
-                resume=resume, last_checkpoint_path=last_checkpoint_path, fault=fault,
-                on_step=on_step,
+                micro_batch=micro, eval_batch=max(1, EVAL_BATCH >> ooms), resume=resume,
+                last_checkpoint_path=last_checkpoint_path, faults=faults, on_step=on_step,
             )  # fmt: skip
             break
         except _ResumeFailed as exc:
@@ -208,6 +214,7 @@ def train(
             error = str(exc).splitlines()[0] if str(exc) else "out of memory"
         _free_memory()
         ooms += 1
+        accum = -(-batch // micro)
         if (micro + 1) // 2 < MIN_MICRO_BATCH or micro == 1:
             history = [reporter.seen[e] for e in sorted(reporter.seen)]
             result = TrainResult(
@@ -219,14 +226,15 @@ def train(
                 history=history,
             )
             break
-        micro, accum = (micro + 1) // 2, accum * 2
+        micro = (micro + 1) // 2
         resume = None
         if last_checkpoint_path is not None:  # continue from the last finished epoch
             resume = _read_resume(last_checkpoint_path, cfg, {})
     if ooms:
         notes.update(
-            oom_retries=ooms, micro_batch=micro, accum_steps=accum, effective_batch=micro * accum
-        )
+            oom_retries=ooms, micro_batch=micro, accum_steps=-(-batch // micro),
+            effective_batch=batch,
+        )  # fmt: skip
     result.adjustments.update(notes)
     if last_checkpoint_path is not None:
         Path(last_checkpoint_path).unlink(missing_ok=True)  # only a killed run needs it
@@ -258,67 +266,19 @@ def _train_once(
     checkpoint_path: str | Path | None,
     data: ImageData,
     micro_batch: int,
-    accum_steps: int,
     eval_batch: int,
     resume: TrainState | None,
     last_checkpoint_path: str | Path | None,
-    fault: dict[str, float],
-    on_step: StepHook | None = None,
+    faults: _faults.Faults | None,
+    on_step: StepHook | None,
 ) -> TrainResult:
+    """The epoch loop: train an epoch, evaluate, keep the best, schedule, report, stop."""
     t_setup = time.perf_counter()
-    device = select_device(cfg.train.device)
-    model = build_model(cfg, data, device)
-    fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
-
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-
-    def prepare(xb: torch.Tensor) -> torch.Tensor:
-        xb = (xb.float() / 255.0 - mean) / std  # uint8 -> normalised float
-        return xb.contiguous(memory_format=fmt) if fmt is not None else xb
-
-    criterion = create_loss(cfg.loss)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = create_optimizer(trainable, cfg.optim)
-    scheduler = _make_scheduler(optimizer, cfg)
-    sam = getattr(optimizer, "is_sam", False)
-    aug = _augment.make_augment(cfg.data.augment, image_size=cfg.data.image_size)
-    mixing = cfg.data.cutmix > 0 or cfg.data.mixup > 0
-    # bf16 autocast on CUDA: no loss scaling needed, ~2x throughput on tensor cores.
-    amp = cfg.train.amp and device.type == "cuda"
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # batch order, aug
-    bs, accum = micro_batch, accum_steps  # micro-batch; an optimizer step sees bs * accum
-    n = len(x_train)
-    steps_per_epoch = max(1, n // bs) if n >= bs else 1  # drop the ragged last batch
-
-    def forward_loss(xb, ya, yb, lam):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(xb)
-        logits = logits.float()
-        loss = (
-            criterion(logits, ya)
-            if lam == 1.0
-            else (lam * criterion(logits, ya) + (1 - lam) * criterion(logits, yb))
-        )
-        return logits, loss
-
+    run = _Run(cfg, data, micro_batch=micro_batch, faults=faults)
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
-    best_state: dict[str, torch.Tensor] | None = None
-    best_acc, since_best = -1.0, 0
-    first_epoch, resumed_seconds = 1, 0.0
-    if resume is not None:
-        try:
-            restore(resume, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen)
-        except ValueError as exc:
-            raise _ResumeFailed(str(exc)) from None
-        result.history = [dict(h) for h in resume.history]
-        best_state, best_acc, since_best = resume.best, resume.best_acc, resume.since_best
-        result.best_epoch, first_epoch = resume.best_epoch, resume.epoch + 1
-        resumed_seconds = sum(h.get("seconds", 0.0) for h in result.history)
-        for metrics in result.history:  # a new trial learns the epochs it inherits
-            reporter.report(int(metrics["epoch"]), metrics)
+    if run.data_on == "host" and cfg.data.device_cache == "auto":
+        result.adjustments["device_cache"] = "host"  # the images did not fit the device
+    first_epoch = 1 if resume is None else run.resume(resume, result, reporter)
     result.setup_seconds = time.perf_counter() - t_setup
     t_train = time.perf_counter()
     if resume is not None and reporter.should_stop():
@@ -327,146 +287,295 @@ def _train_once(
 
     for epoch in range(first_epoch, cfg.train.epochs + 1):
         t_epoch = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = stopped_at = 0
-        bad_loss = None
-        for step in range(steps_per_epoch):
-            idx = perm[step * bs : (step + 1) * bs]
-            if fault:
-                _faults.check_batch(fault, len(idx))
-                if step == min(1, steps_per_epoch - 1) and fault.get("epoch_sleep"):
-                    time.sleep(fault["epoch_sleep"])  # a test kills or pauses us here
-            xb, yb = x_train[idx].float() / 255.0, y_train[idx]
-            if aug is not None:
-                xb = aug(xb, gen)
-            ya, yb2, lam = yb, yb, 1.0
-            if mixing:
-                xb, ya, yb2, lam = _augment.mix_batch(
-                    xb, yb, cutmix=cfg.data.cutmix, mixup=cfg.data.mixup, generator=gen
-                )
-            xb = ((xb - mean) / std).contiguous(memory_format=fmt or torch.contiguous_format)
-            logits, loss = forward_loss(xb, ya, yb2, lam)
-            if not math.isfinite(loss.item()):  # stop on the first bad batch
-                bad_loss = loss.item()
-                break
-            (loss / accum).backward()
-            if (step + 1) % accum == 0 or step + 1 == steps_per_epoch:
-                if sam:  # SAM: perturb, recompute the loss there, step from the original point
-                    _clip(trainable, cfg.train.grad_clip)
-                    optimizer.first_step()
-                    optimizer.zero_grad(set_to_none=True)
-                    forward_loss(xb, ya, yb2, lam)[1].backward()
-                    optimizer.second_step()
-                else:
-                    _clip(trainable, cfg.train.grad_clip)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == ya).sum()
-            seen += len(idx)
-            if on_step is not None and on_step(epoch, step + 1, steps_per_epoch, seen):
-                stopped_at = step + 1
-                break
-
-        if stopped_at:  # the caller's deadline: this epoch is dropped, finished ones kept
-            done = len(result.history)
-            result.status = "budget"
-            result.reason = (
-                f"budget: the wall-clock budget ran out in epoch {epoch} (step {stopped_at} "
-                f"of {steps_per_epoch}); {done} finished epoch{'s' * (done != 1)} kept"
-            )
+        train_loss, train_acc, stop = run.train_epoch(epoch, on_step, done=len(result.history))
+        if stop is not None:  # a non-finite loss, or the caller's deadline
+            result.status, result.reason = stop
             break
-        if bad_loss is not None:
-            result.status = "nonfinite_loss"
-            result.reason = f"loss became {bad_loss} at epoch {epoch}, step {step + 1}"
-            break
-
         val_loss, val_acc = evaluate(
-            model, x_val, y_val, criterion, prepare, amp=amp, batch=eval_batch
-        )
+            run.eval_model, run.x_val, run.y_val, run.criterion, run.prepare, amp=run.amp,
+            batch=eval_batch,
+        )  # fmt: skip
         metrics = {
             "epoch": epoch,
-            "train_loss": (loss_sum / seen).item(),
-            "train_acc": (correct / seen).item(),
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": run.lr,
             "seconds": time.perf_counter() - t_epoch,
         }
         result.history.append(metrics)
-        if val_acc > best_acc:
-            best_acc, since_best, result.best_epoch = val_acc, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since_best += 1
-        if scheduler is not None:
-            scheduler.step(val_acc) if cfg.sched.name == "plateau" else scheduler.step()
-
+        run.keep_if_best(epoch, val_acc)
+        run.scheduler.epoch_end(epoch, val_acc)
         reporter.report(epoch, metrics)
         if reporter.should_stop():
             result.status, result.reason = "pruned", f"pruned after epoch {epoch}"
             break
-        if cfg.train.patience and since_best >= cfg.train.patience and epoch < cfg.train.epochs:
+        if cfg.train.patience and run.since_best >= cfg.train.patience and epoch < cfg.train.epochs:
             result.status = "early_stopped"
             result.reason = (
-                f"no val_acc gain for {since_best} epochs; best epoch {result.best_epoch}"
+                f"no val_acc gain for {run.since_best} epochs; best epoch {run.best_epoch}"
             )
             break
         if last_checkpoint_path is not None and epoch < cfg.train.epochs:
-            save_state(
-                last_checkpoint_path, config=cfg.to_flat(), epoch=epoch, history=result.history,
-                best_epoch=result.best_epoch, best_acc=best_acc, since_best=since_best,
-                model=model, best_state=best_state, optimizer=optimizer, scheduler=scheduler,
-                generator=gen,
-            )  # fmt: skip
+            run.save(last_checkpoint_path, epoch=epoch, history=result.history)
 
-    result.train_seconds = time.perf_counter() - t_train + resumed_seconds
-    if best_state is not None:
-        model.load_state_dict(best_state)  # early stopping keeps the best state (seed 004)
-    model.eval()
-    result.model = model
+    result.train_seconds = time.perf_counter() - t_train + run.resumed_seconds
+    result.best_epoch = run.best_epoch
+    result.model = run.best_model()  # early stopping keeps the best state (seed 004)
     keep = result.status not in ("pruned", "budget")  # a stopped trial keeps no weights
-    if checkpoint_path is not None and best_state is not None and keep:
+    if checkpoint_path is not None and run.best_state is not None and keep:
         result.checkpoint = str(
-            save_checkpoint(model, checkpoint_path, cfg=cfg, data=data, summary=result.summary())
+            save_checkpoint(
+                result.model, checkpoint_path, cfg=cfg, data=data, summary=result.summary()
+            )
         )
     return result
 
 
+class _Run:
+    """One training run's pieces (model, optimizer, schedule, EMA, data on the device) and its
+    best state so far; the epoch loop above calls them."""
+
+    def __init__(
+        self, cfg: TrainConfig, data: ImageData, *, micro_batch: int, faults: _faults.Faults | None
+    ) -> None:
+        self.cfg, self.micro = cfg, micro_batch
+        self.device = device = select_device(cfg.train.device)
+        self.model = build_model(cfg, data, device)
+        self.dtype = next(self.model.parameters()).dtype  # float32 (float64 in exactness tests)
+        fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
+        self.fmt = fmt or torch.contiguous_format
+        self.data_on = data_placement(
+            cfg.data.device_cache, device=device,
+            needed=data.x_train.nbytes + data.x_val.nbytes, free=_free_bytes(device),
+        )  # fmt: skip
+        # images: the whole uint8 set on the device when it fits, else in host memory with
+        # each batch copied over (``gather``); labels are small and always live on the device
+        place = device if self.data_on == "device" else torch.device("cpu")
+        self.x_train, self.x_val = data.x_train.to(place), data.x_val.to(place)
+        self.y_train, self.y_val = data.y_train.to(device), data.y_val.to(device)
+        self.pin = self.data_on == "host" and device.type == "cuda"
+        self.mean = torch.tensor(data.mean, device=device, dtype=self.dtype).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device, dtype=self.dtype).view(1, -1, 1, 1)
+        self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
+        n = len(self.x_train)
+        self.steps_per_epoch = max(1, n // self.batch)  # the ragged last batch is dropped
+        self.aug = _augment.make_augment(
+            cfg.data.augment, image_size=cfg.data.image_size, **cfg.data.augment_settings()
+        )
+        self.mixing = cfg.data.cutmix > 0 or cfg.data.mixup > 0
+        self.amp = cfg.train.amp and device.type == "cuda"
+        self.gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # order, aug
+
+        self.criterion = create_loss(cfg.loss)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = create_optimizer(trainable, cfg.optim)
+        self.scheduler = create_scheduler(
+            self.optimizer, cfg.sched, epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        self.ema = (
+            ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
+        )
+        self.step = make_step(
+            self.model, self.optimizer, self.criterion, grad_clip=cfg.train.grad_clip,
+            amp=self.amp, mixing=self.mixing,
+        )  # fmt: skip
+        if faults is not None:  # tests only: the step with fault points around it
+            self.step = _faults.wrap_step(self.step, faults, steps_per_epoch=self.steps_per_epoch)
+
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_acc, self.best_epoch, self.since_best = -1.0, -1, 0
+        self.resumed_seconds = 0.0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model  # timm evaluates the EMA
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def prepare(self, xb: torch.Tensor) -> torch.Tensor:
+        """uint8 images (on the device or the host) -> normalised floats on the device, in the
+        model's dtype and memory format."""
+        return self.normalize(xb.to(self.device, non_blocking=True).to(self.dtype) / 255.0)
+
+    def normalize(self, xb: torch.Tensor) -> torch.Tensor:
+        return ((xb - self.mean) / self.std).contiguous(memory_format=self.fmt)
+
+    def batches(self) -> Iterator[Batch]:
+        """This epoch's batches in a fresh seeded order, augmented and mixed on the device.
+        Each is a whole optimizer step's images, so its randomness does not depend on how the
+        step is split into micro-batches."""
+        perm = torch.randperm(len(self.y_train), device=self.device, generator=self.gen)
+        for xb, yb in self.gather(perm):
+            xb = xb.to(self.dtype) / 255.0
+            if self.aug is not None:
+                xb = self.aug(xb, self.gen)
+            y_mix, lam = yb, 1.0
+            if self.mixing:
+                xb, yb, y_mix, lam = _augment.mix_batch(
+                    xb,
+                    yb,
+                    cutmix=self.cfg.data.cutmix,
+                    mixup=self.cfg.data.mixup,
+                    generator=self.gen,
+                )
+            yield Batch(self.normalize(xb), yb, y_mix, lam)
+
+    def gather(self, perm: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels) of each step, on the device, in ``perm``'s order."""
+        b, steps = self.batch, self.steps_per_epoch
+        if self.data_on == "device":  # index the resident set: no copies, no sync
+            for i in range(steps):
+                idx = perm[i * b : (i + 1) * b]
+                yield self.x_train[idx], self.y_train[idx]
+            return
+        # Host memory: gather a batch there and copy it without blocking, one batch ahead,
+        # so the copy overlaps the step before it. The order is the device path's (one read
+        # of the permutation per epoch), so the run is the same as with the set on the device.
+        host_perm = perm.cpu()
+
+        def fetch(i: int) -> torch.Tensor:
+            xb = self.x_train[host_perm[i * b : (i + 1) * b]]
+            return (xb.pin_memory() if self.pin else xb).to(self.device, non_blocking=True)
+
+        upcoming = fetch(0)
+        for i in range(steps):
+            xb, upcoming = upcoming, fetch(i + 1) if i + 1 < steps else None
+            yield xb, self.y_train[perm[i * b : (i + 1) * b]]
+
+    def train_epoch(
+        self, epoch: int, on_step: StepHook | None, *, done: int
+    ) -> tuple[float, float, tuple[str, str] | None]:
+        """(train_loss, train_acc, None), or (nan, nan, (status, reason)) when it stopped.
+
+        Losses and accuracy stay on the device; the host reads them every ``CHECK_EVERY``
+        steps (a non-finite loss stops the run within that many steps) and at the epoch end.
+        """
+        self.model.train()
+        steps = self.steps_per_epoch
+        step_loss = torch.zeros(steps, device=self.device)  # mean loss of each step
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for i, batch in enumerate(self.batches()):
+            t = (epoch - 1) * steps + i  # optimizer steps since the start of the run
+            self.scheduler.step_update(t)
+            loss_sum, right = self.step(batch.split(self.micro))
+            if self.ema is not None:
+                self.ema.update(self.model, step=t + 1)  # the first update copies the weights
+            step_loss[i] = loss_sum / len(batch.y)
+            correct += right
+            seen += len(batch.y)
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                bad = _first_nonfinite(step_loss[: i + 1])
+                if bad is not None:
+                    reason = f"loss became {bad[1]} at epoch {epoch}, step {bad[0]}"
+                    return math.nan, math.nan, ("nonfinite_loss", reason)
+            if on_step is not None and on_step(epoch, i + 1, steps, seen):
+                reason = (
+                    f"budget: the wall-clock budget ran out in epoch {epoch} (step {i + 1} "
+                    f"of {steps}); {done} finished epoch{'s' * (done != 1)} kept"
+                )  # this epoch is dropped, the finished ones kept
+                return math.nan, math.nan, ("budget", reason)
+        return step_loss.mean().item(), (correct / seen).item(), None
+
+    def keep_if_best(self, epoch: int, val_acc: float) -> None:
+        if val_acc > self.best_acc:
+            self.best_acc, self.since_best, self.best_epoch = val_acc, 0, epoch
+            self.best_state = {
+                k: v.detach().clone() for k, v in self.eval_model.state_dict().items()
+            }
+        else:
+            self.since_best += 1
+
+    def best_model(self) -> nn.Module:
+        """The training model with the best evaluated weights (the EMA's where on), in eval mode."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return self.model.eval()
+
+    def resume(self, state: TrainState, result: TrainResult, reporter: Reporter) -> int:
+        """Load a killed run's state; replay its epochs to the reporter; the next epoch."""
+        try:
+            restore(
+                state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                generator=self.gen, ema=self.eval_model if self.ema is not None else None,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise _ResumeFailed(str(exc)) from None
+        result.history = [dict(h) for h in state.history]
+        self.best_state, self.best_acc, self.since_best = (
+            state.best,
+            state.best_acc,
+            state.since_best,
+        )
+        self.best_epoch = state.best_epoch
+        self.resumed_seconds = sum(h.get("seconds", 0.0) for h in result.history)
+        for metrics in result.history:  # a new trial learns the epochs it inherits
+            reporter.report(int(metrics["epoch"]), metrics)
+        return state.epoch + 1
+
+    def save(self, path: str | Path, *, epoch: int, history: list[dict[str, float]]) -> None:
+        save_state(
+            path, config=self.cfg.to_flat(), epoch=epoch, history=history,
+            best_epoch=self.best_epoch, best_acc=self.best_acc, since_best=self.since_best,
+            model=self.model, best_state=self.best_state, optimizer=self.optimizer,
+            scheduler=self.scheduler, generator=self.gen,
+            ema=self.eval_model if self.ema is not None else None,
+        )  # fmt: skip
+
+
+def data_placement(setting: str, *, device: torch.device, needed: int, free: int | None) -> str:
+    """Where the decoded images live while training: ``"device"`` or ``"host"``.
+
+    ``auto`` keeps them on the device when they take at most ``DEVICE_CACHE_SHARE`` of its
+    free memory (the rest is for activations), else in host memory; a CPU is its own host.
+    """
+    if setting != "auto":
+        return setting
+    if device.type == "cpu" or free is None:
+        return "device"
+    return "device" if needed <= DEVICE_CACHE_SHARE * free else "host"
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
+
+
+def _first_nonfinite(step_loss: torch.Tensor) -> tuple[int, float] | None:
+    """(1-based step, loss) of the first non-finite step loss, or None: one host read."""
+    finite = torch.isfinite(step_loss)
+    if bool(finite.all()):
+        return None
+    i = int((~finite).nonzero()[0, 0])
+    return i + 1, float(step_loss[i])
+
+
 @torch.inference_mode()
 def evaluate(
-    model, x, y, criterion, prepare, *, amp: bool = False, batch: int = EVAL_BATCH
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: nn.Module,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    amp: bool = False,
+    batch: int = EVAL_BATCH,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over a labelled tensor set, in large batches."""
+    """Mean loss and accuracy over a labelled uint8 image set, in large batches; the sums stay
+    on the device until the end (one host read)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum = torch.zeros((), device=y.device)
+    correct = torch.zeros((), device=y.device, dtype=torch.long)
     for i in range(0, len(x), batch):
         xb, yb = prepare(x[i : i + batch]), y[i : i + batch]
         with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(xb)
-        logits = logits.float()
-        loss_sum += criterion(logits, yb).item() * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
-
-
-def _clip(params: list[torch.nn.Parameter], max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    # SAM steps through its base optimizer (same param groups): schedule that one.
-    optimizer = getattr(optimizer, "base_optimizer", optimizer)
-    if cfg.sched.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=cfg.train.epochs, eta_min=min(cfg.sched.min_lr, cfg.optim.lr)
-        )
-    if cfg.sched.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.sched.factor, patience=cfg.sched.patience
-        )
-    return None
+        logits = logits.float() if amp else logits
+        loss_sum += criterion(logits, yb) * len(yb)
+        correct += (logits.argmax(1) == yb).sum()
+    return loss_sum.item() / len(x), correct.item() / len(x)

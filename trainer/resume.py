@@ -1,9 +1,10 @@
 """The state of a training run after an epoch, so a killed run resumes where it stopped.
 
 ``save_state`` writes, after every finished epoch, the weights, the best weights so far, the
-optimizer and scheduler state, the batch-order RNG and the history; ``load_state`` reads it
-back. The format is safetensors plus a JSON block: no pickle, nothing executes on load, and a
-damaged or foreign file is a ValueError the caller turns into "start from epoch 1".
+weight EMA where on, the optimizer and scheduler state, the batch-order RNG and the history;
+``load_state`` reads it back. The format is safetensors plus a JSON block: no pickle, nothing
+executes on load, and a damaged or foreign file is a ValueError the caller turns into "start
+from epoch 1".
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TrainState:
     scheduler: dict[str, Any] | None
     rng: torch.Tensor
     path: str
+    ema: dict[str, torch.Tensor] | None = None
 
 
 def _base(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -55,6 +57,7 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
+    ema: torch.nn.Module | None = None,
 ) -> Path:
     """Atomically write the run's state after ``epoch`` to ``path``."""
     from safetensors.torch import save_file
@@ -66,6 +69,8 @@ def save_state(
         tensors[f"model/{k}"] = v.detach().to("cpu").clone().contiguous()
     for k, v in (best_state or {}).items():
         tensors[f"best/{k}"] = v.detach().to("cpu").clone().contiguous()
+    for k, v in (ema.state_dict() if ema is not None else {}).items():
+        tensors[f"ema/{k}"] = v.detach().to("cpu").clone().contiguous()
     opt = _base(optimizer).state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entry in opt["state"].items():
@@ -145,6 +150,7 @@ def load_state(path: str | Path, *, config: dict[str, Any]) -> TrainState:
             scheduler=meta["scheduler"],
             rng=tensors["rng"],
             path=str(path),
+            ema={k[4:]: v for k, v in tensors.items() if k.startswith("ema/")} or None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is an incomplete resume state ({exc!r})") from None
@@ -157,10 +163,15 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
+    ema: torch.nn.Module | None = None,
 ) -> None:
-    """Load a ``TrainState`` into a freshly built model, optimizer, scheduler and RNG."""
+    """Load a ``TrainState`` into a freshly built model, optimizer, scheduler, EMA and RNG."""
     try:
         model.load_state_dict(state.model)
+        if ema is not None:
+            if state.ema is None:
+                raise ValueError("it has no EMA weights")
+            ema.load_state_dict(state.ema)
         base = _base(optimizer)
         base.load_state_dict(state.optimizer)
         if base is not optimizer:

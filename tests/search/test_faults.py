@@ -1,7 +1,8 @@
 """Faults a study must survive, each a test, on SQLite and on a real PostgreSQL (started by
 ``tests/pgserver.py``): a killed or interrupted worker, out of memory, non-finite values,
 malicious pickles, a deleted source checkpoint, a corrupt image, odd study names, and the
-trial budget under contention. Fault hooks are switched on by ``HPSEARCH_FAULTS``."""
+trial budget under contention. Fault hooks: ``faultkit.injected`` in this process, and
+``HPSEARCH_FAULTS`` for the ``search`` processes the tests start."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from faultkit import (
     STORAGES,
     Watch,
     finish,
+    injected,
     load,
     quiet,
     spawn,
@@ -197,19 +199,17 @@ def test_budget_is_exact_when_workers_race(write_study, url):
 # --------------------------------------------------------------------- trainer faults
 
 
-def test_out_of_memory_halves_the_micro_batch_then_prunes_with_reason_oom(
-    write_study, url, monkeypatch
-):
+def test_out_of_memory_halves_the_micro_batch_then_prunes_with_reason_oom(write_study, url):
     write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 1"))  # batch size 128
-    monkeypatch.setenv("HPSEARCH_FAULTS", "oom_above=32")
-    (trial,) = run("tiny", url, 1).trials
+    with injected("oom_above=32"):
+        (trial,) = run("tiny", url, 1).trials
     assert trial.state == TrialState.COMPLETE
     attrs = trial.user_attrs
     assert (attrs["oom_retries"], attrs["micro_batch"], attrs["accum_steps"]) == (2, 32, 4)
     assert attrs["effective_batch"] == 128 == attrs["config"]["data.batch_size"]
 
-    monkeypatch.setenv("HPSEARCH_FAULTS", "oom_above=0")  # nothing fits
-    trial = run("tiny", url, 2).trials[1]
+    with injected("oom_above=0"):  # nothing fits
+        trial = run("tiny", url, 2).trials[1]
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["status"] == "oom"
     assert trial.user_attrs["reason"].startswith("oom: out of memory at micro-batch 2")

@@ -96,8 +96,8 @@ def test_cutmix_pastes_a_box_and_lam_is_its_area():
         for i in range(8):
             from_b = (out[i, 0] == yb[i]).float().mean().item()
             if yb[i] != ya[i]:
-                assert (out[i, 0] == ya[i]).float().mean().item() == pytest.approx(lam)
-                assert from_b == pytest.approx(1 - lam)
+                assert (out[i, 0] == ya[i]).float().mean().item() == pytest.approx(float(lam))
+                assert from_b == pytest.approx(1 - float(lam))
 
 
 def test_mixup_blends_with_the_permuted_batch():
@@ -107,7 +107,7 @@ def test_mixup_blends_with_the_permuted_batch():
     expected = lam * ya.float() + (1 - lam) * yb.float()
     assert torch.allclose(out[:, 0, 0, 0], expected)
     again = mix_batch(_label_images(y), y, cutmix=0.0, mixup=1.0, generator=_gen(4))
-    assert torch.equal(again[0], out) and again[3] == lam
+    assert torch.equal(again[0], out) and torch.equal(again[3], lam)
 
 
 def test_no_mixing_and_bad_probabilities():
@@ -123,3 +123,47 @@ def test_cutmix_probability_is_respected():
     g = _gen()
     mixed = sum(mix_batch(x, y, cutmix=0.3, mixup=0.0, generator=g)[3] != 1.0 for _ in range(400))
     assert 80 < mixed < 160
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_presets_are_settings_and_everything_off_is_none():
+    assert A.PRESETS["light"] == A.AugmentSettings(crop_scale=0.8, hflip=0.5)
+    assert A.PRESETS["strong"].rotation == 10.0 and A.PRESETS["strong"].erasing == 0.5
+    assert make_augment("light", image_size=8, crop_scale=1.0, hflip=0.0) is None
+    assert make_augment("light", image_size=8, crop_scale=None) is not None  # None: preset's
+    with pytest.raises(ValueError, match="unknown augmentation setting"):
+        make_augment("light", image_size=8, hue=0.1)
+
+
+@pytest.mark.parametrize("key, dims", [("hflip", (-1,)), ("vflip", (-2,))])
+def test_flip_settings_flip_every_image_at_probability_one(key, dims):
+    x = torch.rand(5, 3, 9, 9)
+    out = make_augment("none", image_size=9, **{key: 1.0})(x, _gen())
+    assert torch.allclose(out, x.flip(dims), atol=1e-5)
+
+
+def test_rotation_setting_turns_a_preset_up():
+    x = torch.zeros(64, 1, 17, 17)
+    x[..., 8, :] = 1.0  # a horizontal line through the centre
+    small = make_augment("none", image_size=17, rotation=2.0)(x, _gen())
+    large = make_augment("none", image_size=17, rotation=60.0)(x, _gen())
+    off_row = lambda out: (out[..., :4, :].sum() + out[..., 13:, :].sum()).item()  # noqa: E731
+    assert off_row(small) < 1e-3 < off_row(large)  # only large angles reach the outer rows
+
+
+def test_erasing_setting_alone_erases_every_image_at_probability_one():
+    x = torch.zeros(6, 3, 16, 16)
+    out = make_augment("none", image_size=16, erasing=1.0)(x, _gen())
+    assert ((out == 0.5).flatten(1).any(1)).all()
+
+
+def test_augment_settings_are_config_keys_with_checked_ranges():
+    from trainer import TrainConfig
+
+    cfg = TrainConfig.from_flat({"data.augment": "light", "data.rotation": 15})
+    assert cfg.data.augment_settings()["rotation"] == 15.0
+    assert cfg.data.augment_settings()["hflip"] is None
+    with pytest.raises(ValueError, match=r"data.hflip must be in \[0, 1\], but got 1.5"):
+        TrainConfig.from_flat({"data.hflip": 1.5})

@@ -102,29 +102,37 @@ def test_diverging_lr_stops_on_the_first_bad_batch():
 
 
 class NanLoss(torch.nn.Module):
-    def __init__(self) -> None:
+    """Cross-entropy until call ``from_call`` (1-based), NaN from then on."""
+
+    def __init__(self, from_call: int = 1) -> None:
         super().__init__()
-        self.calls = 0
+        self.calls, self.from_call = 0, from_call
 
     def forward(self, logits, labels):
         self.calls += 1
-        return (logits * float("nan")).sum()
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if self.calls >= self.from_call else loss
 
 
-def test_nan_loss_stops_immediately(monkeypatch, tmp_path):
+@pytest.mark.parametrize("bad_step", [1, 11])
+def test_nan_loss_stops_within_a_few_steps_naming_the_first_bad_one(
+    monkeypatch, tmp_path, bad_step
+):
     made: list[NanLoss] = []
 
     def create_loss(cfg):
-        made.append(NanLoss())
+        made.append(NanLoss(from_call=bad_step))
         return made[-1]
 
     monkeypatch.setattr(loop, "create_loss", create_loss)
     rec = Recorder()
     ckpt = tmp_path / "nan.safetensors"
-    result = trainer.train(tiny(), reporter=rec, checkpoint_path=ckpt)
+    result = trainer.train(tiny(), reporter=rec, checkpoint_path=ckpt)  # 22 steps per epoch
     assert result.status == "nonfinite_loss"
-    assert result.reason == "loss became nan at epoch 1, step 1"
-    assert made[0].calls == 1  # nothing after the first bad batch
+    assert result.reason == f"loss became nan at epoch 1, step {bad_step}"
+    # the host reads the loss every CHECK_EVERY steps: it stops at the first read after it
+    every = loop.CHECK_EVERY
+    assert made[0].calls == -(-bad_step // every) * every
     assert result.history == [] and rec.reports == []
     assert result.checkpoint is None and not ckpt.exists()
 
