@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,6 +31,11 @@ THROUGHPUT_PREFIX = "throughput:"  # study user attribute keys of the throughput
 # A forward pass costs about a third of a training step (forward + backward + update); SAM's
 # step has two forward-backward passes, so its evaluation is about a sixth of a step.
 _EVAL_SHARE = {False: 3.0, True: 6.0}
+# Calibration: measured / estimated seconds per epoch of the study's trained trials. The probe
+# times bare steps on synthetic pixels; a real epoch adds augmentation, evaluation set-up,
+# storage writes and the per-epoch state file, which dominate for small models and data.
+CALIBRATION_TRIALS = 20  # the latest trained trials that set the factor
+CALIBRATION_RANGE = (0.25, 20.0)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)")
 
@@ -123,10 +129,13 @@ def cache_key(cfg: trainer.TrainConfig, device: str) -> str:
 
 @dataclass(frozen=True)
 class Estimate:
-    seconds: float  # all epochs, training and evaluation
+    seconds: float  # all epochs, training and evaluation, calibrated
     images_per_second: float
     key: str  # the throughput cache entry it used
     measured: bool  # this call measured it (else it came from the study)
+    raw_seconds: float = 0.0  # before calibration: what the probe alone predicts
+    calibration: float = 1.0  # measured / predicted per-epoch seconds of earlier trials
+    epoch_share: float = 1.0  # epochs earlier trials ran / their budget (pruning, stopping)
 
 
 class CostModel:
@@ -177,16 +186,52 @@ class CostModel:
 
     def estimate(self, cfg: trainer.TrainConfig, data: trainer.ImageData) -> Estimate:
         ips, key, measured = self.images_per_second(cfg, data)
-        return Estimate(estimate_seconds(cfg, data, ips), ips, key, measured)
+        raw = estimate_seconds(cfg, data, ips)
+        factor, share = self.calibration()
+        return Estimate(raw * factor, ips, key, measured, raw, factor, share)
+
+    def calibration(self) -> tuple[float, float]:
+        """(measured / estimated seconds per epoch, epochs run / epoch budget): medians over
+        the study's latest trained trials; (1, 1) before any."""
+        ratios, shares = [], []
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in self.study.get_trials(deepcopy=False, states=finished)[-CALIBRATION_TRIALS:]:
+            a = t.user_attrs
+            raw, run, secs = (
+                a.get("raw_estimated_seconds"),
+                a.get("epochs_run"),
+                a.get("train_seconds"),
+            )
+            epochs = (a.get("config") or {}).get("train.epochs")
+            if not (raw and run and secs and epochs) or a.get("resumed_from_epoch"):
+                continue
+            ratios.append((secs / run) / (raw / epochs))
+            shares.append(min(1.0, run / epochs))
+        if not ratios:
+            return 1.0, 1.0
+        low, high = CALIBRATION_RANGE
+        return min(high, max(low, statistics.median(ratios))), statistics.median(shares)
 
 
 def estimate_seconds(cfg: trainer.TrainConfig, data: trainer.ImageData, ips: float) -> float:
     """All epochs of ``cfg`` at ``ips`` training images/s: training plus evaluation."""
-    n, bs = len(data.x_train), cfg.data.batch_size
-    trained = max(1, n // bs) * bs if n >= bs else n  # the loop drops the ragged last batch
-    sam = cfg.optim.name.startswith("sam")
-    per_epoch = trained / ips + len(data.x_val) / (ips * _EVAL_SHARE[sam])
-    return cfg.train.epochs * per_epoch
+    return trial_seconds(
+        ips,
+        epochs=cfg.train.epochs,
+        n_train=len(data.x_train),
+        n_val=len(data.x_val),
+        step_images=cfg.data.batch_size * cfg.train.accum_steps,
+        sam=cfg.optim.name.startswith("sam"),
+    )
+
+
+def trial_seconds(
+    ips: float, *, epochs: int, n_train: int, n_val: int, step_images: int = 1, sam: bool = False
+) -> float:
+    """Seconds of ``epochs`` epochs at ``ips`` training images/s: the trained images (the loop
+    drops the ragged last step) plus the validation pass."""
+    trained = max(1, n_train // step_images) * step_images if n_train >= step_images else n_train
+    return epochs * (trained / ips + n_val / (ips * _EVAL_SHARE[sam]))
 
 
 __all__ = [
@@ -199,4 +244,5 @@ __all__ = [
     "parse_duration",
     "parse_minutes",
     "resolve_budget",
+    "trial_seconds",
 ]

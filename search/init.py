@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from search.budget import parse_duration
+from search.budget import parse_duration, trial_seconds
 from trainer import DataConfig, TrainConfig, load_data, measure_throughput, select_device
 from trainer.folders import FolderScan, cache_dir, detect_layout, scan_folder, unreadable_files
 from trainer.throughput import device_label
@@ -43,8 +43,6 @@ REFERENCE = "resnet18"
 SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 192, 224)
 MIN_SIZE = 32  # below this, photos lose what tells classes apart (unless the images are smaller)
 EPOCHS, MIN_EPOCHS, PATIENCE = 10, 3, 3
-# An evaluation image costs about a third of a training image (forward only, no backward).
-EVAL_COST = 1 / 3
 # Per trial beyond the images: building the model, the first batches, checkpoints (seconds;
 # a seed_cnn trial of 2 epochs took ~3 s more than its images on a 2-core CPU).
 TRIAL_OVERHEAD_S = 5.0
@@ -256,7 +254,10 @@ class Prober:
 
 
 def _trial_minutes(ips: float, *, n_train: int, n_val: int, epochs: int) -> float:
-    return (epochs * (n_train + EVAL_COST * n_val) / ips + TRIAL_OVERHEAD_S) / 60
+    """The estimate ``search run`` makes (``search.budget.trial_seconds``), plus a fixed
+    allowance per trial: init decides before any trial has calibrated it."""
+    seconds = trial_seconds(ips, epochs=epochs, n_train=n_train, n_val=n_val)
+    return (seconds + TRIAL_OVERHEAD_S) / 60
 
 
 def _estimate(

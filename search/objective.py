@@ -140,6 +140,7 @@ class Objective:
                 f"{est.images_per_second:.0f} training images/s"
             )
         trial.set_user_attr("estimated_seconds", round(est.seconds, 2))
+        trial.set_user_attr("raw_estimated_seconds", round(est.raw_seconds, 2))
         trial.set_user_attr("images_per_second", round(est.images_per_second, 2))
         limit = self.budget.max_trial_seconds
         if limit is not None and est.seconds > limit:
@@ -157,9 +158,11 @@ class Objective:
             raise optuna.TrialPruned(reason)
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
-            if est.seconds > left:
+            # pruning and early stopping end most trials early: what earlier trials ran
+            expected = est.seconds * est.epoch_share
+            if expected > left:
                 reason = (
-                    f"no_time: not run, estimated {fmt_duration(est.seconds)} with "
+                    f"no_time: not run, estimated {fmt_duration(expected)} with "
                     f"{fmt_duration(left)} of the wall-clock budget left"
                 )
                 set_status(trial, "no_time", reason)

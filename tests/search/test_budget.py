@@ -147,6 +147,28 @@ def test_estimate_counts_every_epoch_of_training_and_evaluation():
     assert estimate_seconds(cfg, data, 50.0) == pytest.approx(expected)
 
 
+def test_estimates_are_calibrated_by_the_seconds_earlier_trials_took():
+    study = optuna.create_study(direction="maximize")
+    cost = CostModel(study, measure=CountingMeasure(1000.0))
+    cfg = trainer.TrainConfig.from_flat({"data.image_size": 8, "train.epochs": 4})
+    data = trainer.load_data(cfg.data)
+    before = cost.estimate(cfg, data)
+    assert before.calibration == 1.0 and before.seconds == before.raw_seconds
+    # three trained trials: per epoch they took 2x, 3x and 10x their raw estimate; two of
+    # them ran every epoch of 4, one was pruned after 2
+    for factor, run in ((2.0, 4), (3.0, 2), (10.0, 4)):
+        trial = study.ask()
+        trial.set_user_attr("config", {"train.epochs": 4})
+        trial.set_user_attr("raw_estimated_seconds", 8.0)
+        trial.set_user_attr("epochs_run", run)
+        trial.set_user_attr("train_seconds", factor * 2.0 * run)
+        study.tell(trial, 0.5)
+    after = cost.estimate(cfg, data)
+    assert after.calibration == pytest.approx(3.0)  # the median
+    assert after.seconds == pytest.approx(3.0 * after.raw_seconds)
+    assert after.epoch_share == pytest.approx(1.0)  # median of 1, 0.5, 1
+
+
 def test_a_second_trial_and_a_rerun_reuse_the_measured_throughput(
     write_study, storage_url, fake_speed
 ):
