@@ -132,10 +132,15 @@ def plan_ablation(
 
 
 def _earlier_splits(name: str, url: str) -> dict[str, Any] | None:
+    """The split recorded by the search study, else by an earlier ``--test`` ablation."""
     store = storage_mod.open_storage(url)
-    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
-        if summary.study_name == companion_name(name):
-            return summary.user_attrs.get("data_splits")
+    attrs = {
+        s.study_name: s.user_attrs
+        for s in optuna.get_all_study_summaries(store, include_best_trial=False)
+    }
+    for study in (name, companion_name(name)):
+        if attrs.get(study, {}).get("data_splits"):
+            return attrs[study]["data_splits"]
     return None
 
 

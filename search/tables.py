@@ -641,7 +641,9 @@ def final_results_table(
             raw_row.append(diff.to_dict(scale=100.0))
         rows.append(row)
         raw.append(raw_row)
-    selected = f"the best of {search_trials} search trials" if search_trials else "search trials"
+    selected = (
+        f"the best of the {search_trials} complete search trials" if search_trials else "search"
+    )
     notes = [
         f"Search val acc: {selected} on the validation split, the very value the "
         "configuration was selected on, so it is biased upwards; not a result to publish.",

@@ -413,7 +413,7 @@ def test_final_results_publishes_the_best_confirmed_validation_mean_not_the_best
     d_test = table.raw[2][6]  # C minus B on test, paired by seed: +0.12 each
     assert d_test["mean"] == pytest.approx(12.0) and d_test["p_value"] == 0.0
     assert table.raw[0][1] == pytest.approx(99.0)
-    assert "best of 20 search trials" in table.notes[0]
+    assert "best of the 20 complete search trials" in table.notes[0]
     assert any(n.startswith("Publish B:") for n in table.notes)
     with pytest.raises(ValueError, match="at least one configuration"):
         final_results_table([])
