@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import subprocess
@@ -255,8 +256,18 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="JPEGs to generate (80%% train)")
     ap.add_argument("--dir", help="reuse/keep the generated folder here (default: a temp dir)")
     ap.add_argument("--only", choices=["ours", "script"], help="run one side only")
+    ap.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run both sides at once, one thread each, so any other load on the machine "
+        "weighs on both alike (default: one after the other, all threads each)",
+    )
+    ap.add_argument("--json", help=argparse.SUPPRESS)  # --only: write the side's result here
     args = ap.parse_args()
     optuna.logging.set_verbosity(logging.WARNING)
+    if args.parallel:
+        os.environ["OMP_NUM_THREADS"] = "1"  # both sides, and the processes ours starts
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("HPSEARCH_CACHE_DIR", str(work / "cache"))
@@ -268,10 +279,22 @@ def main() -> None:
             f"classes ({n_train} train); {args.minutes:g} min each"
         )
         results = {}
-        if args.only in (None, "script"):
-            results["script"] = script(folder, minutes=args.minutes)
-        if args.only in (None, "ours"):
+        if args.parallel:
+            side = work / "script.json"
+            cmd = [sys.executable, __file__, "--only", "script", "--minutes", f"{args.minutes:g}"]
+            cmd += ["--images", str(args.images), "--dir", str(folder), "--json", str(side)]
+            proc = subprocess.Popen(cmd, env=os.environ.copy())
             results["ours"] = ours(folder, work, minutes=args.minutes)
+            proc.wait()
+            results = {"script": json.loads(side.read_text()), **results}
+        else:
+            if args.only in (None, "script"):
+                results["script"] = script(folder, minutes=args.minutes)
+            if args.only in (None, "ours"):
+                results["ours"] = ours(folder, work, minutes=args.minutes)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results[args.only]))
+            return
     target = best(results["script"]["timeline"]) if "script" in results else float("nan")
     print(f"\n{'side':<44} {'trials':>6} {'best val acc':>12} {'to script best':>14} {'wall':>7}")
     labels = {
