@@ -13,25 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 import spaces
 import trainer
+from search import companion
 from search import storage as storage_mod
-from search.notes import annotate_trial, note_failure
-from search.objective import OptunaReporter, record_result, set_status
+from search.companion import DONE
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.splits import check_splits
 from search.studyfile import StudySpec
+from search.values import parse_value
 
 SUFFIX = ".ablation"
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)  # pruned = diverged (non-finite loss)
 
 
 def companion_name(study: str) -> str:
@@ -61,12 +60,11 @@ class AblationPlan:
     arms: list[Arm]
     repeats: int
     baseline_source: str
+    test: bool = False  # also evaluate every run once on the test split (--test)
 
 
 def parse_factor(text: str) -> tuple[str, list[Any]]:
     """``optim.lr=1e-5,1e-4`` -> ("optim.lr", [1e-05, 0.0001])."""
-    from search.cli import parse_value
-
     if "=" not in text:
         raise ValueError(f"--factor expects KEY=V1,V2,..., e.g. optim.lr=1e-4,1e-3, got {text!r}")
     key, raw = (p.strip() for p in text.split("=", 1))
@@ -86,6 +84,7 @@ def plan_ablation(
     storage: str | None = None,
     data_root: str | None = None,
     fixed: dict[str, Any] | None = None,
+    test: bool = False,
 ) -> AblationPlan:
     """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation])."""
     section = spec.ablation
@@ -114,7 +113,7 @@ def plan_ablation(
             raise ValueError(
                 f"--baseline must be best, defaults or KEY=VALUE pairs, but got {baseline!r}"
             )
-        cfg, _ = spaces.build_config(spec.space, None, base=base, fixed={**pinned, **given})
+        cfg, _ = spaces.build_config(spec.search_space, None, base=base, fixed={**pinned, **given})
     trainer.check_backbone(cfg.model.backbone)
     flat = cfg.to_flat()
     arms = [Arm("baseline", "baseline", flat)]
@@ -126,7 +125,18 @@ def plan_ablation(
                 trainer.check_backbone(value)
             arms.append(Arm(key, value, arm_cfg.to_flat()))
     trainer.load_data(cfg.data)
-    return AblationPlan(spec, url, flat, arms, repeats, source)
+    if test:  # no test split, or one that changed since an earlier --test: refuse now
+        earlier = _earlier_splits(spec.name, url)
+        check_splits(earlier, cfg.data, study=companion_name(spec.name), need_test=True)
+    return AblationPlan(spec, url, flat, arms, repeats, source, test)
+
+
+def _earlier_splits(name: str, url: str) -> dict[str, Any] | None:
+    store = storage_mod.open_storage(url)
+    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
+        if summary.study_name == companion_name(name):
+            return summary.user_attrs.get("data_splits")
+    return None
 
 
 def _best_config(study_name: str, url: str) -> trainer.TrainConfig:
@@ -144,22 +154,18 @@ def _best_config(study_name: str, url: str) -> trainer.TrainConfig:
 
 
 def open_companion(plan: AblationPlan) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=companion_name(plan.spec.name),
-        storage=storage_mod.open_storage(plan.url),
-        sampler=optuna.samplers.RandomSampler(seed=0),  # never consulted: every run is fixed
-        pruner=optuna.pruners.NopPruner(),
-        direction="maximize",
-        load_if_exists=True,
-    )
-    study.set_user_attr("ablation_of", plan.spec.name)
-    study.set_user_attr("baseline", plan.baseline)
-    study.set_user_attr("baseline_source", plan.baseline_source)
-    study.set_user_attr("repeats", plan.repeats)
-    study.set_user_attr(
-        "arms", [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms]
-    )
-    return study
+    attrs = {
+        "ablation_of": plan.spec.name,
+        "baseline": plan.baseline,
+        "baseline_source": plan.baseline_source,
+        "repeats": plan.repeats,
+        "arms": [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms],
+    }
+    if plan.test:
+        attrs["data_splits"] = trainer.data.split_record(
+            trainer.TrainConfig.from_flat(plan.baseline).data
+        )
+    return companion.open_companion(companion_name(plan.spec.name), plan.url, attrs)
 
 
 def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> optuna.Study:
@@ -170,7 +176,8 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     done = {
         (t.user_attrs.get("arm"), t.user_attrs.get("repeat"))
         for t in study.get_trials(deepcopy=False, states=DONE)
-    }
+        if not plan.test or "test_acc" in t.user_attrs or t.value is None
+    }  # --test: a run from before --test is run again, this time evaluated on the test split
     unique: dict[str, Arm] = {}
     for arm in plan.arms:
         unique.setdefault(arm.key, arm)
@@ -186,9 +193,10 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     )
     finished = total - len(todo)
     for arm, repeat in todo:
-        _run_one(study, arm, repeat, progress, storage_mod.artifact_store_dir(plan.url))
+        last = _run_one(
+            study, arm, repeat, progress, storage_mod.artifact_store_dir(plan.url), test=plan.test
+        )
         finished += 1
-        last = study.get_trials(deepcopy=False)[-1]
         value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
         progress.trial_end(finished, f"{_label(arm)} repeat {repeat}: {value}", "")
     return study
@@ -199,37 +207,20 @@ def _label(arm: Arm) -> str:
 
 
 def _run_one(
-    study: optuna.Study, arm: Arm, repeat: int, progress: Progress, store_root: Path
-) -> None:
+    study: optuna.Study,
+    arm: Arm,
+    repeat: int,
+    progress: Progress,
+    store_root: Path,
+    *,
+    test: bool = False,
+) -> optuna.trial.FrozenTrial:
     cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
-    trial = study.ask()
-    trial.set_user_attr("arm", arm.key)
-    trial.set_user_attr("factor", arm.factor)
-    trial.set_user_attr("value", arm.value)
-    trial.set_user_attr("repeat", repeat)
-    trial.set_user_attr("config", cfg.to_flat())
-    # The arm lives in user attributes, not params: a categorical param's choices could not
-    # change when a later rerun adds factor values.
-    trial.set_user_attr("label", _label(arm))
-    progress.trial_start(trial.number, {"arm": _label(arm), "repeat": repeat})
-    try:
-        result = trainer.train(cfg, reporter=OptunaReporter(trial, progress, cfg.train.epochs))
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
-        set_status(trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)"))
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        set_status(trial, "error", reason)
-        note_failure(trial, cfg, status="error", reason=reason)
-        study.tell(trial, state=TrialState.FAIL)
-        return
-    record_result(trial, result)
-    annotate_trial(trial, cfg, result, store_root=store_root)
-    if result.status in ("nonfinite_loss", "oom") or not math.isfinite(result.best_val_acc):
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, result.best_val_acc)
+    tags = {"arm": arm.key, "factor": arm.factor, "value": arm.value, "repeat": repeat}
+    return companion.run_fixed(
+        study, cfg, tags=tags, label=_label(arm), progress=progress, store_root=store_root,
+        after=companion.split_evaluator(cfg.data) if test else None,
+    )  # fmt: skip
 
 
 def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
@@ -246,6 +237,7 @@ def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
             "epochs_run": a.get("epochs_run"),
             "status": a.get("status"),
             "curves": a.get("curves", {}),
+            "test_acc": a.get("test_acc"),
         }
     return [
         {**arm, "runs": [by_arm.get(arm["arm"], {})[r] for r in sorted(by_arm.get(arm["arm"], {}))]}

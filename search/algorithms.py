@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import warnings
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.trial import FrozenTrial
 
 from trainer._registry import unknown_name_error
 
@@ -25,10 +29,66 @@ PRUNERS = {
 
 
 def create_sampler(table: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    """``{"name": "tpe", "seed": 0, ...}`` -> a sampler. Grid takes ``search_space``."""
+    """``{"name": "tpe", "seed": 0, ...}`` -> a sampler. Grid takes ``search_space``.
+
+    With a seed, each trial's randomness comes from the seed and the trial number (see
+    ``TrialSeededSampler``), so a resumed study goes on where it stopped instead of replaying.
+    """
     kwargs = dict(table)
     name = kwargs.pop("name", "tpe")
-    return _build("sampler", SAMPLERS, name, kwargs)
+    sampler = _build("sampler", SAMPLERS, name, kwargs)
+    seed = kwargs.get("seed")
+    if seed is None:
+        return sampler
+    return TrialSeededSampler(
+        lambda s: _build("sampler", SAMPLERS, name, {**kwargs, "seed": s}), seed
+    )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A 32-bit seed for trial ``number`` of a study seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A seeded sampler made anew for every trial with the seed ``trial_seed(seed, number)``.
+
+    A sampler rebuilt with the same seed in every new process replays the start of its random
+    sequence, so a study resumed by a second ``search run`` would redraw its first trials.
+    Seeding by trial number instead makes trial k's draw depend only on the study seed, k and
+    the trials before it: 3 + 3 trials draw what 6 in one go draw, and workers running side by
+    side (different trial numbers) draw different configurations. Only the public sampler
+    interface is used; the samplers keep their state in the study (TPE, CMA-ES, grid).
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    @property
+    def inner(self) -> optuna.samplers.BaseSampler:
+        return self._inner
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        with warnings.catch_warnings():  # e.g. TPE's multivariate flag, once per trial
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._inner = self._make(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def create_pruner(table: dict[str, Any], *, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any
+
+from search.values import parse_assignments
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
@@ -19,34 +22,11 @@ class Terminated(KeyboardInterrupt):
     reason = "terminated by SIGTERM"
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``optim.lr=1e-3`` -> ("optim.lr", 0.001); values are Python/TOML-like literals."""
-    from trainer import check_key
-
-    if "=" not in text:
-        raise ValueError(f"--set expects KEY=VALUE, e.g. optim.lr=1e-3, but got {text!r}")
-    key, raw = (part.strip() for part in text.split("=", 1))
-    check_key(key)
-    return key, parse_value(raw)
-
-
-def parse_value(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return raw  # a bare word such as adam or resnet18
-
-
-def parse_assignments(items: list[str] | None) -> dict[str, Any]:
-    return dict(parse_assignment(item) for item in items or [])
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    started = time.monotonic()  # the wall-clock budget counts from here
+    from search.budget import resolve_budget
     from search.run import plan_run, run_study
     from search.studyfile import load_study
     from search.summary import print_summary
@@ -56,6 +36,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, but got {args.threads}")
     spec = load_study(args.study)
+    budget = resolve_budget(
+        spec.budget,
+        where=str(spec.path),
+        wall=args.budget,
+        max_trial_minutes=args.max_trial_minutes,
+    )
+    if args.trials is None and budget.wall_seconds is None:
+        raise ValueError(
+            "--trials N is needed unless a wall-clock budget is given "
+            "(--budget 30m, or budget.wall in the study file)"
+        )
     enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
     plan = plan_run(
         spec,
@@ -63,15 +54,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fixed=parse_assignments(args.set),
         enqueue=enqueue,
         data_root=args.data,
+        force=args.force,
     )
-    if args.trials < 1:
+    if args.dry_run:
+        from search.run import dry_run
+        from search.summary import print_dry_run
+
+        print_dry_run(plan, dry_run(plan))
+        return 0
+    if args.trials is not None and args.trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {args.trials}")
     from search import storage as storage_mod
     from search.progress import Progress
 
     storage_mod.check_workers(plan.url, args.workers)
     if args.workers > 1:
-        return _run_workers(args, plan)
+        return _run_workers(args, plan, budget=budget, started=started)
     if args.worker_child:
         from search.workers import watch_parent
 
@@ -87,39 +85,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress=Progress(quiet=args.quiet),
         options=options,
         announce=not args.worker_child,
+        budget=budget,
+        started=started,
     )
     if not args.worker_child:
         print_summary(study, plan.url)
     return 0
 
 
-def _run_workers(args: argparse.Namespace, plan) -> int:
+def _run_workers(args: argparse.Namespace, plan, *, budget, started: float) -> int:
     """--workers K: create the study here, then K worker processes fill it."""
+    import time
+
     from search import storage as storage_mod
-    from search.run import prepare_study
+    from search.run import UNLIMITED, prepare_study
     from search.summary import print_summary
     from search.workers import SlotClaimer, WorkerOptions, launch
 
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
-        study, storage=storage, url=plan.url, n_trials=args.trials, options=WorkerOptions()
+        study,
+        storage=storage,
+        url=plan.url,
+        n_trials=args.trials if args.trials is not None else UNLIMITED,
+        options=WorkerOptions(),
     )
+    done = claimer.finished(claimer.counts())
     print(
-        f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {args.trials} "
-        f"trials finished; storage {storage_mod.mask_url(plan.url)}",
+        f"study {plan.spec.name!r}: {done}"
+        + (f" of {args.trials}" if args.trials is not None else "")
+        + f" trials finished; storage {storage_mod.mask_url(plan.url)}",
         file=sys.stderr,
     )
+    if budget.wall_seconds is not None:  # the workers get what is left of this command's
+        args.budget = f"{max(1.0, budget.wall_seconds - (time.monotonic() - started)):.1f}"
     code = launch(args, url=plan.url, workers=args.workers)
     if code in (EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED):
         if code != EXIT_USAGE:
             print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
         return code
     done = claimer.finished(claimer.counts())
-    if done < args.trials and args.timeout is None:
+    if (
+        args.trials is not None
+        and done < args.trials
+        and args.timeout is None
+        and not budget.wall_seconds
+    ):
         msg = f"error: the study holds {done} of {args.trials} finished trials; rerun to go on"
         print(msg, file=sys.stderr)
         return 1
     print_summary(study, plan.url)
+    return 0
+
+
+def _cmd_space(args: argparse.Namespace) -> int:
+    from search.spaceview import format_space, space_rows
+    from search.studyfile import load_study
+
+    spec = load_study(args.study)
+    print(format_space(spec, space_rows(spec, parse_assignments(args.set))))
     return 0
 
 
@@ -146,7 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     study, _ = load_existing_study(args.study, args.storage)
-    report = evaluate_trial(study, args.trial, data_root=args.data)
+    report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -185,11 +209,38 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         storage=args.storage,
         data_root=args.data,
         fixed=parse_assignments(args.set),
+        test=args.test,
     )
     study = run_ablation(plan, progress=Progress(quiet=args.quiet))
     from search.reports import print_ablation
 
     print_ablation(study)
+    return 0
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from search.confirm import plan_confirm, run_confirm
+    from search.progress import Progress
+    from search.reports import print_confirm
+
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for item in args.seeds for s in item.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--seeds takes integers, e.g. --seeds 11 12 13, but got {args.seeds}"
+            ) from None
+    plan = plan_confirm(
+        args.study,
+        storage=args.storage,
+        top=args.top,
+        repeats=args.repeats,
+        seeds=seeds,
+        tta=args.tta,
+        data_root=args.data,
+    )
+    print_confirm(run_confirm(plan, progress=Progress(quiet=args.quiet)))
     return 0
 
 
@@ -208,6 +259,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return launch(study=args.study, storage=args.storage, host=args.host, port=args.port)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from search.init import init_study
+
+    init_study(
+        args.folder,
+        name=args.name,
+        out=args.out,
+        wall=args.budget,
+        force=args.force,
+        remeasure=args.remeasure,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search", description="Hyperparameter search and ablation for image classifiers."
@@ -224,10 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="create or resume a study and run it to N finished trials")
     p.add_argument("--study", required=True, help="study file name (see `search list`)")
     p.add_argument(
-        "--trials", type=int, required=True, help="finished trials the study should hold"
+        "--trials",
+        type=int,
+        help="finished trials the study should hold (optional with a wall-clock budget)",
     )
     storage_arg(p)
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="wall-clock budget of this command, e.g. 30m, 2h, 45s or seconds: no trial starts "
+        "that cannot finish in the time left, and the running one stops at the deadline",
+    )
+    p.add_argument(
+        "--max-trial-minutes",
+        type=float,
+        metavar="M",
+        help="configurations estimated to take longer are not trained (pruned, over_budget)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
     p.add_argument(
         "--enqueue",
@@ -266,8 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="times a lost trial's parameters are run again (default 2)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything and print the first 3 configurations; train and write nothing",
+    )
+    p.add_argument(
+        "--force",
+        "--force-space",
+        dest="force",
+        action="store_true",
+        help="go on although the study's settings or space changed since it was created "
+        "(the change is recorded in the study's note)",
+    )
     p.add_argument("--worker-child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("space", help="the resolved search space of a study, parameter by parameter")
+    p.add_argument("--study", required=True, help="study file name (see `search list`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
+    p.set_defaults(func=_cmd_space)
 
     p = sub.add_parser("best", help="the best trial of a study")
     p.add_argument("--study", required=True)
@@ -286,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root, if it moved since the study ran")
     p.add_argument("--out", help="write the confusion matrix as a plotly HTML figure")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="evaluate on the validation split (default) or the held-out test split",
+    )
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
@@ -311,7 +414,27 @@ def build_parser() -> argparse.ArgumentParser:
     storage_arg(p)
     p.add_argument("--data", help="data root (overrides the study file)")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument(
+        "--test", action="store_true", help="also evaluate every run on the held-out test split"
+    )
     p.set_defaults(func=_cmd_ablate)
+
+    p = sub.add_parser(
+        "confirm", help="retrain the top configurations with fresh seeds; report on test"
+    )
+    p.add_argument("--study", required=True, help="the search study")
+    p.add_argument(
+        "--top", type=int, default=3, help="distinct configurations to confirm (default 3)"
+    )
+    p.add_argument("--repeats", type=int, help="runs per configuration (default 5)")
+    p.add_argument(
+        "--seeds", nargs="+", metavar="SEED", help="the seeds to use (default: fresh ones)"
+    )
+    p.add_argument("--tta", action="store_true", help="evaluate with 6 test-time views")
+    storage_arg(p)
+    p.add_argument("--data", help="data root, if it moved since the search ran")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=_cmd_confirm)
 
     p = sub.add_parser("export", help="tables and figures of a study and its ablation")
     p.add_argument("--study", required=True)
@@ -319,6 +442,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="md,csv,tex,html,json", help="comma-separated formats")
     storage_arg(p)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("init", help="write a study file that fits an image folder and this machine")
+    p.add_argument("folder", help="image folder (class subfolders, <label>_<id> files) or manifest")
+    p.add_argument("--name", help="study name (default: the folder's name)")
+    p.add_argument("--out", help="study file to write (default: studies/NAME.toml)")
+    p.add_argument(
+        "--budget",
+        default="10m",
+        help="the wall-clock budget the study is sized for: 10m, 2h, ... (default 10m)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing study file")
+    p.add_argument(
+        "--remeasure", action="store_true", help="probe training speed again, not from the cache"
+    )
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
     p.add_argument("--study", help="study whose storage and artifacts to browse")
@@ -329,6 +467,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning as one ``warning: ...`` line: no source path, no code line."""
+    text = (str(message).strip().splitlines() or [category.__name__])[0]
+    try:
+        print(f"warning: {text}", file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):  # a closed stream: a warning must never fail a command
+        pass
+
+
+# Library noise that says nothing a user can act on: Optuna's experimental-API notices, and
+# deprecation notices of torch / timm / torchvision internals.
+_IGNORED_WARNINGS = (
+    ("ignore", r".*is experimental", Warning, ""),
+    ("ignore", "", DeprecationWarning, r"(torch|timm|torchvision|optuna)(\.|$)"),
+    ("ignore", "", FutureWarning, r"(torch|timm|torchvision|optuna)(\.|$)"),
+)
+
+
+_LOGGERS = ("hpsearch", "trainer")
+
+
+class _LogLines(logging.StreamHandler):
+    """Our loggers' warnings and errors as ``warning: ...`` / ``error: ...`` lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property
+    def stream(self):  # whatever sys.stderr is now (tests swap it)
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = (record.getMessage().strip().splitlines() or [""])[0]
+        return f"{record.levelname.lower()}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
@@ -337,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    saved_warnings = warnings.showwarning, list(warnings.filters)
+    warnings.showwarning = _show_warning
+    for action, message, category, module in _IGNORED_WARNINGS:
+        warnings.filterwarnings(action, message=message, category=category, module=module)
+    handler = _LogLines()
+    for name in _LOGGERS:
+        logging.getLogger(name).addHandler(handler)
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
@@ -373,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.showwarning = saved_warnings[0]
+        warnings.filters[:] = saved_warnings[1]
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
 
 
 if __name__ == "__main__":

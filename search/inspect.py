@@ -11,6 +11,9 @@ import torch
 from optuna.trial import TrialState
 
 import trainer
+from search.splits import ATTR as SPLITS_ATTR
+from search.splits import check_splits, require_test
+from trainer.data import load_test
 from trainer.evaluate import confusion_matrix, per_class_accuracy, predict_logits
 
 
@@ -60,8 +63,19 @@ def load_trained(
 
 
 def evaluate_trial(
-    study: optuna.Study, number: int | None = None, *, data_root: str | None = None
+    study: optuna.Study,
+    number: int | None = None,
+    *,
+    data_root: str | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
+    """Confusion matrix and per-class accuracy of a trial's checkpoint on ``split`` (val, or
+    test: refused for a study without a test split or with one that changed since)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, but got {split!r}")
+    recorded = study.user_attrs.get(SPLITS_ATTR)
+    if split == "test":
+        require_test(recorded, study=study.study_name)  # before loading any weights or data
     trial = pick_trial(study, number)
     model, meta = load_trained(checkpoint_of(trial, study.study_name))
     flat = dict(meta["config"])
@@ -69,9 +83,13 @@ def evaluate_trial(
         flat["data.root"] = str(Path(data_root).expanduser().resolve())
     cfg = trainer.TrainConfig.from_flat({**flat, "model.pretrained": None})
     data = trainer.load_data(cfg.data)
-    logits = predict_logits(model, data.x_val, mean=meta["mean"], std=meta["std"])
+    x, y = data.x_val, data.y_val
+    if split == "test":
+        check_splits(recorded, cfg.data, study=study.study_name, need_test=True)
+        x, y = load_test(cfg.data)
+    logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"])
     pred = logits.argmax(1)
-    cm = confusion_matrix(data.y_val, pred, data.num_classes)
+    cm = confusion_matrix(y, pred, data.num_classes)
     acc = per_class_accuracy(cm)
     rows = sorted(
         (
@@ -88,7 +106,8 @@ def evaluate_trial(
     return {
         "study": study.study_name,
         "trial": trial.number,
-        "accuracy": float((pred == data.y_val).double().mean()),
+        "split": split,
+        "accuracy": float((pred == y).double().mean()),
         "classes": data.class_names,
         "confusion": cm.tolist(),
         "per_class": rows,
@@ -110,8 +129,8 @@ def confusion_figure(report: dict[str, Any]):
     names = report["classes"]
     fig = go.Figure(go.Heatmap(z=report["confusion"], x=names, y=names, colorscale="Blues"))
     fig.update_layout(
-        title=f"{report['study']} trial {report['trial']}: confusion matrix "
-        f"(accuracy {report['accuracy']:.4f})",
+        title=f"{report['study']} trial {report['trial']}: confusion matrix on "
+        f"{report.get('split', 'val')} (accuracy {report['accuracy']:.4f})",
         xaxis_title="predicted",
         yaxis_title="true",
         yaxis_autorange="reversed",
@@ -120,9 +139,10 @@ def confusion_figure(report: dict[str, Any]):
 
 
 def print_evaluation(report: dict[str, Any], *, limit: int = 20) -> None:
+    which = {"val": "validation", "test": "test"}[report.get("split", "val")]
     print(
         f"study {report['study']} trial {report['trial']}: "
-        f"validation accuracy {report['accuracy']:.4f} over {len(report['classes'])} classes"
+        f"{which} accuracy {report['accuracy']:.4f} over {len(report['classes'])} classes"
     )
     print(f"{'class':<20} {'accuracy':>9} {'images':>7}  most confused with")
     for row in report["per_class"][:limit]:

@@ -134,3 +134,15 @@ def _confusion_csv(
     rows += [f"{names[i]}," + ",".join(str(int(v)) for v in cm[i]) for i in range(len(names))]
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def study_changes_note(study: optuna.Study, changes: list[dict[str, Any]]) -> None:
+    """The study's dashboard note: every settings change forced into it, in order."""
+    lines = ["Settings changed with `search run --force` (trials before each line ran with the older settings):", ""]  # fmt: skip
+    lines += [f"- before trial {c['from_trial']}: {'; '.join(c['changes'])}" for c in changes]
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(study, "\n".join(lines))
+    except Exception as exc:  # the dashboard extras must never cost a run
+        log.warning("could not write the study note for the dashboard: %s", exc)

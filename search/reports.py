@@ -1,6 +1,7 @@
 """Tables and figures computed from storage alone: ablation tables (seed layouts, repeats and
-confidence intervals), the trials table, expected best accuracy after k trials, parameter
-importances, and plotly figures. ``search export`` writes them; nothing re-trains."""
+confidence intervals), the final-results table of ``search confirm``, the trials table,
+expected best accuracy after k trials, parameter importances, and plotly figures.
+``search export`` writes them; nothing re-trains."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from optuna.trial import TrialState
 
 from search import storage as storage_mod
 from search.ablate import collect_runs, companion_name
+from search.confirm import collect_confirm, confirm_name
 from search.stats import mean_ci
 from search.tables import (
     Table,
     expected_max_table,
     factor_table,
+    final_results_table,
     loss_table,
     slugify,
     write_tables,
@@ -141,6 +144,85 @@ def ablation_note(companion: optuna.Study) -> str:
     return "\n\n".join(parts)
 
 
+def final_table(companion: optuna.Study, configs: list[dict[str, Any]] | None = None) -> Table:
+    """The final-results table of a ``<study>.confirm`` companion, from storage alone."""
+    configs = collect_confirm(companion) if configs is None else configs
+    attrs = companion.user_attrs
+    tta = " with test-time augmentation" if attrs.get("tta") else ""
+    table = final_results_table(
+        configs,
+        search_trials=attrs.get("search_trials"),
+        title=f"{attrs.get('confirm_of', '?')}: final results{tta}",
+    )
+    diverged = sum(c.get("diverged", 0) for c in configs)
+    if diverged:
+        table.notes.append(f"{diverged} run(s) diverged (non-finite loss) and are not in n.")
+    split = attrs.get("data_splits", {})
+    if split:
+        counts = ", ".join(f"{k} {v['count']}" for k, v in split.items())
+        source = split.get("test", {}).get("source")
+        table.notes.append(
+            f"Images per split: {counts}" + (f" (test: {source})." if source else ".")
+        )
+    return table
+
+
+def print_confirm(companion: optuna.Study) -> None:
+    """Print the final-results table and store it as the companion study's dashboard note."""
+    table = final_table(companion)
+    print()
+    print(table.to_markdown())
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(companion, table.to_markdown())
+    except Exception as exc:  # the note is a convenience; the table is printed anyway
+        log.warning("could not store the final-results note: %s", exc)
+
+
+def confirm_figure(configs: list[dict[str, Any]], *, title: str = "Confirmed runs"):
+    """Validation and test accuracy side by side: a point per seed, and per configuration
+    the mean with 95% CI whiskers."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1, cols=2, shared_yaxes=True, subplot_titles=("validation", "test (held out)")
+    )
+    names = [f"#{c['rank']} trial {c['trial']}" for c in configs]
+    for col, key in ((1, "val_acc"), (2, "test_acc")):
+        for c, name in zip(configs, names, strict=True):
+            runs = [r for r in c["runs"] if r.get(key) is not None]
+            fig.add_scatter(
+                x=[name] * len(runs),
+                y=[r[key] * 100 for r in runs],
+                mode="markers",
+                marker={"size": 7, "opacity": 0.55, "color": "#1f77b4"},
+                text=[f"seed {r['seed']}" for r in runs],
+                hovertemplate="%{x}<br>%{text}: %{y:.2f}%<extra></extra>",
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+            if not runs:
+                continue
+            est = mean_ci([r[key] for r in runs])
+            err = 0.0 if math.isnan(est.half_width) else est.half_width * 100
+            fig.add_scatter(
+                x=[name],
+                y=[est.mean * 100],
+                mode="markers",
+                marker={"size": 13, "symbol": "diamond", "color": "#d62728"},
+                error_y={"type": "data", "array": [err], "thickness": 2, "width": 10},
+                hovertemplate=f"%{{x}}<br>mean %{{y:.2f}}% ± {err:.2f} (n={est.n})<extra></extra>",
+                showlegend=False,
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_layout(title=f"{title}: points per seed, mean ± 95% CI")
+    return fig
+
+
 def _load(name: str, url: str) -> optuna.Study | None:
     store = storage_mod.open_storage(url)
     names = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
@@ -159,6 +241,7 @@ def export_study(name: str, *, storage: str | None, out_dir: str, formats: list[
         study = None  # an ablation without a search study of its own
         _, url = load_existing_study(companion_name(name), storage)
     companion = _load(companion_name(name), url)
+    confirmed = _load(confirm_name(name), url)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory")
@@ -168,13 +251,22 @@ def export_study(name: str, *, storage: str | None, out_dir: str, formats: list[
     arms = collect_runs(companion) if companion is not None else []  # read storage once
     if companion is not None:
         tables += ablation_tables(companion, arms)
+    configs = collect_confirm(confirmed) if confirmed is not None else []
+    if confirmed is not None and configs:
+        tables.insert(0, final_table(confirmed, configs))
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(tables, out, formats)
-    written += write_figures(study, arms, out / "figures")
+    written += write_figures(study, arms, out / "figures", confirmed=configs)
     return written
 
 
-def write_figures(study: optuna.Study | None, arms: list[dict[str, Any]], out: Path) -> list[Path]:
+def write_figures(
+    study: optuna.Study | None,
+    arms: list[dict[str, Any]],
+    out: Path,
+    *,
+    confirmed: list[dict[str, Any]] | None = None,
+) -> list[Path]:
     import optuna.visualization as vis
 
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +287,8 @@ def write_figures(study: optuna.Study | None, arms: list[dict[str, Any]], out: P
         figs[f"ablation-curves-{factor}"] = fig
     for factor, fig in ablation_bar_figures(arms).items():
         figs[f"ablation-bars-{factor}"] = fig
+    if confirmed:
+        figs["confirmed-runs"] = confirm_figure(confirmed)
     written = []
     for name, fig in figs.items():
         path = out / f"{slugify(name)}.html"

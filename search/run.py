@@ -23,10 +23,13 @@ from optuna.trial import TrialState
 import spaces
 import trainer
 from search import storage as storage_mod
-from search.algorithms import create_pruner, create_sampler
-from search.objective import Objective
+from search.algorithms import TrialSeededSampler, create_pruner, create_sampler
+from search.budget import Budget, CostModel, fmt_duration
+from search.objective import NoTimeLeft, Objective
+from search.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.splits import record_splits
 from search.studyfile import StudySpec
 from search.workers import (
     CHILD_ENV,
@@ -42,6 +45,8 @@ from trainer._registry import unknown_name_error
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
 MAX_CONSECUTIVE_FAILURES = 3
+MAX_MISFITS = 3  # drawn configurations in a row too long for the budget left: the run ends
+UNLIMITED = 2**62  # trial slots when only the wall-clock budget ends the run
 
 
 @dataclass
@@ -54,6 +59,9 @@ class Plan:
     fixed: dict[str, Any]
     enqueue: list[dict[str, Any]]
     preview: trainer.TrainConfig
+    space: spaces.SearchSpace
+    problem: dict[str, Any]  # what the study measures (search.problem)
+    force: bool = False  # go on although the problem changed, recording the change
 
 
 def plan_run(
@@ -63,30 +71,60 @@ def plan_run(
     fixed: dict[str, Any] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
     data_root: str | None = None,
+    force: bool = False,
 ) -> Plan:
-    """Validate the study, overrides, storage and data before any trial or table is written."""
+    """Validate the study, overrides, storage and data before any trial or table is written:
+    also that every backbone the space can draw builds and runs at the image size, and that an
+    existing study of this name measures the same problem."""
     url = storage_mod.resolve_url(storage, spec.storage)
     storage_mod.check_url(url)
     storage_mod.check_study_name(spec.name)
-    spaces.get_space(spec.space)
+    space = spaces.resolve_space(spec.search_space)
     base = spec.base_config(data_root=data_root)
     spec.check_data_root(base)
     pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
     source = pinned.get("model.pretrained")
     if isinstance(source, str) and source != "imagenet":
         trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
-    cfg, _ = spaces.build_config(spec.space, None, base=base, fixed=pinned)
+    cfg, _ = spaces.build_config(space, None, base=base, fixed=pinned)
     for key, value in pinned.items():
         if key == "model.backbone":
             trainer.check_backbone(value)
     _check_names(cfg)
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
     for item in queue:
-        _check_names(spaces.build_config(spec.space, None, base=base, fixed={**pinned, **item})[0])
+        _check_names(spaces.build_config(space, None, base=base, fixed={**pinned, **item})[0])
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
-    trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
-    return Plan(spec, url, base, pinned, queue, cfg)
+    data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
+    for backbone in _backbones(space, cfg, pinned=pinned, base=base, queue=queue):
+        trainer.check_model(cfg.replace({"model.backbone": backbone}), data)
+    problem = describe_problem(
+        cfg, data, metric=spec.metric, direction=spec.direction, space=spec.space,
+        params=spec.raw_params,
+    )  # fmt: skip
+    if not force:
+        check_problem(stored_problem(url, spec.name), problem, study=spec.name)
+    return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
+
+
+def _backbones(
+    space: spaces.SearchSpace,
+    cfg: trainer.TrainConfig,
+    *,
+    pinned: dict[str, Any],
+    base: dict[str, Any],
+    queue: list[dict[str, Any]],
+) -> list[str]:
+    """Every backbone a trial of this study can get: drawn by the space, pinned, enqueued."""
+    if "model.backbone" in pinned:
+        return [pinned["model.backbone"]]
+    seen: dict[str, spaces.Traced] = {}
+    spaces.trace(space, fixed=pinned, base=base, seen=seen)
+    drawn = seen.get("model.backbone")
+    names = list(drawn.choices) if drawn is not None and drawn.kind == "choice" else []
+    names += [item["model.backbone"] for item in queue if "model.backbone" in item]
+    return list(dict.fromkeys(names or [cfg.model.backbone]))
 
 
 def _check_names(cfg: trainer.TrainConfig) -> None:
@@ -114,8 +152,10 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])
-    study.set_user_attr("space", spec.space)
+    study.set_user_attr("space", plan.space.name)
     study.set_user_attr("study_file", str(spec.path))
+    record_problem(study, plan.problem, forced=plan.force)
+    record_splits(study, plan.preview.data)  # search confirm refuses data changed since
     return study
 
 
@@ -138,56 +178,83 @@ def finished_count(study: optuna.Study) -> int:
 def run_study(
     plan: Plan,
     *,
-    n_trials: int,
+    n_trials: int | None,
     timeout: float | None = None,
     progress: Progress | None = None,
     options: WorkerOptions | None = None,
     announce: bool = True,
+    budget: Budget | None = None,
+    started: float | None = None,
 ) -> optuna.Study:
     """Run until the study holds ``n_trials`` finished (complete + pruned) trials, counting
-    those of every other worker on the same storage; never more."""
-    if n_trials < 1:
+    those of every other worker on the same storage; never more. With a wall-clock budget
+    (``budget.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
+    also ends when it is spent: no trial starts that its estimate says cannot finish in the
+    time left, and the running one stops at its next step. Without ``n_trials`` the budget
+    alone ends the run."""
+    budget = budget or Budget()
+    if n_trials is None and budget.wall_seconds is None:
+        raise ValueError("--trials N is needed unless a wall-clock budget is given (--budget 30m)")
+    if n_trials is not None and n_trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
+    started = time.monotonic() if started is None else started
+    wall_end = started + budget.wall_seconds if budget.wall_seconds is not None else None
     options = options or WorkerOptions()
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
     storage, study = prepare_study(plan)
     ckpt_dir = storage_mod.artifact_dir(plan.url, plan.spec.name) / "checkpoints"
     objective = Objective(
-        space=plan.spec.space,
+        space=plan.space,
         base=plan.base,
         fixed=plan.fixed,
         checkpoint_dir=ckpt_dir,
         progress=progress,
         artifact_root=storage_mod.artifact_store_dir(plan.url),
+        budget=budget,
+        cost=CostModel(study, url=plan.url) if budget.costed else None,
+        deadline=wall_end,
     )
     progress.wanted = n_trials
-    if os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url):
-        # Workers run side by side here: with one seed they would all propose the same
-        # parameters, so each draws from its own random stream.
+    progress.start(started=started, wall_seconds=budget.wall_seconds)
+    if not isinstance(study.sampler, TrialSeededSampler) and (
+        os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
+    ):
+        # An unseeded sampler: make sure workers started together do not share a stream.
         study.sampler.reseed_rng()
     claimer = SlotClaimer(
         study,
         storage=storage,
         url=plan.url,
-        n_trials=n_trials,
+        n_trials=n_trials if n_trials is not None else UNLIMITED,
         options=options,
         checkpoint_dir=ckpt_dir,
         say=progress.message,
     )
     if announce:
+        done = claimer.finished(claimer.counts())
+        wanted = f"{done} of {n_trials}" if n_trials is not None else f"{done}"
+        wall = budget.wall_seconds
         progress.message(
-            f"study {plan.spec.name!r}: {claimer.finished(claimer.counts())} of {n_trials} "
-            f"trials finished; storage {storage_mod.mask_url(plan.url)}"
+            f"study {plan.spec.name!r}: {wanted} trials finished"
+            + (f"; wall-clock budget {fmt_duration(wall)}" if wall is not None else "")
+            + f"; storage {storage_mod.mask_url(plan.url)}"
         )
     deadline = time.monotonic() + timeout if timeout else None
-    failures, waiting = 0, False
+    failures, misfits, waiting = 0, 0, False
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             done = claimer.finished(claimer.counts())
-            progress.message(f"timeout reached with {done} of {n_trials} trials finished")
+            progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
+            break
+        if wall_end is not None and time.monotonic() >= wall_end:
+            done = claimer.finished(claimer.counts())
+            progress.message(
+                f"budget: {fmt_duration(budget.wall_seconds)} spent with {_of(done, n_trials)} "
+                "trials finished; rerun with a new --budget to go on"
+            )
             break
         claimed = claimer.claim()
         if claimed == "done":
@@ -205,6 +272,18 @@ def run_study(
         last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
         if last is None:  # a late result, discarded
             continue
+        if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
+            misfits += 1
+            progress.message(f"trial {last.number} {last.user_attrs['reason']}")
+            if misfits >= MAX_MISFITS:
+                progress.message(
+                    f"budget: {misfits} configurations in a row cannot finish in the "
+                    f"{fmt_duration(wall_end - time.monotonic())} left; rerun with a new "
+                    "--budget to go on"
+                )
+                break
+            continue
+        misfits = 0
         failures = failures + 1 if last.state == TrialState.FAIL else 0
         done = claimer.finished(claimer.counts())
         progress.trial_end(done, describe_trial(last), describe_best(study))
@@ -245,6 +324,8 @@ def _run_claimed(
             state = TrialState.PRUNED
         except optuna.exceptions.UpdateFinishedTrialError:
             return _discard(number, objective, options, progress)
+        except NoTimeLeft:
+            state = TrialState.FAIL  # not run; FAIL is what samplers ignore (neither good nor bad)
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, wherever in the trial it landed
             with signals_ignored():
                 mark_interrupted(trial, exc)  # also after training, over its status and reason
@@ -297,6 +378,10 @@ def _discard(number: int, objective: Objective, options: WorkerOptions, progress
     return None
 
 
+def _of(done: int, wanted: int | None) -> str:
+    return f"{done} of {wanted}" if wanted is not None else str(done)
+
+
 def describe_trial(t: optuna.trial.FrozenTrial) -> str:
     attrs = t.user_attrs
     epochs = attrs.get("epochs_run", len(t.intermediate_values))
@@ -324,3 +409,22 @@ def _prune_checkpoints(study: optuna.Study) -> None:
         path = t.user_attrs.get("checkpoint")
         if path:
             Path(path).unlink(missing_ok=True)  # another local worker may have been first
+
+
+def dry_run(plan: Plan, n: int = 3) -> list[dict[str, Any]]:
+    """The parameters of the first ``n`` trials of a fresh study (the queue first), drawn in
+    memory: nothing is trained and no storage is touched."""
+    optuna.logging.set_verbosity(logging.ERROR)
+    study = optuna.create_study(
+        sampler=create_sampler(plan.spec.sampler), direction=plan.spec.direction
+    )
+    for params in plan.enqueue:
+        study.enqueue_trial(params, user_attrs={"enqueued": params})
+    drawn = []
+    for _ in range(n):
+        trial = study.ask()
+        _, params = spaces.build_config(plan.space, trial, base=plan.base, fixed=plan.fixed)
+        enqueued = trial.user_attrs.get("enqueued", {})
+        drawn.append({**params, **{k: v for k, v in enqueued.items() if k not in params}})
+        study.tell(trial, state=TrialState.FAIL)
+    return drawn

@@ -14,6 +14,7 @@ from typing import Any
 
 import tomllib
 
+import spaces
 from trainer import DataConfig, check_key
 from trainer._registry import unknown_name_error
 
@@ -31,10 +32,16 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "sampler": dict,
     "pruner": dict,
     "fixed": dict,
+    "params": dict,
     "enqueue": list,
     "ablation": dict,
 }
-_BUDGET_KEYS = {"epochs": int, "patience": int}
+_BUDGET_KEYS = {
+    "epochs": int,
+    "patience": int,
+    "max_trial_minutes": (int, float),
+    "wall": (str, int, float),
+}
 # data keys beyond DataConfig's fields: an environment variable that overrides root
 _DATA_EXTRA_KEYS = {"root_env": str}
 
@@ -43,7 +50,7 @@ _DATA_EXTRA_KEYS = {"root_env": str}
 class StudySpec:
     name: str
     path: Path
-    space: str
+    space: str | None  # a registered base space; None when [params] is the whole space
     description: str = ""
     metric: str = "val_acc"
     direction: str = "maximize"
@@ -56,6 +63,12 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # dotted keys pinned for every trial
     enqueue: tuple[dict[str, Any], ...] = ()  # baseline configurations run first
     ablation: dict[str, Any] = field(default_factory=dict)
+    params: tuple[spaces.Param, ...] = ()  # the [params] table, in file order
+    raw_params: dict[str, Any] = field(default_factory=dict)  # as written, for the record
+
+    @property
+    def search_space(self) -> spaces.SearchSpace:
+        return spaces.SearchSpace(self.space, self.params)
 
     def base_config(self, *, data_root: str | None = None) -> dict[str, Any]:
         """The study's dotted settings: data section and budget (before the space draws)."""
@@ -160,12 +173,24 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
     direction = raw.get("direction", "maximize")
     if direction not in ("maximize", "minimize"):
         raise unknown_name_error("direction", direction, ["maximize", "minimize"])
-    if "space" not in raw:
-        raise ValueError(f'{where}: the study file needs a space, e.g. space = "default"')
+    if "space" not in raw and "params" not in raw:
+        raise ValueError(
+            f'{where}: the study file needs a space (e.g. space = "default") or a [params] table'
+        )
+    params = _in_file(where, "", lambda: spaces.parse_params(raw.get("params", {})))
+    for p in params:
+        if p.key in fixed:
+            raise ValueError(
+                f"{where}: {p.key!r} is both in [params] and in [fixed]; keep one of them"
+            )
+    space = spaces.SearchSpace(raw.get("space"), params)
+    _in_file(where, "", lambda: spaces.resolve_space(space))
+    settings = {f"data.{k}": v for k, v in data.items()}
+    _in_file(where, "", lambda: spaces.check_space(space, fixed=dict(fixed), base=settings))
     return StudySpec(
         name=raw.get("name", path.stem),
         path=path,
-        space=raw["space"],
+        space=raw.get("space"),
         description=raw.get("description", ""),
         metric=raw.get("metric", "val_acc"),
         direction=direction,
@@ -178,6 +203,8 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
         fixed=dict(fixed),
         enqueue=tuple(dict(e) for e in enqueue),
         ablation=dict(raw.get("ablation", {})),
+        params=params,
+        raw_params=dict(raw.get("params", {})),
     )
 
 
@@ -218,11 +245,12 @@ def _check_keys(table: dict[str, Any], schema: dict[str, type], where: str) -> N
             )
 
 
-def _in_file(where: str, section: str, check) -> None:
+def _in_file(where: str, section: str, check):
     try:
-        check()
-    except ValueError as exc:
-        raise ValueError(f"{where} {section}: {exc}") from None
+        return check()
+    except (ValueError, TypeError) as exc:
+        prefix = f"{where} {section}:" if section else f"{where}:"
+        raise type(exc)(f"{prefix} {exc}") from None
 
 
 def _resolve_relative(root: str, study_path: Path) -> Path:

@@ -104,7 +104,7 @@ def print_list(storage: str | None) -> None:
         try:
             spec = load_study(name)
             desc = spec.description.splitlines()[0] if spec.description else ""
-            print(f"  {name:<18} space={spec.space:<9} {desc}")
+            print(f"  {name:<18} space={spec.search_space.name:<9} {desc}")
         except (ValueError, TypeError) as exc:
             print(f"  {name:<18} (invalid: {exc})")
     url = storage_mod.resolve_url(storage)
@@ -123,3 +123,19 @@ def print_list(storage: str | None) -> None:
 
 
 __all__ = ["best_record", "load_existing_study", "print_best", "print_list", "print_summary"]
+
+
+def print_dry_run(plan, drawn: list[dict[str, Any]]) -> None:
+    """What ``search run --dry-run`` shows: the first configurations, nothing trained."""
+    print(
+        f"dry run of study {plan.spec.name!r} (space {plan.space.name}): the first "
+        f"{len(drawn)} configurations a new study would train; nothing was trained or written"
+    )
+    for i, params in enumerate(drawn):
+        print(f"  trial {i}:")
+        for key, value in params.items():
+            print(
+                f"    {key:<22} {value:.4g}"
+                if isinstance(value, float)
+                else f"    {key:<22} {value}"
+            )

@@ -33,6 +33,7 @@ __all__ = [
     "Table",
     "expected_max_table",
     "factor_table",
+    "final_results_table",
     "latex_escape",
     "loss_table",
     "parse_formats",
@@ -51,6 +52,7 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "epochs_run": ("Epochs run", 1.0, 1),
 }
 DELTA_LABEL = "Δ final val acc vs baseline (p)"
+TEST_METRIC = ("Test accuracy (held out)", 100.0, 2)
 
 # A cell is right-aligned when it reads as a number or an estimate ("-0.5 ± 0.1", "—", "n/a").
 _NUMERIC = re.compile(r"^\s*(?:[-+]?(?:\d|\.\d)|[-+]?inf|nan|—|n/a)", re.IGNORECASE)
@@ -449,7 +451,10 @@ def factor_table(
 
     rows: list[list[str]] = []
     raw: list[list[Any]] = []
-    for key, (label, scale, decimals) in METRICS.items():
+    metrics = dict(METRICS)
+    if any(run.get("test_acc") is not None for v in values for run in runs[v]):
+        metrics["test_acc"] = TEST_METRIC  # search ablate --test: the same runs on test
+    for key, (label, scale, decimals) in metrics.items():
         row, raw_row = [label], [label]
         for v in values:
             est = mean_ci(_metric_values(runs[v], key), confidence=confidence)
@@ -548,3 +553,110 @@ def expected_max_table(
             '"Show Your Work").'
         ],
     )
+
+
+def final_results_table(
+    configs: Sequence[Mapping[str, Any]],
+    *,
+    search_trials: int | None = None,
+    confidence: float = 0.95,
+    title: str = "Final results",
+) -> Table:
+    """The numbers to publish, one row per confirmed configuration.
+
+    ``configs`` (in search rank order): ``{"label": str, "search_value": float | None,
+    "runs": [{"seed": int, "val_acc": float, "test_acc": float}, ...]}`` and optionally a
+    short ``"name"`` for the notes. Columns: the
+    search's validation accuracy (the value the configuration was selected on, so biased
+    upwards), the confirmed validation and test mean ± t interval over the retrained runs, n,
+    and the paired difference (by seed) in validation and test accuracy to the configuration
+    to publish, with two-sided paired t-test p-values. The configuration to publish is the one
+    with the best confirmed *validation* mean: choosing by test mean would select on the
+    test set and make it optimistic too.
+    """
+    if not configs:
+        raise ValueError("final_results_table needs at least one configuration, but got none")
+    level = _level(confidence)
+    ests = []
+    for c in configs:
+        runs = list(c.get("runs", []))
+        ests.append(
+            (
+                mean_ci(_metric_values(runs, "val_acc"), confidence=confidence),
+                mean_ci(_metric_values(runs, "test_acc"), confidence=confidence),
+            )
+        )
+    scored = [i for i, (v, _) in enumerate(ests) if v.n > 0]
+    publish = max(scored, key=lambda i: (ests[i][0].mean, -i)) if scored else None
+
+    def by_seed(runs: Iterable[Run], key: str) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for run in runs:
+            value = run.get(key)
+            if value is not None and math.isfinite(float(value)):
+                out[int(run["seed"])] = float(value)
+        return out
+
+    headers = [
+        "Configuration",
+        "Search val acc (selection)",
+        "Confirmed val acc",
+        "Test acc",
+        "n",
+        "Δ val vs published (p)",
+        "Δ test vs published (p)",
+    ]
+    rows: list[list[str]] = []
+    raw: list[list[Any]] = []
+    for i, c in enumerate(configs):
+        val, test = ests[i]
+        label = str(c["label"]) + (" [publish]" if i == publish else "")
+        sv = c.get("search_value")
+        row = [
+            label,
+            "—" if sv is None else f"{sv * 100:.2f}",
+            val.format(scale=100.0, show_n=False),
+            test.format(scale=100.0, show_n=False),
+            str(val.n),
+        ]
+        raw_row: list[Any] = [
+            label,
+            None if sv is None else sv * 100,
+            val.to_dict(scale=100.0),
+            test.to_dict(scale=100.0),
+            val.n,
+        ]
+        for key in ("val_acc", "test_acc"):
+            if publish is None or i == publish:
+                row.append("—")
+                raw_row.append(None)
+                continue
+            mine = by_seed(c["runs"], key)
+            base = by_seed(configs[publish]["runs"], key)
+            shared = sorted(set(mine) & set(base))
+            diff = paired_difference(
+                [mine[s] for s in shared], [base[s] for s in shared], confidence=confidence
+            )
+            row.append(diff.format(scale=100.0, decimals=2))
+            raw_row.append(diff.to_dict(scale=100.0))
+        rows.append(row)
+        raw.append(raw_row)
+    selected = f"the best of {search_trials} search trials" if search_trials else "search trials"
+    notes = [
+        f"Search val acc: {selected} on the validation split, the very value the "
+        "configuration was selected on, so it is biased upwards; not a result to publish.",
+        f"Confirmed: each configuration retrained with fresh seeds (same train split, budget "
+        f"and early stopping), each run evaluated once on validation and once on the held-out "
+        f"test split; mean ± {level} t confidence interval over n runs; accuracies in %.",
+        "Δ: difference to the published configuration, paired by seed; p from a two-sided "
+        "paired t-test.",
+    ]
+    if publish is not None:
+        val, test = ests[publish]
+        name = configs[publish].get("name", configs[publish]["label"])
+        notes.append(
+            f"Publish {name}: the best confirmed validation mean (chosen on validation, not "
+            f"on test); its test accuracy is {test.format(scale=100.0, show_n=False)} % "
+            f"(n={test.n})."
+        )
+    return Table(title=title, headers=headers, rows=rows, raw=raw, notes=notes)

@@ -451,9 +451,15 @@ def gpu_ids() -> list[str]:
 def child_argv(args: Any, *, threads: int) -> list[str]:
     """The ``search run`` command line of a worker process. The storage URL travels in the
     environment, never on a command line that ``ps`` shows to every user."""
-    argv = ["run", "--study", args.study, "--trials", str(args.trials), "--worker-child"]
+    argv = ["run", "--study", args.study, "--worker-child"]
+    if args.trials is not None:
+        argv += ["--trials", str(args.trials)]
     if args.timeout is not None:
         argv += ["--timeout", str(args.timeout)]
+    if getattr(args, "budget", None) is not None:
+        argv += ["--budget", str(args.budget)]
+    if getattr(args, "max_trial_minutes", None) is not None:
+        argv += ["--max-trial-minutes", str(args.max_trial_minutes)]
     for item in args.set or []:
         argv += ["--set", item]
     for item in args.enqueue or []:

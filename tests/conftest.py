@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -78,3 +79,24 @@ name = "none"
 "optim.name" = "adam"
 "data.batch_size" = 128
 """
+
+
+# Python's default warning format ("path/to/file.py:326: SomeWarning: ...") or a traceback
+# line must never reach a user: every command prints warnings as one "warning: ..." line.
+_SOURCE_LINE = re.compile(r"\S+\.py:\d+: \w*(Warning|Error)\b|^\s*File \".+\.py\", line \d+")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.passed:
+        return
+    for title, text in report.sections:
+        if not title.startswith("Captured std"):
+            continue
+        for line in text.splitlines():
+            if _SOURCE_LINE.search(line):
+                report.outcome = "failed"
+                report.longrepr = f"output shows a source path with a line number ({title}): {line}"
+                return

@@ -17,6 +17,7 @@ from trainer.loop import NullReporter, Reporter, TrainResult, build_model, selec
 from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
+from trainer.preflight import check_model
 from trainer.throughput import Throughput, measure_throughput
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "build_model",
     "check_backbone",
     "check_key",
+    "check_model",
     "config_keys",
     "create_loss",
     "create_model",

@@ -6,6 +6,7 @@ spaces, study files, ``--set`` and ablation factors all speak these names.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -27,6 +28,9 @@ class DataConfig:
     image_size: int = 16  # side of the square training image, in pixels
     batch_size: int = 64
     val_fraction: float = 0.2  # held-out share when the data has no validation set
+    # share of all images held out as a test split that no search trial sees (0: none, unless
+    # the data gives one: a test/ folder or split=test manifest rows)
+    test_fraction: float = 0.0
     split_seed: int = 0  # the split is fixed per study, independent of the trial seed
     classes: tuple[int, ...] | None = None  # keep only these labels (relabelled 0..k-1)
     augment: str = "none"  # batched augmentation policy, see trainer.augment
@@ -41,6 +45,12 @@ class DataConfig:
         _check(
             0.0 < self.val_fraction < 1.0,
             f"data.val_fraction must be in (0, 1), but got {self.val_fraction}",
+        )
+        _check(
+            0.0 <= self.test_fraction < 1.0 and self.val_fraction + self.test_fraction < 1.0,
+            "data.test_fraction must be in [0, 1) and leave training images "
+            f"(val_fraction + test_fraction < 1), but got {self.test_fraction} "
+            f"with val_fraction {self.val_fraction}",
         )
         _choice("data.augment", self.augment, AUGMENT_POLICIES)
         _choice("data.normalize", self.normalize, NORMALIZE_MODES)
@@ -192,11 +202,13 @@ def check_key(key: str) -> str:
     return key
 
 
+@functools.cache
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in fields(TrainConfig)}
 
 
+@functools.cache
 def _key_types() -> dict[str, Any]:
     out = {}
     for section, section_cls in _section_types().items():

@@ -63,3 +63,20 @@ def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:
     """Recall per class (the diagonal over the row sums); NaN for classes with no images."""
     support = cm.sum(1).double()
     return torch.where(support > 0, cm.diag().double() / support.clamp_min(1), torch.nan)
+
+
+def accuracy(
+    model: nn.Module,
+    x_uint8: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    tta: bool = False,
+) -> float:
+    """Top-1 accuracy of ``model`` on uint8 images ``x_uint8`` with labels ``y``; batches go to
+    the model's device one at a time, so the whole split never sits in device memory."""
+    if len(y) == 0:
+        raise ValueError("accuracy needs at least one image, but got an empty split")
+    logits = predict_logits(model, x_uint8, mean=mean, std=std, tta=tta)
+    return float((logits.argmax(1) == y.cpu()).double().mean())

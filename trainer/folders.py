@@ -4,14 +4,22 @@ Registered dataset layouts (``data.name``), all reading ``data.root``:
 
 - ``folder``: one subfolder per class (torchvision's ImageFolder), searched recursively. If
   ``root/train`` and ``root/val`` (or ``valid``/``validation``) exist they are the given splits;
-  otherwise ``root/train`` (or ``root`` itself) is split with a seeded stratified split.
+  otherwise ``root/train`` (or ``root`` itself) is split with a seeded stratified split. A
+  labeled ``root/test`` (class subfolders) beside ``root/train`` is the test split; an
+  unlabeled one (images directly in it, for ``search predict``) is ignored.
 - ``flat``: files named ``<label>_<id>.<ext>`` in one folder (seed 000's Food-11), with the same
-  ``train``/``val`` rule. Class names are the label ids, sorted numerically.
+  ``train``/``val``/``test`` rule. Class names are the label ids, sorted numerically.
 - ``csv``: ``data.root`` is a manifest with a header ``path,label[,split]``; paths are relative to
-  the manifest's folder, labels are names or integer ids, ``split`` is train/val (rows marked
-  ``test`` are ignored). Without a validation row the training rows are split.
+  the manifest's folder, labels are names or integer ids, ``split`` is train, val or test.
+  Without a validation row the training rows are split.
+
+Without a given test split, ``data.test_fraction`` holds out that share of the images (seeded,
+stratified, byte-identical files on one side) before the validation split is drawn.
 
 ``load_unlabeled(root, image_size=...)`` reads a flat folder of images for prediction.
+``detect_layout(root)``, ``scan_folder(root)`` and ``unreadable_files(scan, image_size=...)``
+look at a folder before any training (``search init``) with the same listing, the same
+decoding pass and the same cache.
 
 Every image becomes RGB (grayscale, palette and 16-bit are converted, transparency is composited
 on white, EXIF orientation is applied) and is resized directly to ``image_size`` squared, as seed
@@ -43,7 +51,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -53,7 +61,7 @@ import torch
 from PIL import Image, ImageOps
 
 from trainer.config import DataConfig
-from trainer.data import ImageData, register_dataset, stratified_split
+from trainer.data import ImageData, grouped_split, register_dataset
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class _Listing:
     files: list[Path]
     labels: list[str]  # raw label of each file: folder name, id, or manifest label
     is_val: list[bool] | None  # None: no given validation set, split with data.split_seed
+    is_test: list[bool] | None = None  # None: no given test set
 
 
 @register_dataset("folder")
@@ -120,15 +129,44 @@ def _dir_listing(layout: str, root: Path) -> _Listing:
         files, labels = _class_files(train_dir or root, required=True)
     else:
         files, labels = _flat_files(train_dir or root)
-    if val_dir is None:
-        return _Listing(layout, root, files, labels, None)
+    is_val = None
+    if val_dir is not None:
+        if layout == "folder":
+            vfiles, vlabels = _class_files(val_dir, required=False)
+        else:
+            vfiles, vlabels = _flat_files(val_dir)
+        _check_val_classes(labels, vlabels, val_dir, train_dir)
+        is_val = [False] * len(files) + [True] * len(vfiles)
+        files, labels = files + vfiles, labels + vlabels
+    test = _labeled_test(layout, root) if train_dir is not None else None
+    if test is None:
+        return _Listing(layout, root, files, labels, is_val)
+    tfiles, tlabels = test
+    _check_val_classes(labels, tlabels, root / "test", train_dir, what="test")
+    n = len(files)
+    return _Listing(
+        layout, root, files + tfiles, labels + tlabels,
+        None if is_val is None else is_val + [False] * len(tfiles),
+        [False] * n + [True] * len(tfiles),
+    )  # fmt: skip
+
+
+def _labeled_test(layout: str, root: Path) -> tuple[list[Path], list[str]] | None:
+    """``root/test`` with labels (class subfolders, or all files named ``<label>_<id>``), or
+    None: absent, or unlabeled (seed 000's test folder, read by ``search predict``)."""
+    folder = root / "test"
+    if not folder.is_dir():
+        return None
     if layout == "folder":
-        vfiles, vlabels = _class_files(val_dir, required=False)
+        if not any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir()):
+            return None
+        files, labels = _class_files(folder, required=False)
     else:
-        vfiles, vlabels = _flat_files(val_dir)
-    _check_val_classes(labels, vlabels, val_dir, train_dir)
-    is_val = [False] * len(files) + [True] * len(vfiles)
-    return _Listing(layout, root, files + vfiles, labels + vlabels, is_val)
+        files = list(_image_files(folder, recursive=False))
+        if not files or not all(_FLAT_NAME.fullmatch(p.stem) for p in files):
+            return None
+        files, labels = _flat_files(folder)
+    return (files, labels) if files else None
 
 
 @register_dataset("csv")
@@ -143,8 +181,12 @@ def _csv(cfg: DataConfig) -> ImageData:
             f"data.root {manifest} {what}; data.name='csv' needs the manifest file "
             "(header path,label[,split])"
         )
+    return _load_labeled(cfg, _csv_listing(manifest))
+
+
+def _csv_listing(manifest: Path) -> _Listing:
     base = manifest.parent
-    files, labels, splits = [], [], []
+    files, labels, splits, tests = [], [], [], []
     seen: dict[Path, int] = {}
     with manifest.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -160,9 +202,7 @@ def _csv(cfg: DataConfig) -> ImageData:
             split = (row.get(columns.get("split", ""), "") or "").strip().lower()
             if not rel or not label:
                 raise ValueError(f"{manifest}, line {line}: empty path or label; fill it in")
-            if split == "test":
-                continue  # prediction reads test images with load_unlabeled
-            if split not in ("", "train", *VAL_DIRS):
+            if split not in ("", "train", "test", *VAL_DIRS):
                 raise ValueError(
                     f"{manifest}, line {line}: split {split!r} must be train, val or test"
                 )
@@ -185,14 +225,20 @@ def _csv(cfg: DataConfig) -> ImageData:
             files.append(key)
             labels.append(label)
             splits.append(split in VAL_DIRS)
-    if not files:
+            tests.append(split == "test")
+    if all(tests):
         raise ValueError(f"{manifest} lists no training images; add rows path,label")
-    listing = _Listing("csv", base, files, labels, splits if any(splits) else None)
+    listing = _Listing(
+        "csv", base, files, labels, splits if any(splits) else None, tests if any(tests) else None
+    )
+    train_labels = [lb for lb, v, t in zip(labels, splits, tests, strict=True) if not v and not t]
     if listing.is_val is not None:
-        train_labels = [lb for lb, v in zip(labels, splits, strict=True) if not v]
         val_labels = [lb for lb, v in zip(labels, splits, strict=True) if v]
         _check_val_classes(train_labels, val_labels, manifest, manifest)
-    return _load_labeled(cfg, listing)
+    if listing.is_test is not None:
+        test_labels = [lb for lb, t in zip(labels, tests, strict=True) if t]
+        _check_val_classes(train_labels, test_labels, manifest, manifest, what="test")
+    return listing
 
 
 def load_unlabeled(
@@ -217,6 +263,109 @@ def load_unlabeled(
         raise ValueError(f"none of the {len(files)} images in {folder} could be read")
     x = torch.from_numpy(decoded.arranged(good))
     return x, [_rel(files[i], folder) for i in good.tolist()]
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """An image folder as training lists it, before decoding (see ``scan_folder``)."""
+
+    layout: str  # folder | flat | csv: the data.name that reads it
+    root: Path  # the data.root that reads it: the folder, or the manifest for csv
+    base: Path  # file names in messages are relative to this
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]  # raw label of each file: folder name, id or manifest label
+    is_val: tuple[bool, ...] | None  # the given validation split; None: training splits
+    sizes: tuple[tuple[int, int] | None, ...]  # (width, height) per header; None: unreadable
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in training's order (integer labels numerically)."""
+        return _class_names(set(self.labels))
+
+    def name(self, i: int) -> str:
+        """File ``i`` as messages show it: relative to the folder or manifest."""
+        return _rel(self.files[i], self.base)
+
+
+def detect_layout(root: str | Path) -> tuple[str, Path]:
+    """``(layout, data_root)`` for a folder or manifest: ``folder`` when it (or its ``train/``)
+    has subfolders, ``flat`` for ``<label>_<id>`` files, ``csv`` for a manifest file (or the
+    one ``.csv`` in a folder without images)."""
+    path = Path(root).expanduser().resolve()
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv", path
+        raise ValueError(f"{path} is a file; pass an image folder or a manifest .csv")
+    if not path.is_dir():
+        raise ValueError(f"{path} does not exist; pass the folder that holds the images")
+    train_dir, _ = _split_dirs(path)
+    top = train_dir or path
+    if any(d.is_dir() and not d.name.startswith(".") for d in top.iterdir()):
+        return "folder", path
+    images = list(_image_files(top, recursive=False))
+    if any(_FLAT_NAME.fullmatch(p.stem) for p in images):
+        return "flat", path
+    if images:
+        raise ValueError(
+            f"the images directly in {top} carry no class: put each class's images in its own "
+            "subfolder, or name them <label>_<id>.png"
+        )
+    manifests = sorted(path.glob("*.csv"))
+    if len(manifests) == 1:
+        return "csv", manifests[0]
+    raise ValueError(
+        f"no images in {path}: put each class's images in its own subfolder "
+        f"({path.name}/cats/*.jpg), name them <label>_<id>.png, or pass a manifest .csv"
+    )
+
+
+def scan_folder(root: str | Path, *, layout: str | None = None) -> FolderScan:
+    """List ``root`` exactly as training's ``layout`` does (detected when None) and read each
+    image's header for its size. Nothing is decoded; ``unreadable_files`` does that."""
+    if layout is None:
+        layout, data_root = detect_layout(root)
+    else:
+        data_root = Path(root).expanduser().resolve()
+    if layout == "csv":
+        if not data_root.is_file():
+            raise ValueError(f"{data_root} is not a manifest file; layout csv needs the .csv")
+        listing = _csv_listing(data_root)
+    elif layout in ("folder", "flat"):
+        if not data_root.is_dir():
+            raise ValueError(f"{data_root} is not a folder; layout {layout} needs the folder")
+        listing = _dir_listing(layout, data_root)
+    else:
+        raise ValueError(f"layout must be folder, flat or csv, but got {layout!r}")
+    if len(listing.files) >= PARALLEL_MIN_FILES:  # headers are I/O: threads overlap the reads
+        with ThreadPoolExecutor(8) as pool:
+            sizes = tuple(pool.map(_header_size, listing.files))
+    else:
+        sizes = tuple(_header_size(f) for f in listing.files)
+    return FolderScan(
+        layout=layout,
+        root=data_root,
+        base=listing.base,
+        files=tuple(listing.files),
+        labels=tuple(listing.labels),
+        is_val=None if listing.is_val is None else tuple(listing.is_val),
+        sizes=sizes,
+    )
+
+
+def unreadable_files(scan: FolderScan, *, image_size: int) -> dict[int, str]:
+    """Run training's one decoding pass over ``scan`` at ``image_size`` (filling the cache that
+    training then reads) and return the files it cannot use: index in ``scan.files`` -> why."""
+    return dict(_decode_cached(scan.layout, scan.base, scan.files, image_size).bad)
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a huge image is judged by the decoding pass
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - any failure here means "no usable header"
+        return None
 
 
 def _root_dir(cfg: DataConfig) -> Path:
@@ -289,14 +438,19 @@ def _flat_files(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def _check_val_classes(
-    train_labels: Sequence[str], val_labels: Sequence[str], val_src: Path, train_src: Path | None
+    train_labels: Sequence[str],
+    val_labels: Sequence[str],
+    val_src: Path,
+    train_src: Path | None,
+    *,
+    what: str = "validation",
 ) -> None:
     missing = sorted(set(val_labels) - set(train_labels))
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise ValueError(
-            f"validation class(es) {shown} in {val_src} have no training images in "
-            f"{train_src}; add training images or remove them from validation"
+            f"{what} class(es) {shown} in {val_src} have no training images in "
+            f"{train_src}; add training images or remove them from {what}"
         )
 
 
@@ -327,12 +481,19 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
     n = len(listing.files)
     good = np.array([i for i in range(n) if i not in decoded.bad], dtype=np.int64)
     is_val = np.array(listing.is_val if listing.is_val is not None else [False] * n, dtype=bool)
-    train_pool = good[~is_val[good]]
+    is_test = np.array(listing.is_test if listing.is_test is not None else [False] * n, bool)
+    if listing.is_test is not None and cfg.test_fraction > 0:
+        where = "split=test rows" if listing.layout == "csv" else "a labeled test/ folder"
+        raise ValueError(
+            f"{listing.base} has {where} and data.test_fraction={cfg.test_fraction:g} asks for "
+            "another test split; set data.test_fraction = 0 to use the given one"
+        )
+    train_pool = good[~is_val[good] & ~is_test[good]]
     labels = np.array(listing.labels, dtype=object)
     names = _class_names(set(labels[train_pool].tolist()))
     if not names:
         raise ValueError(f"no readable training images under {listing.base}")
-    lost = sorted(set(labels[~is_val].tolist()) - set(names))
+    lost = sorted(set(labels[~is_val & ~is_test].tolist()) - set(names))
     if lost:
         raise ValueError(
             f"class(es) {', '.join(lost[:10])} have no readable training images under "
@@ -340,65 +501,71 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
         )
     index = {name: i for i, name in enumerate(names)}
     y_all = np.array([index.get(lb, -1) for lb in listing.labels], dtype=np.int64)
+    digests = decoded.digests
 
+    def split_off(pool: np.ndarray, fraction: float, key: str, of: float | None = None):
+        keep, held = grouped_split(
+            y_all[pool], [digests[i] for i in pool], fraction=fraction, seed=cfg.split_seed,
+            class_names=names, key=key, fraction_of=of,
+        )  # fmt: skip
+        return pool[keep], pool[held]
+
+    test_idx, source = good[is_test[good]], "test/ folder"
+    if listing.layout == "csv":
+        source = "manifest rows split=test"
+    val_fraction, val_of = cfg.val_fraction, None
+    if cfg.test_fraction > 0:  # held out first, so the test set does not move with val_fraction
+        train_pool, test_idx = split_off(train_pool, cfg.test_fraction, "data.test_fraction")
+        source = f"data.test_fraction={cfg.test_fraction:g}"
+        if listing.is_val is None:
+            val_fraction, val_of = cfg.val_fraction / (1.0 - cfg.test_fraction), cfg.val_fraction
     if listing.is_val is None:
-        tr, va = _grouped_split(
-            y_all[good], [decoded.digests[i] for i in good], names=names, cfg=cfg
-        )
-        train_idx, val_idx = good[tr], good[va]
+        train_idx, val_idx = split_off(train_pool, val_fraction, "data.val_fraction", val_of)
     else:
         train_idx, val_idx = train_pool, good[is_val[good]]
-        _warn_duplicates(listing, decoded.digests, train_idx, val_idx)
+        _warn_duplicates(listing, digests, train_idx, val_idx)
+    has_test = listing.is_test is not None or cfg.test_fraction > 0
+    if has_test and listing.is_test is not None:
+        _warn_duplicates(
+            listing, digests, np.concatenate([train_idx, val_idx]), test_idx, what="test"
+        )
+    if has_test and len(test_idx) == 0:
+        raise ValueError(f"the test split under {listing.base} has no readable images")
 
-    order = np.concatenate([train_idx, val_idx])
+    order = np.concatenate([train_idx, val_idx, test_idx])
     x = torch.from_numpy(decoded.arranged(order))
     y = torch.from_numpy(y_all[order])
-    k = len(train_idx)
-    return ImageData(x[:k], y[:k], x[k:], y[k:], names)
+    k, v = len(train_idx), len(train_idx) + len(val_idx)
 
+    def ids(idx: np.ndarray) -> list[str]:
+        return [f"{_rel(listing.files[i], listing.base)}#{digests[i]}" for i in idx.tolist()]
 
-def _grouped_split(
-    y: np.ndarray, digests: Sequence[str | None], *, names: list[str], cfg: DataConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split in which byte-identical files stay on one side (seed 004's
-    leakage lesson: no image may be in both training and validation)."""
-    first: dict[str, int] = {}
-    group = np.empty(len(y), dtype=np.int64)  # position of each file's first identical copy
-    for i, d in enumerate(digests):
-        group[i] = first.setdefault(d, i) if d is not None else i
-    reps = np.unique(group)
-    counts = np.bincount(y[reps], minlength=len(names))
-    if counts.min() < 2:
-        c = int(counts.argmin())
-        raise ValueError(
-            f"class {names[c]!r} has {counts[c]} distinct image(s); a stratified split needs at "
-            "least 2 per class: add images, or give a validation folder (train/ and val/)"
-        )
-    n_val = int(np.ceil(cfg.val_fraction * len(reps)))
-    if n_val < len(names) or len(reps) - n_val < len(names):
-        raise ValueError(
-            f"data.val_fraction={cfg.val_fraction} puts {n_val} of {len(reps)} images in "
-            f"validation, but each of the {len(names)} classes needs one on each side; "
-            "change data.val_fraction or add images"
-        )
-    _, va = stratified_split(y[reps], val_fraction=cfg.val_fraction, seed=cfg.split_seed)
-    in_val = np.zeros(len(y), dtype=bool)
-    in_val[reps[va]] = True
-    in_val = in_val[group]  # every copy goes where its first copy went
-    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+    return ImageData(
+        x[:k], y[:k], x[k:v], y[k:v], names,
+        x_test=x[v:] if has_test else None,
+        y_test=y[v:] if has_test else None,
+        ids={"train": ids(train_idx), "val": ids(val_idx), "test": ids(test_idx)},
+        test_source=source if has_test else "",
+    )  # fmt: skip
 
 
 def _warn_duplicates(
-    listing: _Listing, digests: Sequence[str | None], train_idx: np.ndarray, val_idx: np.ndarray
+    listing: _Listing,
+    digests: Sequence[str | None],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    what: str = "validation",
 ) -> None:
     train_digests = {digests[i] for i in train_idx.tolist()} - {None}
     dup = [i for i in val_idx.tolist() if digests[i] in train_digests]
     if dup:
         shown = ", ".join(_rel(listing.files[i], listing.base) for i in dup[:5])
         more = f" and {len(dup) - 5} more" if len(dup) > 5 else ""
+        other = "training" if what == "validation" else "training or validation"
         warnings.warn(
-            f"{len(dup)} validation image(s) are byte-identical to training images, so "
-            f"validation accuracy is inflated: {shown}{more}; remove them from one split",
+            f"{len(dup)} {what} image(s) are byte-identical to {other} images, so "
+            f"{what} accuracy is inflated: {shown}{more}; remove them from one split",
             BadImageWarning,
             stacklevel=2,
         )
@@ -629,9 +796,13 @@ def _hash(text: str) -> str:
 __all__ = [
     "BadImageWarning",
     "CACHE_VERSION",
+    "FolderScan",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "cache_dir",
+    "detect_layout",
     "load_unlabeled",
     "max_pixels",
+    "scan_folder",
+    "unreadable_files",
 ]

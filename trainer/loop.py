@@ -3,12 +3,16 @@
 ``train(cfg, reporter=...)`` trains one configuration and returns a ``TrainResult``. After
 every epoch it calls ``reporter.report(epoch, metrics)`` and then asks
 ``reporter.should_stop()`` (pruning is the caller's decision, not an exception from inside).
+A reporter may also have ``step(epoch, step, steps_per_epoch, images) -> bool``, called after
+every training step (progress bars; a caller's deadline): True stops the run at once, with
+status ``budget`` and the finished epochs kept.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +39,13 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    # Optional: step(epoch, step, steps_per_epoch, images) -> bool, after every training step
+    # (1-based step; images trained so far this epoch). Called from the host with plain ints,
+    # never a device value, so it adds no host-device sync. True: stop now (a deadline).
+
+
+StepHook = Callable[[int, int, int, int], bool]
+
 
 class NullReporter:
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -46,7 +57,7 @@ class NullReporter:
 
 @dataclass
 class TrainResult:
-    status: str  # complete | early_stopped | pruned | nonfinite_loss | oom
+    status: str  # complete | early_stopped | pruned | nonfinite_loss | oom | budget
     reason: str
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
     best_epoch: int = -1  # 1-based epoch with the highest val_acc; -1 when none finished
@@ -168,7 +179,9 @@ def train(
     restarts); ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the result has status
     ``oom``.
     """
-    reporter = _ReportOnce(reporter or NullReporter())
+    reporter = reporter or NullReporter()
+    on_step: StepHook | None = getattr(reporter, "step", None)  # optional: looked up once
+    reporter = _ReportOnce(reporter)
     fault = _faults.faults()
     oom_error = _faults.out_of_memory_error()
     data = data or load_data(cfg.data)
@@ -183,6 +196,7 @@ def train(
                 cfg, reporter=reporter, checkpoint_path=checkpoint_path, data=data,
                 micro_batch=micro, accum_steps=accum, eval_batch=max(1, EVAL_BATCH >> ooms),
                 resume=resume, last_checkpoint_path=last_checkpoint_path, fault=fault,
+                on_step=on_step,
             )  # fmt: skip
             break
         except _ResumeFailed as exc:
@@ -249,6 +263,7 @@ def _train_once(
     resume: TrainState | None,
     last_checkpoint_path: str | Path | None,
     fault: dict[str, float],
+    on_step: StepHook | None = None,
 ) -> TrainResult:
     t_setup = time.perf_counter()
     device = select_device(cfg.train.device)
@@ -316,7 +331,7 @@ def _train_once(
         perm = torch.randperm(n, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        seen = 0
+        seen = stopped_at = 0
         bad_loss = None
         for step in range(steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
@@ -352,7 +367,18 @@ def _train_once(
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == ya).sum()
             seen += len(idx)
+            if on_step is not None and on_step(epoch, step + 1, steps_per_epoch, seen):
+                stopped_at = step + 1
+                break
 
+        if stopped_at:  # the caller's deadline: this epoch is dropped, finished ones kept
+            done = len(result.history)
+            result.status = "budget"
+            result.reason = (
+                f"budget: the wall-clock budget ran out in epoch {epoch} (step {stopped_at} "
+                f"of {steps_per_epoch}); {done} finished epoch{'s' * (done != 1)} kept"
+            )
+            break
         if bad_loss is not None:
             result.status = "nonfinite_loss"
             result.reason = f"loss became {bad_loss} at epoch {epoch}, step {step + 1}"
@@ -402,7 +428,8 @@ def _train_once(
         model.load_state_dict(best_state)  # early stopping keeps the best state (seed 004)
     model.eval()
     result.model = model
-    if checkpoint_path is not None and best_state is not None and result.status != "pruned":
+    keep = result.status not in ("pruned", "budget")  # a stopped trial keeps no weights
+    if checkpoint_path is not None and best_state is not None and keep:
         result.checkpoint = str(
             save_checkpoint(model, checkpoint_path, cfg=cfg, data=data, summary=result.summary())
         )

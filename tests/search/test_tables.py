@@ -390,3 +390,30 @@ def test_no_format_and_file_as_dir(tmp_path):
     target.write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         write_tables([], target, "md")
+
+
+def test_final_results_publishes_the_best_confirmed_validation_mean_not_the_best_test():
+    from search.tables import final_results_table
+
+    def runs(vals, tests):
+        return [
+            {"seed": s, "val_acc": v, "test_acc": t}
+            for s, (v, t) in enumerate(zip(vals, tests, strict=True))
+        ]
+
+    configs = [
+        {"label": "A", "search_value": 0.99, "runs": runs([0.90, 0.91, 0.92], [0.80, 0.81, 0.83])},
+        {"label": "B", "search_value": 0.97, "runs": runs([0.93, 0.94, 0.94], [0.78, 0.79, 0.80])},
+        {"label": "C", "search_value": 0.95, "runs": runs([0.80, 0.82, 0.81], [0.90, 0.91, 0.92])},
+    ]
+    table = final_results_table(configs, search_trials=20)
+    labels = [r[0] for r in table.rows]
+    assert labels == ["A", "B [publish]", "C"]  # best val mean, though C tests best
+    assert table.rows[1][5] == "—" and table.rows[1][6] == "—"
+    d_test = table.raw[2][6]  # C minus B on test, paired by seed: +0.12 each
+    assert d_test["mean"] == pytest.approx(12.0) and d_test["p_value"] == 0.0
+    assert table.raw[0][1] == pytest.approx(99.0)
+    assert "best of 20 search trials" in table.notes[0]
+    assert any(n.startswith("Publish B:") for n in table.notes)
+    with pytest.raises(ValueError, match="at least one configuration"):
+        final_results_table([])

@@ -95,12 +95,16 @@ def test_csv_manifest(tmp_path, write_img):
             rel = f"imgs/{label}{i}.png"
             write_img(tmp_path / rel, seed=i + (100 if label == "red" else 0))
             rows.append(f"{rel},{label},{'val' if i == 0 else 'train'}")
-    rows.append("imgs/nope.png,red,test")  # test rows are not training data
+    write_img(tmp_path / "imgs/t.png", seed=999)
+    rows.append("imgs/t.png,red,test")  # test rows are the held-out test split
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     data = load_data(_cfg(tmp_path / "m.csv", "csv"))
     assert data.class_names == ["blue", "red"]
     assert (len(data.x_train), len(data.x_val)) == (10, 2)
     assert sorted(data.y_val.tolist()) == [0, 1]
+    assert data.x_test is None and data.splits["test"]["count"] == 1
+    x_test, y_test = trainer.data.load_test(_cfg(tmp_path / "m.csv", "csv"))
+    assert x_test.shape[0] == 1 and y_test.tolist() == [1]
 
 
 def test_csv_integer_labels_without_split(tmp_path, write_img):

@@ -1,0 +1,261 @@
+"""Cost-aware search: duration parsing, the per-study throughput cache, over_budget pruning,
+and ``--budget`` ending a run (the running trial stopped at its next step)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY_DIGITS
+from optuna.trial import TrialState
+
+import trainer
+from search.budget import (
+    Budget,
+    CostModel,
+    cache_key,
+    estimate_seconds,
+    parse_duration,
+    resolve_budget,
+)
+from search.cli import main
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def with_budget(text: str, extra: str) -> str:
+    return TINY_DIGITS.replace("[budget]\n", f"[budget]\n{extra}\n")
+
+
+class CountingMeasure:
+    """Stands in for trainer.measure_throughput: a fixed speed, and how often it was asked."""
+
+    def __init__(self, images_per_second: float) -> None:
+        self.ips = images_per_second
+        self.calls: list[str] = []
+
+    def __call__(self, cfg, *, num_classes, in_chans=3, **kw) -> trainer.Throughput:
+        self.calls.append(cfg.model.backbone)
+        return trainer.Throughput(self.ips, "cpu:test", cfg.data.batch_size, 3)
+
+
+@pytest.fixture
+def fake_speed(monkeypatch):
+    """fake_speed(images/s) -> the CountingMeasure that every CostModel now uses."""
+
+    def install(ips: float) -> CountingMeasure:
+        measure = CountingMeasure(ips)
+        monkeypatch.setattr(trainer, "measure_throughput", measure)
+        return measure
+
+    return install
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30m", 1800),
+        ("2h", 7200),
+        ("45s", 45),
+        ("90", 90),
+        (" 1.5h ", 5400),
+        (120, 120),
+        (2.5, 2.5),
+    ],
+)
+def test_durations_with_suffixes_or_bare_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["30x", "", "m", "-5m", "0", "0s", "1e3", True, None, "30 min"])
+def test_bad_durations_name_the_key_and_an_example(bad):
+    with pytest.raises(ValueError, match=r"^--budget must be .*30m"):
+        parse_duration(bad)
+
+
+def test_flags_override_the_study_file_budget():
+    section = {"wall": "10m", "max_trial_minutes": 2}
+    assert resolve_budget(section) == Budget(wall_seconds=600.0, max_trial_seconds=120.0)
+    got = resolve_budget(section, wall="1h", max_trial_minutes=0.5)
+    assert got == Budget(wall_seconds=3600.0, max_trial_seconds=30.0)
+    assert not resolve_budget({}).costed
+
+
+@pytest.mark.parametrize(
+    ("extra", "args", "expected"),
+    [
+        ('wall = "soon"', [], "[budget] wall must be a duration such as 30m"),
+        ("wall = 0", [], "[budget] wall must be more than 0 seconds"),
+        ("max_trial_minutes = -1", [], "[budget] max_trial_minutes must be more than 0"),
+        ("", ["--budget", "forever"], "--budget must be a duration such as 30m"),
+        ("", ["--max-trial-minutes", "0"], "--max-trial-minutes must be more than 0"),
+        ("", [], "--trials N is needed unless a wall-clock budget is given"),
+    ],
+)
+def test_bad_budget_is_one_error_line_and_writes_nothing(
+    write_study, tmp_path, capsys, extra, args, expected
+):
+    write_study("tiny", with_budget(TINY_DIGITS, extra))
+    trials = ["--trials", "1"] if args or extra else []
+    rc = main(["run", "--study", "tiny", "-q", *trials, *args])  # default storage in the cwd
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert list(Path.cwd().iterdir()) == []  # no storage, no artifacts
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_throughput_is_measured_once_per_key_and_stored_in_the_study():
+    study = optuna.create_study(direction="maximize")
+    measure = CountingMeasure(1000.0)
+    cost = CostModel(study, measure=measure)
+    base = {"model.backbone": "small_cnn", "model.width": 8, "data.image_size": 8}
+    cfg = trainer.TrainConfig.from_flat({**base, "data.batch_size": 64, "train.epochs": 4})
+    data = trainer.load_data(cfg.data)
+    first = cost.estimate(cfg, data)
+    again = CostModel(study, measure=measure).estimate(cfg, data)  # another worker, same study
+    assert first.measured and not again.measured
+    assert measure.calls == ["small_cnn"]
+    assert first.seconds == again.seconds == pytest.approx(estimate_seconds(cfg, data, 1000.0))
+    key = cache_key(cfg, first.key.rsplit("|", 1)[1])
+    assert study.user_attrs[key]["images_per_second"] == 1000.0
+    # another batch size or width is another cost: measured once more
+    other = trainer.TrainConfig.from_flat({**base, "data.batch_size": 32})
+    assert cost.estimate(other, data).measured
+    assert cost.estimate(other.replace({"model.width": 16}), data).measured
+    assert len(measure.calls) == 3
+
+
+def test_estimate_counts_every_epoch_of_training_and_evaluation():
+    cfg = trainer.TrainConfig.from_flat(
+        {"data.image_size": 8, "data.batch_size": 100, "train.epochs": 3}
+    )
+    data = trainer.load_data(cfg.data)
+    n_train, n_val = len(data.x_train), len(data.x_val)
+    expected = 3 * ((n_train // 100) * 100 / 50.0 + n_val / (50.0 * 3))
+    assert estimate_seconds(cfg, data, 50.0) == pytest.approx(expected)
+
+
+def test_a_second_trial_and_a_rerun_reuse_the_measured_throughput(
+    write_study, storage_url, fake_speed
+):
+    write_study("tiny", with_budget(TINY_DIGITS, "max_trial_minutes = 60"))
+    measure = fake_speed(5000.0)
+    assert main(["run", "--study", "tiny", "--trials", "2", "-q", "--storage", storage_url]) == 0
+    assert measure.calls == ["small_cnn"]  # one key (all cost parameters are pinned)
+    assert main(["run", "--study", "tiny", "--trials", "3", "-q", "--storage", storage_url]) == 0
+    assert measure.calls == ["small_cnn"]  # the rerun read it from the study
+    study = load(storage_url)
+    keys = [k for k in study.user_attrs if k.startswith("throughput:")]
+    assert len(keys) == 1 and study.user_attrs[keys[0]]["images_per_second"] == 5000.0
+    assert len(study.get_trials(states=FINISHED)) == 3
+    for t in study.trials:
+        assert t.user_attrs["estimated_seconds"] > 0
+        assert t.user_attrs["images_per_second"] == 5000.0
+
+
+# --------------------------------------------------------------------------- over_budget
+
+
+def test_over_budget_configurations_are_pruned_untrained_with_their_estimate(
+    write_study, storage_url, fake_speed
+):
+    write_study("tiny", TINY_DIGITS)
+    fake_speed(10.0)  # ~10 images/s: a 3-epoch digits trial is estimated at minutes
+    rc = main(
+        ["run", "--study", "tiny", "--trials", "2", "-q", "--storage", storage_url,
+         "--max-trial-minutes", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    trials = load(storage_url).trials
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 2
+    for t in trials:
+        assert t.user_attrs["status"] == "over_budget"
+        assert t.user_attrs["reason"].startswith("over_budget: estimated ")
+        assert "over the 1 min limit" in t.user_attrs["reason"]
+        assert t.user_attrs["estimated_seconds"] > 60
+        assert t.intermediate_values == {}  # never trained
+        assert "epochs_run" not in t.user_attrs
+
+
+def test_configurations_within_max_trial_minutes_train(write_study, storage_url, fake_speed):
+    write_study("tiny", with_budget(TINY_DIGITS, "max_trial_minutes = 1"))
+    fake_speed(1e6)
+    assert main(["run", "--study", "tiny", "--trials", "1", "-q", "--storage", storage_url]) == 0
+    (t,) = load(storage_url).trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["estimated_seconds"] < 60
+
+
+# --------------------------------------------------------------------------- --budget
+
+SLOW = TINY_DIGITS.replace("epochs = 3", "epochs = 200").replace("patience = 2", "patience = 0")
+
+
+def test_budget_stops_the_running_trial_and_a_rerun_goes_on(
+    write_study, storage_url, fake_speed, monkeypatch, capsys
+):
+    # The estimate says a trial takes a moment (fake speed); a 0.3 s pause in every epoch
+    # (fault injection) makes its 200 epochs take minutes, so the deadline stops it mid-trial.
+    write_study("tiny", SLOW)
+    fake_speed(1e6)
+    monkeypatch.setenv("HPSEARCH_FAULTS", "epoch_sleep=0.3")
+    budget = 8.0
+    args = ["run", "--study", "tiny", "-q", "--storage", storage_url]
+    t0 = time.monotonic()
+    assert main([*args, "--trials", "50", "--budget", f"{budget:g}s"]) == 0
+    elapsed = time.monotonic() - t0
+    assert elapsed <= budget * 1.1 + 30  # the issue's bound, generous on a loaded machine
+    err = capsys.readouterr().err
+    assert "budget: 8s spent with 1 of 50 trials finished" in err
+
+    (t,) = load(storage_url).trials
+    assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "budget"
+    assert "wall-clock budget ran out in epoch" in t.user_attrs["reason"]
+    # however many epochs finished before the deadline (the machine's load decides) are
+    # its intermediate values; the trainer's tests stop at a fixed step and keep epoch 1
+    epochs = t.user_attrs["epochs_run"]
+    assert epochs < 200 and f"{epochs} finished epoch" in t.user_attrs["reason"]
+    assert sorted(t.intermediate_values) == list(range(1, epochs + 1))
+    assert "checkpoint" not in t.user_attrs
+
+    # a rerun with a new budget (and no --trials: the budget alone ends it) goes on
+    assert main([*args, "--budget", "5"]) == 0
+    trials = load(storage_url).trials
+    assert len(trials) == 2 and trials[0].state == TrialState.PRUNED
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["status"] == "budget"
+
+
+def test_trials_end_the_run_when_they_come_before_the_budget(write_study, storage_url, fake_speed):
+    write_study("tiny", TINY_DIGITS)
+    fake_speed(1e6)
+    rc = main(["run", "--study", "tiny", "--trials", "2", "--budget", "1h", "-q",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    assert len(load(storage_url).get_trials(states=FINISHED)) == 2
+
+
+def test_no_trial_starts_that_cannot_finish_in_the_time_left(
+    write_study, storage_url, fake_speed, capsys
+):
+    write_study("tiny", TINY_DIGITS)
+    fake_speed(1.0)  # 1 image/s: every configuration is estimated at hours
+    rc = main(["run", "--study", "tiny", "--budget", "10m", "-q", "--storage", storage_url])
+    assert rc == 0
+    trials = load(storage_url).trials
+    assert len(trials) == 3  # three draws in a row did not fit, so the run ended
+    for t in trials:
+        assert t.state == TrialState.FAIL and t.user_attrs["status"] == "no_time"
+        assert t.user_attrs["reason"].startswith("no_time: not run, estimated ")
+        assert t.intermediate_values == {} and "epochs_run" not in t.user_attrs
+    assert "cannot finish in the" in capsys.readouterr().err

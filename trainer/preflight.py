@@ -1,0 +1,32 @@
+"""Checks that hold for every trial of a configuration, run once before the first trial."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import ImageData
+from trainer.loop import build_model
+
+
+def check_model(cfg: TrainConfig, data: ImageData) -> None:
+    """Build ``cfg``'s model on the CPU (weights, freezing) and run two images through it.
+
+    Missing ImageNet weights offline, an unreadable pretrained file, or a backbone that cannot
+    take the image size would otherwise fail every trial that draws it; here they are one
+    ValueError naming the backbone and the fix.
+    """
+    name, size = cfg.model.backbone, cfg.data.image_size
+    try:
+        model = build_model(cfg, data, torch.device("cpu"))
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(2, data.in_chans, size, size))
+    except ValueError as exc:
+        raise ValueError(f"backbone {name!r}: {exc}") from None
+    except Exception as exc:  # a shape error, or a timm model's size assertion
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"backbone {name!r} cannot take {size} px images ({first}); raise data.image_size "
+            "or leave this backbone out of the space"
+        ) from None
