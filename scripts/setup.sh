@@ -31,3 +31,17 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi
+
+if [ "$extras" = "test" ]; then
+  # The lowest Optuna we support (pyproject.toml: optuna>=4.8,<6), beside the latest one in
+  # .venv: CI runs the storage, worker and fault tests once more with this folder first on
+  # PYTHONPATH (.ci/run). Its dependencies are the venv's.
+  OPTUNA_LOWEST=4.8.0
+  lowest=.venv/optuna-lowest
+  if [ "$(cat "$lowest/.version" 2>/dev/null)" != "$OPTUNA_LOWEST" ]; then
+    rm -rf "$lowest"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+      --target "$lowest" "optuna==$OPTUNA_LOWEST"
+    echo "$OPTUNA_LOWEST" > "$lowest/.version"
+  fi
+fi

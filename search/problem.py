@@ -66,7 +66,9 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
             out.append(f"{key}: {_short(old)} -> {_short(new)}")
     if not same_images and "data.root" not in {d.split(":")[0] for d in out}:
         before, after = recorded.get("data.images", {}), current.get("data.images", {})
-        out.append(f"data: the images changed ({_counts(before)} -> {_counts(after)} train/val/test images)")
+        out.append(
+            f"data: the images changed ({_counts(before)} -> {_counts(after)} train/val/test images)"
+        )
     return out
 
 

@@ -36,6 +36,7 @@ from search.workers import (
     Heartbeat,
     SlotClaimer,
     WorkerOptions,
+    mark_interrupted,
     signals_ignored,
     worker_name,
 )
@@ -305,7 +306,7 @@ def _run_claimed(
 ) -> optuna.trial.FrozenTrial | None:
     """Run one claimed trial with a heartbeat and tell its outcome. None: the trial had been
     failed by another worker meanwhile (this one was paused), and its result is dropped."""
-    tid, number = trial._trial_id, trial.number
+    tid, number = claimer.trial_id(trial), trial.number
     resume_from = trial.user_attrs.get("resume_from")
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is not None:
@@ -325,9 +326,10 @@ def _run_claimed(
             return _discard(number, objective, options, progress)
         except NoTimeLeft:
             state = TrialState.FAIL  # not run; FAIL is what samplers ignore (neither good nor bad)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the objective stored the reason
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, wherever in the trial it landed
             with signals_ignored():
-                _tell(study, trial, TrialState.FAIL, None, storage)
+                mark_interrupted(trial, exc)  # also after training, over its status and reason
+                _tell(study, trial, TrialState.FAIL, None, storage, tid)
                 if objective.checkpoint_dir is not None:  # a rerun starts new trials
                     (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(
                         missing_ok=True
@@ -339,7 +341,7 @@ def _run_claimed(
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             trial.set_user_attr("reason", f"non-finite objective value {value}")
         state, value = TrialState.PRUNED, None  # never a COMPLETE trial with a NaN value
-    if not _tell(study, trial, state, value, storage):
+    if not _tell(study, trial, state, value, storage, tid):
         return _discard(number, objective, options, progress)
     if resume_from and objective.checkpoint_dir is not None:
         path = Path(resume_from)
@@ -348,7 +350,7 @@ def _run_claimed(
     return storage.get_trial(tid)
 
 
-def _tell(study, trial, state: TrialState, value: float | None, storage) -> bool:
+def _tell(study, trial, state: TrialState, value: float | None, storage, tid: int) -> bool:
     """Store the outcome; False when the trial was already failed by a sweep."""
     try:
         if state == TrialState.COMPLETE:
@@ -357,7 +359,7 @@ def _tell(study, trial, state: TrialState, value: float | None, storage) -> bool
             study.tell(trial, state=state)
         return True
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        stored = storage.get_trial(trial._trial_id)
+        stored = storage.get_trial(tid)
         if stored.state == state:  # our write had landed before a dropped connection
             return True
         if stored.state.is_finished():

@@ -5,7 +5,8 @@ The URL comes from ``--storage``, else ``SEARCH_STORAGE``, else the study file, 
 environment (``PGPASSWORD``; libpq reads both when the URL has no password), and never reach a
 log line or an error: ``mask_url`` / ``redact``.
 
-PostgreSQL connections come from a pool that pings before use and a storage that retries a
+PostgreSQL connections come from a pool that pings before use and a storage
+(``ResilientRDBStorage``, an importable ``RDBStorage`` subclass that pickles) that retries a
 call for ``SEARCH_DB_RETRY_SECONDS`` (120) when the connection drops (a server restart), so
 workers reconnect and go on. ``exclusive(url, key)`` is a lock shared by every process and
 machine on the storage (a PostgreSQL advisory lock; a lock file beside a SQLite database): it
@@ -15,6 +16,7 @@ serialises schema and study creation and the claiming of trial slots.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -23,11 +25,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
-if TYPE_CHECKING:
-    import optuna
+import optuna
+
+from search import _optuna_internals as _internals
 
 DEFAULT_SQLITE = "hpsearch.db"
 MAX_NAME_LENGTH = 512  # Optuna's indexed string columns (study names, attribute keys)
@@ -157,6 +160,9 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
         kwargs["connect_args"] = {
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": "hpsearch",
+            # heartbeats are stored and compared in the session's time zone: UTC everywhere,
+            # whatever a machine's TZ or PGTZ
+            "options": "-c timezone=UTC",
             # a dead peer (machine gone, network cut) is noticed in about a minute
             "keepalives": 1,
             "keepalives_idle": 30,
@@ -217,6 +223,9 @@ def _retry_seconds() -> float:
 
 
 def _retrying(method):
+    """``method`` retried while the error is a dropped or refused connection (``_transient``)."""
+
+    @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         deadline = None
         delay = 0.2
@@ -224,8 +233,6 @@ def _retrying(method):
             try:
                 return method(self, *args, **kwargs)
             except Exception as exc:
-                import optuna
-
                 if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
                     raise
                 if not _transient(exc, self.url):
@@ -247,49 +254,72 @@ def _retrying(method):
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 5.0)
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    wrapper.__wrapped__ = method
     return wrapper
 
 
-# The storage calls a running study makes; each is one short transaction, safe to repeat.
-_RETRIED = (
-    "set_study_user_attr set_study_system_attr get_study_id_from_name get_study_name_from_id "
-    "get_study_directions get_study_user_attrs get_study_system_attrs get_trial_user_attrs "
-    "get_trial_system_attrs get_all_studies create_new_trial _create_new_trial set_trial_param "
-    "_set_trial_param get_trial_param set_trial_state_values set_trial_intermediate_value "
-    "set_trial_user_attr set_trial_system_attr get_trial_id_from_study_id_trial_number "
-    "get_trial get_all_trials _get_trials get_best_trial _get_best_trial_id "
-    "get_trial_number_from_id get_n_trials"
-).split()
-_resilient_cls = None
+# The RDBStorage methods a running study calls, each one short transaction, safe to repeat:
+# Optuna's public ones, and the private ones its study-level cache calls directly (listed with
+# the reason in search/_optuna_internals.py). A name Optuna no longer defines fails at import,
+# not silently unretried.
+RETRIED_METHODS = (
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_state_values",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+    *_internals.CACHED_STORAGE_CALLS,
+)
 
 
-def _resilient_class():
-    """RDBStorage whose calls survive a database restart (built lazily: optuna is heavy)."""
-    global _resilient_cls
-    if _resilient_cls is None:
-        import optuna
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """An ``RDBStorage`` whose calls (``RETRIED_METHODS``) are retried for
+    ``SEARCH_DB_RETRY_SECONDS`` while the connection is down. It pickles like Optuna's own
+    storage (the engine is rebuilt on unpickling), so a study can be shipped to another process."""
 
-        base = optuna.storages.RDBStorage
-        attrs = {name: _retrying(getattr(base, name)) for name in _RETRIED if hasattr(base, name)}
-        attrs["__module__"] = __name__
-        attrs["__doc__"] = "An RDBStorage that retries a call while the connection is down."
-        _resilient_cls = type("ResilientRDBStorage", (base,), attrs)
-    return _resilient_cls
+
+def _wrap_methods(cls: type, names: tuple[str, ...]) -> None:
+    """Replace each method ``names`` of ``cls``'s base by its retrying version; a name the
+    base lacks (Optuna renamed or removed it) is an ImportError, never skipped."""
+    base = cls.__mro__[1]
+    missing = [n for n in names if not callable(getattr(base, n, None))]
+    if missing:
+        raise ImportError(
+            f"optuna {optuna.__version__} has no RDBStorage.{', '.join(missing)}; hpsearch "
+            f"supports optuna {_internals.SUPPORTED}: install a version in that range"
+        )
+    for name in names:
+        setattr(cls, name, _retrying(getattr(base, name)))
+
+
+_wrap_methods(ResilientRDBStorage, RETRIED_METHODS)
 
 
 def open_storage(
     url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
-) -> optuna.storages.BaseStorage:
+) -> ResilientRDBStorage:
     """An Optuna RDB storage with a pool that survives server restarts (pre-ping, retries).
     An unreachable database is a ValueError naming host and port, never the password."""
     import sqlalchemy.exc
 
     check_url(url)
     try:
-        return _resilient_class()(
+        return ResilientRDBStorage(
             url,
             engine_kwargs=_engine_kwargs(url),
             heartbeat_interval=heartbeat_interval,

@@ -3,8 +3,9 @@
 
 Every worker, local or on another machine, runs the same loop against the same storage:
 
-1. Sweep: a RUNNING trial whose heartbeat is older than the grace period belongs to a worker
-   that died or froze. Mark it FAIL (status ``lost``) and enqueue its parameters again, at most
+1. Sweep: a RUNNING trial whose worker process on this machine no longer exists (at once), or
+   whose heartbeat is older than the grace period (a worker elsewhere that died or froze), is
+   lost. Mark it FAIL (status ``lost``) and enqueue its parameters again, at most
    ``max_retries`` times, pointing at its last epoch state so the retry resumes there.
 2. Claim: under a lock every worker respects (``storage.exclusive``), count finished (complete
    + pruned) and running trials; start one only if finished + running < N. That makes
@@ -20,7 +21,6 @@ a database restart.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +39,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from search import _optuna_internals as _internals
 from search import storage as storage_mod
 
 log = logging.getLogger("hpsearch")
@@ -77,6 +78,75 @@ class WorkerOptions:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+WORKER_ATTR = "hpsearch:worker"  # trial system attribute: the process that runs the trial
+_CLAIMED_HERE: set[int] = set()  # ids of the trials claimed by this process
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _process_state(pid: int) -> tuple[bool, int | None]:
+    """(exists, start time in clock ticks after boot, where /proc tells it). A killed process
+    its parent has not yet reaped (a zombie) does not exist."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, None
+    except PermissionError:
+        pass  # another user's process: it exists
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:  # no /proc (macOS), or hidden from us: alive, start unknown
+        return True, None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False, None
+    return True, int(fields[19])
+
+
+def this_process() -> dict[str, Any]:
+    """This process, as stored with each trial it runs. Host name, boot and pid namespace
+    together say whether another process can see the same pids; the start time tells a
+    reused pid from the original process."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot": _read("/proc/sys/kernel/random/boot_id"),
+        "pidns": _pid_namespace(),
+        "start": _process_state(os.getpid())[1],
+    }
+
+
+def process_gone(info: dict[str, Any]) -> bool:
+    """True only when the process ``info`` (from ``this_process``) ran where this one runs
+    and certainly no longer exists. A process on another machine, another boot or in another
+    pid namespace (a container sharing the host name) is never judged: its heartbeat is."""
+    me = this_process()
+    if any(info.get(k) != me[k] for k in ("host", "boot", "pidns")):
+        return False
+    try:
+        pid, start = int(info["pid"]), info.get("start")
+    except (KeyError, TypeError, ValueError):
+        return False
+    if pid == me["pid"] and (start is None or start == me["start"]):
+        return False  # this very process (the caller knows its own trials)
+    exists, now_start = _process_state(pid)
+    if not exists:
+        return True
+    # the pid is taken by another process (reused) when its start time differs
+    return start is not None and now_start is not None and now_start != start
 
 
 class Heartbeat:
@@ -128,6 +198,20 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def interruption_reason(exc: BaseException) -> str:
+    """The reason stored with a trial that Ctrl-C or SIGTERM (``search.cli.Terminated``,
+    which carries its own reason) interrupted."""
+    return getattr(exc, "reason", "interrupted by the user (Ctrl-C)")
+
+
+def mark_interrupted(trial: optuna.Trial, exc: BaseException) -> None:
+    """Record that a RUNNING trial was interrupted, whatever it had recorded before (a signal
+    that lands after training but before the trial is told leaves the training's status)."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("reason", interruption_reason(exc))
+
+
 class SlotClaimer:
     """Claims trial slots of one study so that exactly ``n_trials`` finish, across processes
     and machines, and fails and re-enqueues trials whose worker stopped beating."""
@@ -143,16 +227,21 @@ class SlotClaimer:
         checkpoint_dir: Path | None = None,
         say=None,
     ) -> None:
-        from optuna.storages._rdb import models
-
         self.study, self.storage, self.url = study, storage, url
         self.n_trials, self.options = n_trials, options
         self.checkpoint_dir = checkpoint_dir
         self.say = say or (lambda text: log.warning(text))
-        self.study_id = study._study_id
-        self._trials = models.TrialModel.__table__
-        self._beats = models.TrialHeartbeatModel.__table__
-        self._attrs = models.TrialUserAttributeModel.__table__
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self._ids: dict[int, int] = {}  # trial number -> trial id, of the trials claimed here
+
+    def trial_id(self, trial: optuna.Trial) -> int:
+        """The storage id of a trial (Optuna's ``Trial`` keeps it private; the storage has a
+        public lookup by study and number)."""
+        tid = self._ids.get(trial.number)
+        if tid is None:
+            tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            self._ids[trial.number] = tid
+        return tid
 
     # -- counting -------------------------------------------------------------------------
     @storage_mod._retrying
@@ -162,16 +251,7 @@ class SlotClaimer:
             return self._count(conn)
 
     def _count(self, conn: Any) -> dict[TrialState, int]:
-        t = self._trials
-        query = (
-            sqlalchemy.select(t.c.state, sqlalchemy.func.count())
-            .where(t.c.study_id == self.study_id)
-            .group_by(t.c.state)
-        )
-        out = dict.fromkeys(TrialState, 0)
-        for state, n in conn.execute(query).all():
-            out[TrialState[state] if isinstance(state, str) else state] = n
-        return out
+        return _internals.count_by_state(conn, self.study_id)
 
     @staticmethod
     def finished(counts: dict[TrialState, int]) -> int:
@@ -199,9 +279,19 @@ class SlotClaimer:
                 if done + counts[TrialState.RUNNING] >= self.n_trials:
                     return WAIT
                 trial = self.study.ask()
-                self.storage.record_heartbeat(trial._trial_id)
+                tid = self.trial_id(trial)
+                _CLAIMED_HERE.add(tid)
+                self.storage.record_heartbeat(tid)
+                # Who runs it, precisely enough that a worker on this machine can tell at once
+                # when that process is gone (a trial without it waits for the grace period).
+                self.storage.set_trial_system_attr(tid, WORKER_ATTR, this_process())
                 if conn is not None:
                     conn.execute(sqlalchemy.text("SELECT 1"))  # still holding the lock?
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while claiming
+            if trial is not None:  # claimed, never started: leave no trial RUNNING
+                with signals_ignored():
+                    self._fail(self.trial_id(trial), "interrupted", interruption_reason(exc))
+            raise
         except Exception as exc:
             if trial is None:
                 if storage_mod._transient(exc, self.url):
@@ -211,52 +301,69 @@ class SlotClaimer:
             # have claimed concurrently: give ours back if the budget is now overdrawn.
             counts = self.counts()
             if self.finished(counts) + counts[TrialState.RUNNING] > self.n_trials:
-                self._fail(trial._trial_id, "lost", "claimed while the database restarted; "
-                           "over the trial budget, so not run")  # fmt: skip
+                self._fail(self.trial_id(trial), "lost", "claimed while the database "
+                           "restarted; over the trial budget, so not run")  # fmt: skip
                 return WAIT
         return trial
 
     # -- lost workers ---------------------------------------------------------------------
-    def _db_now(self, conn: Any) -> datetime:
+    @staticmethod
+    def _db_now(conn: Any) -> datetime:
+        """The database's clock, as naive UTC (SQLite's CURRENT_TIMESTAMP is UTC; our
+        PostgreSQL sessions run in UTC, see ``storage._engine_kwargs``)."""
         now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
-        if isinstance(now, str):  # SQLite's CURRENT_TIMESTAMP, in UTC
+        if isinstance(now, str):
             now = datetime.fromisoformat(now)
+        if now.tzinfo is not None:
+            now = now.astimezone(timezone.utc)
         return now.replace(tzinfo=None)
 
     @storage_mod._retrying
     def stale(self) -> list[tuple[int, int, str]]:
-        """(trial id, number, why) of RUNNING trials whose worker stopped beating."""
-        t, hb = self._trials, self._beats
+        """(trial id, number, why) of RUNNING trials whose worker is gone: a process of this
+        machine that no longer exists (at once), or a worker that stopped beating (after the
+        grace period)."""
         grace = self.options.grace_period
-        query = (
-            sqlalchemy.select(t.c.trial_id, t.c.number, t.c.datetime_start, hb.c.heartbeat)
-            .select_from(t.outerjoin(hb, hb.c.trial_id == t.c.trial_id))
-            .where(t.c.study_id == self.study_id, t.c.state == TrialState.RUNNING)
-        )
         with self.storage.engine.connect() as conn:
             now = self._db_now(conn)
-            rows = conn.execute(query).all()
+            rows = _internals.running_heartbeats(conn, self.study_id)
         out = []
-        for trial_id, number, started, beat in rows:
-            if beat is not None:
+        for trial_id, number, beat in rows:
+            gone = self._local_worker_gone(trial_id)
+            if gone:
+                out.append((trial_id, number, gone))
+            elif beat is not None:
                 if isinstance(beat, str):
                     beat = datetime.fromisoformat(beat)
                 age = (now - beat.replace(tzinfo=None)).total_seconds()
                 if age > grace:
                     out.append(
-                        (trial_id, number, f"no heartbeat for {age:.0f} s (grace {grace:g} s)")
-                    )
-            elif started is not None and datetime.now() - started > timedelta(
-                seconds=2 * grace + 60
-            ):  # left RUNNING by a run without heartbeat (an older version, a crash)
-                out.append((trial_id, number, "left running without a heartbeat"))
+                        (trial_id, number, f"no heartbeat for {age:.0f} s (grace {grace:g} s); "
+                         "the worker was killed, crashed or froze")
+                    )  # fmt: skip
+            else:  # left RUNNING by a run without heartbeat (an older version, a crash)
+                started = self.storage.get_trial(trial_id).datetime_start
+                # Optuna hands it out as naive local time (or aware): compare in UTC
+                if started is not None and datetime.now(timezone.utc) - started.astimezone(
+                    timezone.utc
+                ) > timedelta(seconds=2 * grace + 60):
+                    out.append((trial_id, number, "left running without a heartbeat"))
         return out
+
+    def _local_worker_gone(self, trial_id: int) -> str | None:
+        """Why the trial's worker is certainly dead, if it ran on this machine; else None."""
+        if trial_id in _CLAIMED_HERE:
+            return None  # ours (a thread of this process runs it)
+        info = self.storage.get_trial_system_attrs(trial_id).get(WORKER_ATTR)
+        if not isinstance(info, dict) or not process_gone(info):
+            return None
+        return f"worker {info.get('host')}:{info.get('pid')} is gone (process no longer exists)"
 
     def sweep(self) -> list[int]:
         """Fail trials of dead or frozen workers and enqueue their retries; their numbers."""
         lost = []
         for trial_id, number, why in self.stale():
-            reason = f"worker lost: {why}; the worker was killed, crashed or froze"
+            reason = f"worker lost: {why}"
             if self._fail(trial_id, "lost", reason):
                 lost.append(number)
                 retry = self.retry(self.storage.get_trial(trial_id), reason)
@@ -278,15 +385,8 @@ class SlotClaimer:
 
     @storage_mod._retrying
     def _write_attrs(self, trial_id: int, values: dict[str, Any]) -> None:
-        # Optuna refuses attributes on a finished trial; only the worker that failed it
-        # writes these, so set them in the table directly.
-        a = self._attrs
-        with self.storage.engine.begin() as conn:
-            conn.execute(a.delete().where(a.c.trial_id == trial_id, a.c.key.in_(list(values))))
-            conn.execute(
-                a.insert(),
-                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in values.items()],
-            )  # fmt: skip
+        # only the worker that failed the trial writes these
+        _internals.write_finished_trial_attrs(self.storage.engine, trial_id, values)
 
     def retry(self, failed: FrozenTrial, reason: str) -> str | None:
         """Enqueue ``failed``'s parameters again (bounded); a description, or None."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -131,6 +132,27 @@ def storage_param(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'studies.db'}"
     return request.getfixturevalue("pg_url")
+
+
+ZONES = ["Asia/Tokyo", "America/Los_Angeles"]  # far east and west of UTC, with summer time
+
+
+@contextlib.contextmanager
+def time_zone(tz: str):
+    """This process's local time in ``tz`` (as a worker started with ``TZ=tz`` has it)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = tz
+    time.tzset()
+    try:
+        offset = datetime.now().astimezone().utcoffset()
+        assert offset, f"no time-zone data for {tz}: install the tzdata package"
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
 
 
 STORAGES = [

@@ -11,9 +11,12 @@ import math
 import os
 import pickle
 import signal
+import socket
+import subprocess
 import threading
 import time
 import warnings
+from datetime import datetime, timedelta
 
 import numpy as np
 import optuna
@@ -25,6 +28,7 @@ from faultkit import (
     FAST_OPTIONS,
     FINISHED,
     STORAGES,
+    ZONES,
     Watch,
     finish,
     injected,
@@ -33,6 +37,7 @@ from faultkit import (
     spawn,
     states,
     storage_param,
+    time_zone,
     wait_for,
 )
 from optuna.trial import TrialState
@@ -44,7 +49,14 @@ from search import storage as storage_mod
 from search.cli import main
 from search.run import plan_run, prepare_study, run_study
 from search.studyfile import load_study
-from search.workers import SlotClaimer, WorkerOptions
+from search.workers import (
+    WORKER_ATTR,
+    SlotClaimer,
+    WorkerOptions,
+    _process_state,
+    process_gone,
+    this_process,
+)
 
 
 @pytest.fixture(params=STORAGES)
@@ -76,7 +88,8 @@ def test_sigkill_mid_epoch_is_retried_from_its_last_epoch(write_study, url):
         victim = wait_for(
             lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
         )
-        time.sleep(0.3)  # its epoch-1 state is written right after the report
+        state = checkpoint_dir(url, "tiny") / f"trial-{victim.number}.last.safetensors"
+        wait_for(state.exists, timeout=30, what="the epoch-1 state file", proc=proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -84,6 +97,14 @@ def test_sigkill_mid_epoch_is_retried_from_its_last_epoch(write_study, url):
         if proc.poll() is None:
             proc.kill()
     assert (checkpoint_dir(url, "tiny") / f"trial-{victim.number}.last.safetensors").exists()
+    # as if it had run on another machine: only its silence (the heartbeat) can tell
+    storage = storage_mod.open_storage(url)
+    tid = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("tiny"), victim.number
+    )
+    info = storage.get_trial_system_attrs(tid)[WORKER_ATTR]
+    storage.set_trial_system_attr(tid, WORKER_ATTR, {**info, "host": "elsewhere"})
+    storage.engine.dispose()
 
     study = run("tiny", url, 2)  # another worker: fails the silent trial and retries it
 
@@ -100,6 +121,118 @@ def test_sigkill_mid_epoch_is_retried_from_its_last_epoch(write_study, url):
     assert TrialState.RUNNING not in states(study)
     leftovers = [p.name for p in checkpoint_dir(url, "tiny").glob("*.safetensors")]
     assert not [n for n in leftovers if ".last." in n or ".resume." in n], leftovers
+
+
+def test_a_rerun_after_sigkill_on_this_machine_retries_the_lost_trial_at_once(
+    write_study, storage_url
+):
+    """A single worker killed mid-trial (the OOM killer, a laptop closing), default heartbeat
+    and grace (30 s / 120 s): the rerun on the same machine sees that the worker's process is
+    gone and retries its trial at once. It is given 10 s (``--timeout``) to start the retry, far
+    less than the grace period."""
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 2"))
+    watch = Watch(storage_url, "tiny")
+    args = ["run", "--study", "tiny", "--trials", "1", "-q", "--threads", "1"]
+    proc = spawn(args, storage=storage_url, faults="epoch_sleep=1.0")
+    try:
+        victim = wait_for(
+            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
+        )
+        state = checkpoint_dir(storage_url, "tiny") / f"trial-{victim.number}.last.safetensors"
+        wait_for(state.exists, timeout=30, what="the epoch-1 state file", proc=proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        watch.close()
+        if proc.poll() is None:
+            proc.kill()
+
+    code, out = finish(spawn([*args, "--timeout", "10"], storage=storage_url), 120)
+
+    assert code == 0, out
+    assert "waiting" not in out, out  # never waited for the grace period
+    study = load(storage_url, "tiny")
+    lost = study.trials[victim.number]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "lost"
+    gone = f"worker {socket.gethostname()}:{proc.pid} is gone (process no longer exists)"
+    assert lost.user_attrs["reason"] == f"worker lost: {gone}"
+    assert f"trial {victim.number} worker lost: {gone}; retrying its parameters" in out
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state in FINISHED and retry.params == lost.params
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    # the retry could only start within the rerun's 10 s
+    assert [s in FINISHED for s in states(study)] == [False, True]
+
+
+def _claimed_by(storage, study, info: dict | None) -> int:
+    """A RUNNING trial with a fresh heartbeat, claimed by the process ``info`` describes
+    (None: claimed a moment ago, its worker not yet recorded)."""
+    sid = storage.get_study_id_from_name(study.study_name)
+    tid = storage.get_trial_id_from_study_id_trial_number(sid, study.ask().number)
+    storage.record_heartbeat(tid)
+    if info is not None:
+        storage.set_trial_system_attr(tid, WORKER_ATTR, info)
+    return tid
+
+
+def test_only_a_trial_whose_local_worker_process_is_gone_is_failed_before_the_grace(
+    write_study, url
+):
+    write_study("tiny", TINY_DIGITS)
+    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    said: list[str] = []
+    slow = WorkerOptions(heartbeat=30, grace=120)
+    claimer = SlotClaimer(
+        study, storage=storage, url=url, n_trials=9, options=slow, say=said.append
+    )
+    me = this_process()
+    dead = subprocess.Popen(["sleep", "60"])
+    dead_info = {**me, "pid": dead.pid, "start": _process_state(dead.pid)[1]}
+    dead.kill()
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        alive_info = {**me, "pid": alive.pid, "start": _process_state(alive.pid)[1]}
+        unrecorded = _claimed_by(storage, study, None)
+        live = _claimed_by(storage, study, alive_info)
+        elsewhere = _claimed_by(storage, study, {**dead_info, "host": "another-machine"})
+        container = _claimed_by(storage, study, {**dead_info, "pidns": "pid:[1]"})
+        victim = _claimed_by(storage, study, dead_info)
+        assert claimer.sweep() == [storage.get_trial(victim).number]
+    finally:
+        alive.kill()
+        alive.wait()
+    assert storage.get_trial(victim).state == TrialState.FAIL
+    for tid in (unrecorded, live, elsewhere, container):  # their heartbeats decide
+        assert storage.get_trial(tid).state == TrialState.RUNNING
+    reason = storage.get_trial(victim).user_attrs["reason"]
+    assert (
+        reason == f"worker lost: worker {me['host']}:{dead.pid} is gone (process no longer exists)"
+    )
+    assert any(reason in s and "retrying its parameters" in s for s in said), said
+
+
+def test_a_dead_worker_is_told_from_a_live_one_by_pid_start_time_and_state():
+    me = this_process()
+    assert not process_gone(me)  # this very process
+    assert process_gone({**me, "start": me["start"] - 1})  # our pid, an earlier process
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        info = {**me, "pid": child.pid, "start": _process_state(child.pid)[1]}
+        assert not process_gone(info)
+        assert process_gone({**info, "start": info["start"] + 1})  # the pid was reused
+        child.kill()  # killed, not yet reaped by us (its parent): a zombie
+        deadline = time.monotonic() + 10
+        while _process_state(child.pid)[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process_gone(info)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_gone(info)
+    assert not process_gone({**info, "host": "elsewhere"})
+    assert not process_gone({**info, "boot": "another-boot"})
+    assert not process_gone({k: v for k, v in info.items() if k != "pid"})
 
 
 @pytest.mark.parametrize(
@@ -138,6 +271,51 @@ def test_signal_fails_the_trial_with_a_reason_and_a_rerun_completes(write_study,
     study = run("tiny", url, 2)
     assert sum(s in FINISHED for s in states(study)) == 2
     assert TrialState.RUNNING not in states(study)
+
+
+def test_a_signal_after_training_but_before_the_tell_still_records_it_as_the_reason(
+    write_study, url, monkeypatch
+):
+    """SIGTERM landing while a trained trial is being annotated (its status and reason from
+    training already stored): the trial is failed with the signal as its reason."""
+    from search.cli import Terminated
+
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 1"))
+
+    def signal_lands(*args, **kwargs):
+        raise Terminated()
+
+    monkeypatch.setattr("search.objective.annotate_trial", signal_lands)
+    with pytest.raises(Terminated):
+        run("tiny", url, 1)
+    (trial,) = load(url, "tiny").trials
+    assert trial.state == TrialState.FAIL
+    assert (trial.user_attrs["status"], trial.user_attrs["reason"]) == (
+        "interrupted",
+        "terminated by SIGTERM",
+    )
+    assert trial.user_attrs["epochs_run"] == 1  # it had trained
+
+
+@pytest.mark.parametrize("tz", ZONES)
+def test_a_trial_left_without_a_heartbeat_is_judged_in_utc_in_any_time_zone(write_study, url, tz):
+    """Trials left RUNNING without a heartbeat row (an older version, a crash before the first
+    beat) are failed by their start time: one started now stays, one started 10 min ago goes,
+    whatever the worker's time zone (Optuna hands the start out as local time)."""
+    write_study("tiny", TINY_DIGITS)
+    with time_zone(tz):
+        storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+        sid = storage.get_study_id_from_name("tiny")
+
+        def running_since(start: datetime) -> int:
+            template = optuna.trial.create_trial(state=TrialState.RUNNING)
+            template.datetime_start = start
+            return storage.create_new_trial(sid, template_trial=template)
+
+        running_since(datetime.now())
+        old = running_since(datetime.now() - timedelta(minutes=10))
+        claimer = SlotClaimer(study, storage=storage, url=url, n_trials=5, options=FAST_OPTIONS)
+        assert claimer.stale() == [(old, 1, "left running without a heartbeat")]
 
 
 def test_lost_trials_are_retried_a_bounded_number_of_times(write_study, url):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ from faultkit import (
     FAST,
     FAST_OPTIONS,
     FINISHED,
+    ZONES,
     Watch,
     finish,
     load,
     quiet,
     spawn,
     states,
+    time_zone,
     wait_for,
 )
 from optuna.trial import TrialState
@@ -122,20 +125,25 @@ def test_workers_starting_together_make_one_schema_one_study_and_stop_at_n(write
     engine.dispose()
 
 
-def test_paused_worker_late_result_is_discarded(write_study, pg_url):
+@pytest.mark.parametrize("tz", ZONES)
+def test_paused_worker_late_result_is_discarded(write_study, pg_url, tz):
+    """Both workers in a time zone far from UTC: the silent one is failed after the grace
+    period by the database's clock, neither at once nor never."""
     write_study("tiny", SLOW_EPOCHS)
     watch = Watch(pg_url, "tiny")
     proc = spawn(
         ["run", "--study", "tiny", "--trials", "2", "-q", *FAST],
         storage=pg_url,
         faults="epoch_sleep=1.0",
+        env={"TZ": tz},
     )
     try:
         victim = wait_for(
             lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
         )
         proc.send_signal(signal.SIGSTOP)  # frozen past the grace period (2 s)
-        study = run("tiny", pg_url, 2)  # meanwhile another worker fills the study
+        with time_zone(tz):
+            study = run("tiny", pg_url, 2)  # meanwhile another worker fills the study
         assert sum(s in FINISHED for s in states(study)) == 2
         proc.send_signal(signal.SIGCONT)
         code, out = finish(proc, 60)
@@ -151,13 +159,24 @@ def test_paused_worker_late_result_is_discarded(write_study, pg_url):
     assert sum(s in FINISHED for s in states(study)) == 2  # no duplicate counted
     assert study.trials[victim.number].state == TrialState.FAIL
     assert study.trials[victim.number].user_attrs["status"] == "lost"
+    silence = re.fullmatch(
+        r"worker lost: no heartbeat for (\d+) s \(grace 2 s\); the worker was killed, crashed "
+        r"or froze",
+        study.trials[victim.number].user_attrs["reason"],
+    )
+    assert silence and 2 <= int(silence[1]) < 600  # seconds, not the zone's hours
     assert TrialState.RUNNING not in states(study)
 
 
 def test_sigterm_to_the_workers_launcher_fails_running_trials_and_a_rerun_completes(
     write_study, pg_url
 ):
-    write_study("tiny", SLOW_EPOCHS)
+    # trials of >= 20 s (20 epochs of >= 1 s, no early stopping): neither ends before the
+    # signal, however late the second worker reaches its first epoch
+    write_study(
+        "tiny",
+        TINY_DIGITS.replace("epochs = 3", "epochs = 20").replace("patience = 2", "patience = 0"),
+    )
     watch = Watch(pg_url, "tiny")
     proc = spawn(
         ["run", "--study", "tiny", "--trials", "2", "--workers", "2", "-q", *FAST],
