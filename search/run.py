@@ -247,7 +247,8 @@ def run_study(
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             done = claimer.finished(claimer.counts())
-            progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
+            if n_trials is None or done < n_trials:  # a full study is simply done
+                progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
             break
         if wall_end is not None and time.monotonic() >= wall_end:
             done = claimer.finished(claimer.counts())
