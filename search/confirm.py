@@ -58,7 +58,7 @@ class Candidate:
     def label(self, shown: list[str] | None = None) -> str:
         params = {k: v for k, v in self.params.items() if shown is None or k in shown}
         text = f"#{self.rank} trial {self.trial}"
-        return f"{text}: {fmt_params(params, limit=12)}" if params else text
+        return f"{text}: {' '.join(fmt_params(params))}" if params else text
 
 
 @dataclass
