@@ -470,13 +470,9 @@ def factor_table(
             row.append("—")
             raw_row.append(None)
             continue
-        mine = _by_repeat(runs[v], "final_val_acc", arm=v)
-        shared = sorted(set(mine) & set(base))  # pairs missing on either side are skipped
-        test = paired_difference(
-            [mine[r] for r in shared], [base[r] for r in shared], confidence=confidence
-        )
-        row.append(test.format(scale=100.0, decimals=2))
-        raw_row.append(test.to_dict(scale=100.0))
+        cell, cell_raw = _paired_cell(_by_repeat(runs[v], "final_val_acc", arm=v), base, confidence)
+        row.append(cell)
+        raw_row.append(cell_raw)
     rows.append(row)
     raw.append(raw_row)
 
@@ -633,12 +629,9 @@ def final_results_table(
                 continue
             mine = by_seed(c["runs"], key)
             base = by_seed(configs[publish]["runs"], key)
-            shared = sorted(set(mine) & set(base))
-            diff = paired_difference(
-                [mine[s] for s in shared], [base[s] for s in shared], confidence=confidence
-            )
-            row.append(diff.format(scale=100.0, decimals=2))
-            raw_row.append(diff.to_dict(scale=100.0))
+            cell, cell_raw = _paired_cell(mine, base, confidence)
+            row.append(cell)
+            raw_row.append(cell_raw)
         rows.append(row)
         raw.append(raw_row)
     selected = (
@@ -662,3 +655,15 @@ def final_results_table(
             f"(n={test.n})."
         )
     return Table(title=title, headers=headers, rows=rows, raw=raw, notes=notes)
+
+
+def _paired_cell(
+    mine: dict[Any, float], base: dict[Any, float], confidence: float
+) -> tuple[str, dict[str, Any]]:
+    """The paired difference to the baseline over the repeats (or seeds) both sides have, as
+    a table cell and its raw record; pairs missing on either side are skipped."""
+    shared = sorted(set(mine) & set(base))
+    diff = paired_difference(
+        [mine[k] for k in shared], [base[k] for k in shared], confidence=confidence
+    )
+    return diff.format(scale=100.0, decimals=2), diff.to_dict(scale=100.0)
