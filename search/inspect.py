@@ -167,7 +167,8 @@ def predict_folder(
     trial = pick_trial(study, number)
     model, meta = load_trained(checkpoint_of(trial, study.study_name))
     size = int(meta["config"]["data.image_size"])
-    x, files = load_unlabeled(data_dir, image_size=size)
+    resize = meta["config"].get("data.eval_resize", "squash")  # older checkpoints: squash
+    x, files = load_unlabeled(data_dir, image_size=size, eval_resize=resize)
     if meta["in_chans"] == 1 and x.shape[1] == 3:  # a grayscale model: average the channels
         x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
     logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"], tta=tta)

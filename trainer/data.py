@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from trainer._registry import Registry
 from trainer.config import DataConfig
+from trainer.resize import resize_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,6 +118,7 @@ def _data_key(cfg: DataConfig) -> DataConfig:
         classes=cfg.classes,
         normalize=cfg.normalize,
         strict=cfg.strict,
+        eval_resize=cfg.eval_resize,
     )
 
 
@@ -291,22 +292,15 @@ def _check_labels(data: ImageData) -> None:
             raise ValueError(f"{split} classes with no training images: {names}")
 
 
-def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a uint8 [N, C, H, W] batch to size x size (antialiased when shrinking)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
 @register_dataset("digits")
 def _digits(cfg: DataConfig) -> ImageData:
     """scikit-learn's 1,797 8x8 handwritten digits (values 0..16), grayscale, 10 classes."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
-    x = resize_uint8(x, cfg.image_size)
+    x8 = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
+    x = resize_uint8(x8, cfg.image_size)
+    x_eval = x if cfg.eval_resize == "squash" else resize_uint8(x8, cfg.image_size, cfg.eval_resize)
     target = np.asarray(bunch.target, dtype=np.int64)
     y = torch.from_numpy(target)
     names = [str(i) for i in range(10)]
@@ -337,8 +331,8 @@ def _digits(cfg: DataConfig) -> ImageData:
     if test_idx is not None:
         splits["test"] = test_idx
     return ImageData(
-        x[train_idx], y[train_idx], x[val_idx], y[val_idx], names,
-        x_test=None if test_idx is None else x[test_idx],
+        x[train_idx], y[train_idx], x_eval[val_idx], y[val_idx], names,
+        x_test=None if test_idx is None else x_eval[test_idx],
         y_test=None if test_idx is None else y[test_idx],
         ids={s: ids[idx].tolist() for s, idx in splits.items()},
         test_source=f"data.test_fraction={cfg.test_fraction:g}" if test_idx is not None else "",

@@ -24,7 +24,10 @@ decoding pass and the same cache.
 Every image becomes RGB (grayscale, palette and 16-bit are converted, transparency is composited
 on white, EXIF orientation is applied) and is resized directly to ``image_size`` squared, as seed
 000's ``Resize((256, 256))``: no crop, so nothing at the border is lost; aspect ratios change.
-JPEGs are decoded at a reduced DCT scale when that still covers the target size.
+With ``data.eval_resize = "center_crop"`` the validation and test images (and ``load_unlabeled``'s)
+are decoded once more, short side to ``image_size / 0.875`` and the centre square kept
+(``trainer.resize``), into a cache of their own. JPEGs are decoded at a reduced DCT scale when
+that still covers the target size.
 
 Decoding happens once per (files, resolution): the images go into ``<cache>/<key>.npy`` (uint8
 ``[N, 3, S, S]``), where the key hashes the layout, root, file list, sizes and mtimes. The cache
@@ -62,6 +65,7 @@ from PIL import Image, ImageOps
 
 from trainer.config import DataConfig
 from trainer.data import ImageData, grouped_split, register_dataset
+from trainer.resize import draft_size, resize_pil
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +246,11 @@ def _csv_listing(manifest: Path) -> _Listing:
 
 
 def load_unlabeled(
-    root: str | Path, *, image_size: int, strict: bool = False
+    root: str | Path, *, image_size: int, strict: bool = False, eval_resize: str = "squash"
 ) -> tuple[torch.Tensor, list[str]]:
     """Images directly in ``root`` (e.g. seed 000's test folder) as uint8 ``[N, 3, S, S]``,
-    with their file names, in natural order (2.png before 10.png). Unreadable files are skipped
-    with one warning (``strict``: ValueError)."""
+    resized as ``data.eval_resize`` says, with their file names, in natural order (2.png before
+    10.png). Unreadable files are skipped with one warning (``strict``: ValueError)."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} does not exist; pass the folder of test images")
@@ -256,7 +260,7 @@ def load_unlabeled(
             f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) directly in {folder}; "
             "pass the folder that holds the test images"
         )
-    decoded = _decode_cached("unlabeled", folder, files, image_size)
+    decoded = _decode_cached("unlabeled", folder, files, image_size, eval_resize)
     _report_bad(folder, decoded.bad_names(folder, files), strict=strict)
     good = np.array([i for i in range(len(files)) if i not in decoded.bad], dtype=np.int64)
     if len(good) == 0:
@@ -536,6 +540,8 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
     x = torch.from_numpy(decoded.arranged(order))
     y = torch.from_numpy(y_all[order])
     k, v = len(train_idx), len(train_idx) + len(val_idx)
+    if cfg.eval_resize != "squash":  # validation and test images decoded again, cropped
+        x = torch.cat([x[:k], _decode_eval(listing, order[k:], cfg)])
 
     def ids(idx: np.ndarray) -> list[str]:
         return [f"{_rel(listing.files[i], listing.base)}#{digests[i]}" for i in idx.tolist()]
@@ -547,6 +553,24 @@ def _load_labeled(cfg: DataConfig, listing: _Listing) -> ImageData:
         ids={"train": ids(train_idx), "val": ids(val_idx), "test": ids(test_idx)},
         test_source=source if has_test else "",
     )  # fmt: skip
+
+
+def _decode_eval(listing: _Listing, rows: np.ndarray, cfg: DataConfig) -> torch.Tensor:
+    """The files ``rows`` of ``listing`` decoded under ``cfg.eval_resize``, in that order.
+
+    They get a cache of their own, keyed (besides the files, sizes and mtimes) by the protocol
+    and the list of names, so splits of one folder that differ do not evict each other."""
+    files = [listing.files[i] for i in rows.tolist()]
+    if not files:
+        return torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    names = _hash(json.dumps([_rel(f, listing.base) for f in files]))[:12]
+    decoded = _decode_cached(
+        listing.layout, listing.base, files, cfg.image_size, cfg.eval_resize, subset=names
+    )
+    if decoded.bad:  # these files decoded a moment ago: they changed while loading
+        bad = "; ".join(f"{n} ({why})" for n, why in decoded.bad_names(listing.base, files)[:5])
+        raise ValueError(f"image files under {listing.base} changed while loading: {bad}; rerun")
+    return torch.from_numpy(decoded.arranged(np.arange(len(files))))
 
 
 def _warn_duplicates(
@@ -626,8 +650,18 @@ class _Decoded:
         return np.load(out, mmap_mode="c")
 
 
-def _decode_cached(layout: str, base: Path, files: Sequence[Path], size: int) -> _Decoded:
-    """Decode ``files`` at ``size`` px into the cache, or reuse the cache when nothing changed."""
+def _decode_cached(
+    layout: str,
+    base: Path,
+    files: Sequence[Path],
+    size: int,
+    resize: str = "squash",
+    *,
+    subset: str = "",
+) -> _Decoded:
+    """Decode ``files`` at ``size`` px (``resize``: a ``data.eval_resize`` protocol) into the
+    cache, or reuse the cache when nothing changed. ``subset`` names a part of a folder that
+    is cached apart from the rest."""
     cap = max_pixels()
     stats = []
     for f in files:
@@ -636,30 +670,38 @@ def _decode_cached(layout: str, base: Path, files: Sequence[Path], size: int) ->
             stats.append((_rel(f, base), st.st_size, st.st_mtime_ns))
         except OSError:
             stats.append((_rel(f, base), -1, -1))
-    ident = json.dumps([layout, str(base.resolve()), size])
+    # squash keeps the key it always had; another protocol is another file and another prefix
+    extra = [] if resize == "squash" and not subset else [resize, subset]
+    ident = json.dumps([layout, str(base.resolve()), size, *extra])
     content = json.dumps([CACHE_VERSION, cap, stats])
-    prefix = f"{layout}-{size}px-{_hash(ident)[:12]}-"
+    protocol = "" if resize == "squash" else f"{resize.replace('_', '')}-"
+    prefix = f"{layout}-{size}px-{protocol}{_hash(ident)[:12]}-"
     npy = cache_dir() / f"{prefix}{_hash(ident + content)[:20]}.npy"
     meta = npy.with_suffix(".json")
     if not meta.exists():
         with _locked(npy.with_suffix(".lock")):
             if not meta.exists():  # another process may have built it meanwhile
-                _build(npy, meta, base, files, size, cap)
+                _build(npy, meta, base, files, size, cap, resize)
                 _prune(npy, prefix)
     info = json.loads(meta.read_text())
     return _Decoded(npy, {int(k): v for k, v in info["bad"].items()}, info["digests"])
 
 
-def _build(npy: Path, meta: Path, base: Path, files: Sequence[Path], size: int, cap: int) -> None:
+def _build(
+    npy: Path, meta: Path, base: Path, files: Sequence[Path], size: int, cap: int, resize: str
+) -> None:
     t0 = time.perf_counter()
-    log.info("decoding %d images under %s at %d px into %s", len(files), base, size, npy)
+    log.info(
+        "decoding %d images under %s at %d px (%s) into %s", len(files), base, size, resize, npy
+    )
     bad: dict[int, str] = {}
     digests: list[str | None] = []
     with _atomic(npy) as tmp:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, size, size)
         )
-        for i, (img, why, digest) in enumerate(_decode_all([str(f) for f in files], size, cap)):
+        paths = [str(f) for f in files]
+        for i, (img, why, digest) in enumerate(_decode_all(paths, size, cap, resize)):
             digests.append(digest)
             if img is None:
                 bad[i] = why or "unreadable"
@@ -671,6 +713,7 @@ def _build(npy: Path, meta: Path, base: Path, files: Sequence[Path], size: int, 
         "version": CACHE_VERSION,
         "base": str(base),
         "size": size,
+        "resize": resize,
         "files": [_rel(f, base) for f in files],
         "bad": {str(i): why for i, why in bad.items()},
         "digests": digests,
@@ -682,17 +725,18 @@ def _build(npy: Path, meta: Path, base: Path, files: Sequence[Path], size: int, 
 
 
 def _decode_all(
-    paths: list[str], size: int, cap: int
+    paths: list[str], size: int, cap: int, resize: str
 ) -> Iterator[tuple[np.ndarray | None, str | None, str | None]]:
     workers = _workers()
     if len(paths) < PARALLEL_MIN_FILES or workers < 2:
         for p in paths:
-            yield _decode_file(p, size, cap)
+            yield _decode_file(p, size, cap, resize)
         return
     # fork (Linux) starts workers in milliseconds; they only touch PIL and numpy.
     method = "fork" if sys.platform == "linux" else None
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        yield from pool.map(_decode_file, paths, repeat(size), repeat(cap), chunksize=16)
+        args = (repeat(size), repeat(cap), repeat(resize))
+        yield from pool.map(_decode_file, paths, *args, chunksize=16)
 
 
 def _workers() -> int:
@@ -704,9 +748,10 @@ def _workers() -> int:
 
 
 def _decode_file(
-    path: str, size: int, cap: int
+    path: str, size: int, cap: int, resize: str = "squash"
 ) -> tuple[np.ndarray | None, str | None, str | None]:
-    """One file -> (uint8 [3, size, size] or None, why it is unusable, content hash).
+    """One file -> (uint8 [3, size, size] or None, why it is unusable, content hash), resized
+    as ``resize`` (a ``data.eval_resize`` protocol) says.
 
     Never raises: every failure becomes a reason, so a bad file cannot crash a study."""
     try:
@@ -726,8 +771,9 @@ def _decode_file(
                 if w * h > cap:
                     why = f"{w}x{h} px is over the {cap} px limit (decompression bomb?)"
                     return None, why, digest
-                im.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale if still >= size
-                return _to_rgb(ImageOps.exif_transpose(im), size), None, digest
+                side = draft_size(size, resize)
+                im.draft("RGB", (side, side))  # JPEG: decode at 1/2..1/8 scale if still >= side
+                return _to_rgb(ImageOps.exif_transpose(im), size, resize), None, digest
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         return None, "over PIL's pixel limit (decompression bomb?)", digest
     except Image.UnidentifiedImageError:
@@ -739,7 +785,7 @@ def _decode_file(
         return None, f"undecodable: {msg}", digest
 
 
-def _to_rgb(im: Image.Image, size: int) -> np.ndarray:
+def _to_rgb(im: Image.Image, size: int, resize: str = "squash") -> np.ndarray:
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # 16-bit or float grayscale
         a = np.asarray(im, dtype=np.float32)
         a = a / 257.0 if im.mode.startswith("I;16") or a.max() > 255 else a
@@ -747,9 +793,7 @@ def _to_rgb(im: Image.Image, size: int) -> np.ndarray:
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         im = im.convert("RGBA")  # transparent pixels become white, not whatever colour they hold
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-    im = im.convert("RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR)  # antialiased when shrinking
+    im = resize_pil(im.convert("RGB"), size, resize)  # bilinear, antialiased when shrinking
     return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
