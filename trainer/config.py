@@ -103,7 +103,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "small_cnn"  # see trainer.list_models(); any timm model name works too
+    # see trainer.list_models(); any timm model name works too, or a timm pretrained tag
+    # (resnet152.tv2_in1k) to pick the ImageNet weights
+    backbone: str = "small_cnn"
     dropout: float = 0.0  # dropout before the linear head
     pretrained: str | None = None  # None, "imagenet", a weights file, or "study:NAME"
     strategy: str = "full"  # full fine-tune, partial (freeze first stages), linear probe
