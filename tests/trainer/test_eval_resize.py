@@ -14,6 +14,7 @@ from PIL import Image
 
 import trainer.data
 from trainer import DataConfig, TrainConfig, load_data, read_checkpoint, train
+from trainer import decode as dec
 from trainer import folders as fo
 from trainer.data import load_test
 from trainer.evaluate import accuracy
@@ -81,7 +82,7 @@ def test_squash_is_the_default_and_unknown_protocols_are_refused():
 def test_decoding_a_file_with_center_crop_gives_torchvision_pixels(tmp_path):
     im = _image(40, 25, seed=3)
     im.save(tmp_path / "a.png")
-    img, why, _ = fo._decode_file(str(tmp_path / "a.png"), 16, fo.MAX_PIXELS, "center_crop")
+    img, why, _ = dec._decode_file(str(tmp_path / "a.png"), 16, fo.MAX_PIXELS, "center_crop")
     assert why is None
     assert np.array_equal(img, _torchvision_center_crop(im, 16))
 
@@ -117,8 +118,8 @@ def test_center_crop_changes_only_the_validation_images(tmp_path):
 def test_each_protocol_has_its_own_cache_and_reuses_it(tmp_path, monkeypatch):
     _split_folder(tmp_path / "d")
     calls = []
-    real = fo._decode_file
-    monkeypatch.setattr(fo, "_decode_file", lambda *a: calls.append(a) or real(*a))
+    real = dec._decode_file
+    monkeypatch.setattr(dec, "_decode_file", lambda *a: calls.append(a) or real(*a))
     squash = load_data(_cfg(tmp_path / "d"))
     assert len(calls) == 12 and {a[3] for a in calls} == {"squash"}
     calls.clear()
