@@ -228,12 +228,13 @@ def test_corrupt_files_are_reported_and_the_training_cache_is_filled(
     assert "china/cut.jpg (truncated)" in out and "flower/empty.png (zero-byte file)" in out
 
     import trainer.data
+    import trainer.decode
     import trainer.folders
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("training decoded the folder again")
 
-    monkeypatch.setattr(trainer.folders, "_build", no_decoding)
+    monkeypatch.setattr(trainer.decode, "_build", no_decoding)
     trainer.data._load_cached.cache_clear()
     spec = load_study("photos")
     cfg = trainer.DataConfig(
