@@ -191,6 +191,7 @@ def _load_labeled(cfg: DataConfig, listing: Listing) -> ImageData:
         y_test=y[v:] if has_test else None,
         ids={"train": ids(train_idx), "val": ids(val_idx), "test": ids(test_idx)},
         test_source=source if has_test else "",
+        cache=decoded.path,
     )  # fmt: skip
 
 
