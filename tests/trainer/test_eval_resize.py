@@ -113,6 +113,11 @@ def test_center_crop_changes_only_the_validation_images(tmp_path):
         np.stack([_torchvision_center_crop(im, 8) for im in made["val"]])
     )
     assert _rows(crop.x_val).isdisjoint(_rows(squash.x_val))
+    # training images stay a view of the shared squash mapping (all 12 rows, nothing copied);
+    # the cropped validation images are a mapping of their own (4 rows)
+    row = 3 * 8 * 8
+    assert crop.x_train.untyped_storage().nbytes() == 12 * row
+    assert crop.x_val.untyped_storage().nbytes() == 4 * row
 
 
 def test_each_protocol_has_its_own_cache_and_reuses_it(tmp_path, monkeypatch):
