@@ -262,7 +262,10 @@ def run_study(
             time.sleep(options.poll)
             continue
         waiting = False
-        last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
+        try:
+            last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
+        finally:
+            claimer.release(claimer.trial_id(claimed))
         if last is None:  # a late result, discarded
             continue
         if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget

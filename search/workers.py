@@ -81,7 +81,8 @@ def worker_name() -> str:
 
 
 WORKER_ATTR = "hpsearch:worker"  # trial system attribute: the process that runs the trial
-_CLAIMED_HERE: set[int] = set()  # ids of the trials claimed by this process
+# (storage URL, trial id) of the trials claimed by this process: ids repeat across storages
+_CLAIMED_HERE: set[tuple[str, int]] = set()
 
 
 def _read(path: str) -> str | None:
@@ -280,7 +281,7 @@ class SlotClaimer:
                     return WAIT
                 trial = self.study.ask()
                 tid = self.trial_id(trial)
-                _CLAIMED_HERE.add(tid)
+                _CLAIMED_HERE.add((self.url, tid))
                 self.storage.record_heartbeat(tid)
                 # Who runs it, precisely enough that a worker on this machine can tell at once
                 # when that process is gone (a trial without it waits for the grace period).
@@ -350,9 +351,13 @@ class SlotClaimer:
                     out.append((trial_id, number, "left running without a heartbeat"))
         return out
 
+    def release(self, trial_id: int) -> None:
+        """This process is done with the trial (finished, or dropped as a late result)."""
+        _CLAIMED_HERE.discard((self.url, trial_id))
+
     def _local_worker_gone(self, trial_id: int) -> str | None:
         """Why the trial's worker is certainly dead, if it ran on this machine; else None."""
-        if trial_id in _CLAIMED_HERE:
+        if (self.url, trial_id) in _CLAIMED_HERE:
             return None  # ours (a thread of this process runs it)
         info = self.storage.get_trial_system_attrs(trial_id).get(WORKER_ATTR)
         if not isinstance(info, dict) or not process_gone(info):
