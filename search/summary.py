@@ -16,10 +16,11 @@ def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, s
     optuna.logging.set_verbosity(logging.WARNING)
     study_url = None
     files = list_study_files()
-    if name in files:
+    file_name = name if name in files else name.rsplit(".", 1)[0]  # NAME.PROFILE
+    if file_name in files:
         from search.studyfile import load_study
 
-        study_url = load_study(name).storage
+        study_url = load_study(file_name).storage
     url = storage_mod.resolve_url(storage, study_url)
     if storage_mod.sqlite_path(url) is not None and not storage_mod.sqlite_path(url).exists():
         raise ValueError(
@@ -105,6 +106,8 @@ def print_list(storage: str | None) -> None:
             spec = load_study(name)
             desc = spec.description.splitlines()[0] if spec.description else ""
             print(f"  {name:<18} space={spec.search_space.name:<9} {desc}")
+            if spec.profiles:
+                print(f"  {'':<18} profiles: {', '.join(spec.profiles)} (--profile NAME)")
         except (ValueError, TypeError) as exc:
             print(f"  {name:<18} (invalid: {exc})")
     url = storage_mod.resolve_url(storage)
