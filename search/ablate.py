@@ -243,6 +243,8 @@ def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
             "status": a.get("status"),
             "curves": a.get("curves", {}),
             "test_acc": a.get("test_acc"),
+            "param_count": a.get("param_count"),
+            "trainable_param_count": a.get("trainable_param_count"),
         }
     return [
         {**arm, "runs": [by_arm.get(arm["arm"], {})[r] for r in sorted(by_arm.get(arm["arm"], {}))]}

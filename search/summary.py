@@ -53,6 +53,8 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "epochs_run": attrs.get("epochs_run"),
         "max_train_acc": attrs.get("max_train_acc"),
         "train_seconds": attrs.get("train_seconds"),
+        "param_count": attrs.get("param_count"),
+        "trainable_param_count": attrs.get("trainable_param_count"),
         "checkpoint": attrs.get("checkpoint"),
         "trials": _state_counts(study),
     }
@@ -73,6 +75,10 @@ def print_best(study: optuna.Study, url: str) -> None:
         f"epochs     best {rec['best_epoch']} of {rec['epochs_run']}, "
         f"{(rec['train_seconds'] or 0):.1f}s training"
     )
+    if rec["param_count"]:
+        from search.tables import fmt_params
+
+        print(f"model      {fmt_params(rec['param_count'], rec['trainable_param_count'])}")
     width = max((len(k) for k in rec["params"]), default=0)
     for key, value in rec["params"].items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
