@@ -169,8 +169,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.inspect import confusion_figure, evaluate_trial, print_evaluation
     from search.summary import load_existing_study
 
+    tta = _tta(args)
     study, _ = load_existing_study(_stored_name(args), args.storage)
-    report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split)
+    report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split, tta=tta)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -185,10 +186,36 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from search.inspect import predict_folder
     from search.summary import load_existing_study
 
+    tta = _tta(args)
     study, _ = load_existing_study(_stored_name(args), args.storage)
-    n = predict_folder(study, args.data, args.out, number=args.trial, tta=args.tta)
+    n = predict_folder(study, args.data, args.out, number=args.trial, tta=tta)
     print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _tta(args: argparse.Namespace) -> str | bool:
+    """--tta-views VIEWS (checked here, before any study is opened), else --tta."""
+    if args.tta_views is None:
+        return args.tta
+    from trainer.evaluate import tta_views
+
+    return ",".join(tta_views(args.tta_views))
+
+
+# the names are trainer.evaluate's list_tta_views() and TTA_SETS (a test checks), written out
+# so that building the parser does not import torch
+TTA_VIEWS_HELP = (
+    "comma-separated test-time views or sets to average over instead, e.g. hflip,vflip "
+    "(views: identity, hflip, vflip, rotate_p10, rotate_m10, color, blur, crop_center, "
+    "crop_tl, crop_tr, crop_bl, crop_br; sets: seed000 = the 6 of --tta, flips, crops, none)"
+)
+
+
+def _tta_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tta", action="store_true", help="average logits over seed 000's 6 test-time views"
+    )
+    p.add_argument("--tta-views", metavar="VIEWS", help=TTA_VIEWS_HELP)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -420,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="val",
         help="evaluate on the validation split (default) or the held-out test split",
     )
+    _tta_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
@@ -428,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder of unlabeled images")
     p.add_argument("--out", required=True, help="CSV to write (file,label)")
     p.add_argument("--trial", type=int, help="trial number (default: the best)")
-    p.add_argument("--tta", action="store_true", help="average logits over 6 test-time views")
+    _tta_args(p)
     storage_arg(p)
     p.set_defaults(func=_cmd_predict)
 

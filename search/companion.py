@@ -10,7 +10,7 @@ and tables are recomputed from storage alone. Shared by ``search ablate`` and
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,17 +100,22 @@ def run_fixed(
     return _frozen(study, trial.number)
 
 
-def split_evaluator(data: trainer.DataConfig, *, tta: bool = False) -> AfterRun:
+def split_evaluator(
+    data: trainer.DataConfig, *, tta: bool | str | Sequence[str] = False
+) -> AfterRun:
     """An ``after`` that evaluates the run's model (best epoch's weights) once on the
-    validation split and once on the test split, stored as ``eval_val_acc`` and ``test_acc``.
-    The test images are loaded here, after training, never before."""
+    validation split and once on the test split, stored as ``eval_val_acc`` and ``test_acc``,
+    with the test-time views ``tta`` names (``trainer.evaluate.tta_views``; True: seed 000's
+    six). The test images are loaded here, after training, never before."""
     from trainer.data import load_test
-    from trainer.evaluate import accuracy
+    from trainer.evaluate import accuracy, tta_views
+
+    views = tta_views(tta)  # resolved (and a bad name refused) before any run
 
     def after(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         d = trainer.load_data(data)
         x_test, y_test = load_test(data)
-        kw = {"mean": d.mean, "std": d.std, "tta": tta}
+        kw = {"mean": d.mean, "std": d.std, "tta": views}
         trial.set_user_attr("eval_val_acc", accuracy(result.model, d.x_val, d.y_val, **kw))
         trial.set_user_attr("test_acc", accuracy(result.model, x_test, y_test, **kw))
         trial.set_user_attr("tta", tta)

@@ -112,8 +112,11 @@ class InitPlan:
 
     @property
     def baseline_backbone(self) -> str:
-        """The first trial's backbone: the workhorse if it fits, else the most capable kept."""
-        return REFERENCE if REFERENCE in self.backbones else self.backbones[-1]
+        """The first trial's backbone: the cheapest kept one. Its result comes within the
+        first minutes of the budget, tells whether the folder is learnable at all, and gives
+        the pruner's median a first value; the sampler reaches the costlier ones after it."""
+        minutes = {e.backbone: e.minutes for e in self.estimates if e.minutes is not None}
+        return min(self.backbones, key=lambda b: minutes.get(b, float("inf")))
 
 
 # ----------------------------------------------------------------------------- durations
@@ -603,7 +606,7 @@ def render_study(plan: InitPlan) -> str:
         _kv("n_startup_trials", PRUNER["n_startup_trials"]),
         _kv("n_warmup_steps", max(1, plan.epochs // 4), "epochs before a trial can be pruned"),
         "",
-        _kv("[[enqueue]]", None, "a known-good first trial"),
+        _kv("[[enqueue]]", None, "a known-good first trial, the cheapest kept backbone"),
         _kv('"model.backbone"', plan.baseline_backbone),
         _kv('"data.batch_size"', middle_batch),
         _kv('"optim.name"', "adam"),

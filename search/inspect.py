@@ -14,7 +14,7 @@ import trainer
 from search.splits import ATTR as SPLITS_ATTR
 from search.splits import check_splits, require_test
 from trainer.data import load_test
-from trainer.evaluate import confusion_matrix, per_class_accuracy, predict_logits
+from trainer.evaluate import TTA, confusion_matrix, per_class_accuracy, predict_logits, tta_views
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
@@ -68,11 +68,14 @@ def evaluate_trial(
     *,
     data_root: str | None = None,
     split: str = "val",
+    tta: TTA = False,
 ) -> dict[str, Any]:
     """Confusion matrix and per-class accuracy of a trial's checkpoint on ``split`` (val, or
-    test: refused for a study without a test split or with one that changed since)."""
+    test: refused for a study without a test split or with one that changed since), with the
+    test-time views ``tta`` names (``trainer.evaluate.tta_views``)."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, but got {split!r}")
+    views = tta_views(tta)  # a bad view name fails before anything is loaded
     recorded = study.user_attrs.get(SPLITS_ATTR)
     if split == "test":
         require_test(recorded, study=study.study_name)  # before loading any weights or data
@@ -87,7 +90,7 @@ def evaluate_trial(
     if split == "test":
         check_splits(recorded, cfg.data, study=study.study_name, need_test=True)
         x, y = load_test(cfg.data)
-    logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"])
+    logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"], tta=views)
     pred = logits.argmax(1)
     cm = confusion_matrix(y, pred, data.num_classes)
     acc = per_class_accuracy(cm)
@@ -107,6 +110,7 @@ def evaluate_trial(
         "study": study.study_name,
         "trial": trial.number,
         "split": split,
+        "tta": [] if views == ("identity",) else list(views),
         "accuracy": float((pred == y).double().mean()),
         "classes": data.class_names,
         "confusion": cm.tolist(),
@@ -140,9 +144,11 @@ def confusion_figure(report: dict[str, Any]):
 
 def print_evaluation(report: dict[str, Any], *, limit: int = 20) -> None:
     which = {"val": "validation", "test": "test"}[report.get("split", "val")]
+    views = report.get("tta") or []
+    tta = f" with test-time views {','.join(views)}" if views else ""
     print(
         f"study {report['study']} trial {report['trial']}: "
-        f"{which} accuracy {report['accuracy']:.4f} over {len(report['classes'])} classes"
+        f"{which} accuracy {report['accuracy']:.4f} over {len(report['classes'])} classes{tta}"
     )
     print(f"{'class':<20} {'accuracy':>9} {'images':>7}  most confused with")
     for row in report["per_class"][:limit]:
@@ -155,9 +161,13 @@ def print_evaluation(report: dict[str, Any], *, limit: int = 20) -> None:
 
 
 def predict_folder(
-    study: optuna.Study, data_dir: str, out: str, *, number: int | None = None, tta: bool = False
+    study: optuna.Study, data_dir: str, out: str, *, number: int | None = None, tta: TTA = False
 ) -> int:
+    """Label the images in ``data_dir`` with a trial's model into the CSV ``out``, averaging
+    the test-time views ``tta`` names; returns how many images were labeled."""
     from trainer.folders import load_unlabeled
+
+    views = tta_views(tta)  # a bad view name fails before anything is read or written
 
     out_path = Path(out)
     if out_path.exists() and out_path.is_dir():
@@ -167,10 +177,11 @@ def predict_folder(
     trial = pick_trial(study, number)
     model, meta = load_trained(checkpoint_of(trial, study.study_name))
     size = int(meta["config"]["data.image_size"])
-    x, files = load_unlabeled(data_dir, image_size=size)
+    resize = meta["config"].get("data.eval_resize", "squash")  # older checkpoints: squash
+    x, files = load_unlabeled(data_dir, image_size=size, eval_resize=resize)
     if meta["in_chans"] == 1 and x.shape[1] == 3:  # a grayscale model: average the channels
         x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
-    logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"], tta=tta)
+    logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"], tta=views)
     names = meta["class_names"]
     tmp = out_path.with_name(out_path.name + ".tmp")
     with tmp.open("w", newline="") as f:

@@ -72,6 +72,9 @@ class Objective:
         self.budget = budget or Budget()
         self.cost = cost  # needed when the budget is costed
         self.deadline = deadline  # time.monotonic() at which the wall-clock budget runs out
+        # the least expected seconds of any configuration estimated so far: while it fits in
+        # the time left, a drawn configuration that does not is no reason to end the run
+        self.cheapest_expected: float | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg, params = spaces.build_config(self.space, trial, base=self.base, fixed=self.fixed)
@@ -160,6 +163,8 @@ class Objective:
             left = self.deadline - time.monotonic()
             # pruning and early stopping end most trials early: what earlier trials ran
             expected = est.seconds * est.epoch_share
+            if self.cheapest_expected is None or expected < self.cheapest_expected:
+                self.cheapest_expected = expected
             if expected > left:
                 reason = (
                     f"no_time: not run, estimated {fmt_duration(expected)} with "

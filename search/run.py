@@ -45,7 +45,9 @@ from trainer._registry import unknown_name_error
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
 MAX_CONSECUTIVE_FAILURES = 3
-MAX_MISFITS = 3  # drawn configurations in a row too long for the budget left: the run ends
+# Drawn configurations in a row too long for the budget left after which the run ends, unless
+# a cheaper configuration seen earlier would still fit (then it draws on, up to the second).
+MAX_MISFITS, MAX_MISFITS_WITH_ROOM = 3, 25
 UNLIMITED = 2**62  # trial slots when only the wall-clock budget ends the run
 
 
@@ -276,7 +278,9 @@ def run_study(
         if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
             misfits += 1
             progress.message(f"trial {last.number} {last.user_attrs['reason']}")
-            if misfits >= MAX_MISFITS:
+            cheapest = objective.cheapest_expected
+            room = cheapest is not None and cheapest <= wall_end - time.monotonic()
+            if misfits >= (MAX_MISFITS_WITH_ROOM if room else MAX_MISFITS):
                 progress.message(
                     f"budget: {misfits} configurations in a row cannot finish in the "
                     f"{fmt_duration(wall_end - time.monotonic())} left; rerun with a new "

@@ -19,6 +19,7 @@ AUGMENT_POLICIES = ("none", "light", "strong")
 NORMALIZE_MODES = ("dataset", "imagenet", "none")
 STRATEGIES = ("full", "partial", "linear_probe")
 DEVICE_CACHES = ("auto", "device", "host")
+EVAL_RESIZES = ("squash", "center_crop")  # how validation/test/predict images are resized
 AUGMENT_RANGES = (  # data.* augmentation settings and their valid ranges
     ("crop_scale", 0.0, 1.0),
     ("hflip", 0.0, 1.0),
@@ -63,6 +64,10 @@ class DataConfig:
     # where the decoded images live while training: the device (fastest), host memory (each
     # batch copied over, one ahead), or auto: the device when they fit half its free memory
     device_cache: str = "auto"
+    # evaluation images (validation, test, predict): squash the whole image to image_size
+    # squared (as training sees it), or resize the short side to round(image_size / 0.875) and
+    # take the centre image_size square (seed 002's Resize(256) + CenterCrop(224), timm's eval)
+    eval_resize: str = "squash"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, f"data.image_size must be >= 4, but got {self.image_size}")
@@ -80,6 +85,7 @@ class DataConfig:
         _choice("data.augment", self.augment, AUGMENT_POLICIES)
         _choice("data.normalize", self.normalize, NORMALIZE_MODES)
         _choice("data.device_cache", self.device_cache, DEVICE_CACHES)
+        _choice("data.eval_resize", self.eval_resize, EVAL_RESIZES)
         for key in ("cutmix", "mixup"):
             p = getattr(self, key)
             _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")
@@ -101,7 +107,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "small_cnn"  # see trainer.list_models(); any timm model name works too
+    # see trainer.list_models(); any timm model name works too, or a timm pretrained tag
+    # (resnet152.tv2_in1k) to pick the ImageNet weights
+    backbone: str = "small_cnn"
     dropout: float = 0.0  # dropout before the linear head
     pretrained: str | None = None  # None, "imagenet", a weights file, or "study:NAME"
     strategy: str = "full"  # full fine-tune, partial (freeze first stages), linear probe

@@ -17,65 +17,33 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from trainer._registry import Registry
+# The image-folder layouts (folder, flat, csv) register themselves on import.
+from trainer import folders as _folders  # noqa: F401
 from trainer.config import DataConfig
+from trainer.imagedata import (
+    ImageData,
+    get_dataset,
+    grouped_split,
+    list_datasets,
+    register_dataset,
+    stratified_split,
+)
+from trainer.resize import resize_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class ImageData:
-    x_train: torch.Tensor  # uint8 [N, C, H, W]
-    y_train: torch.Tensor  # int64 [N]
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    class_names: list[str]
-    mean: tuple[float, ...] = ()  # per channel, in [0, 1] units; filled by load_data
-    std: tuple[float, ...] = ()
-    x_test: torch.Tensor | None = None  # the held-out test split; None from load_data
-    y_test: torch.Tensor | None = None
-    # one identity per image and split (file name and content hash), for the split record;
-    # loaders may leave it empty (then the pixels are hashed)
-    ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    test_source: str = ""  # where the test split comes from, e.g. "data.test_fraction=0.2"
-    # per split: {"count": images, "hash": of the sorted (image, label) list}; by load_data
-    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def has_test(self) -> bool:
-        return "test" in self.splits or self.x_test is not None
-
-    @property
-    def in_chans(self) -> int:
-        return int(self.x_train.shape[1])
-
-
-_DATASETS: Registry[Callable[[DataConfig], ImageData]] = Registry("dataset")
-register_dataset = _DATASETS.register
-
-
-def list_datasets() -> list[str]:
-    return _DATASETS.names()
 
 
 def load_data(cfg: DataConfig) -> ImageData:
     """Load (once per process and data config) the train/val tensors for ``cfg``.
 
     The test split, if any, is left out (``x_test`` is None); ``splits`` records it."""
-    _DATASETS.get(cfg.name)  # unknown names fail here, with the options
+    get_dataset(cfg.name)  # unknown names fail here, with the options
     return _load_cached(_data_key(cfg)).view
 
 
@@ -83,7 +51,7 @@ def load_test(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out test images (uint8 ``[N, C, H, W]``) and labels of ``cfg``'s data.
 
     Raises ValueError, with the ways to get one, when the data has no test split."""
-    _DATASETS.get(cfg.name)
+    get_dataset(cfg.name)
     loaded = _load_cached(_data_key(cfg))
     if loaded.x_test is None:
         raise ValueError(
@@ -118,12 +86,13 @@ def _data_key(cfg: DataConfig) -> DataConfig:
         classes=cfg.classes,
         normalize=cfg.normalize,
         strict=cfg.strict,
+        eval_resize=cfg.eval_resize,
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(cfg: DataConfig) -> _Loaded:
-    data = _DATASETS.get(cfg.name)(cfg)
+    data = get_dataset(cfg.name)(cfg)
     if cfg.classes is not None:
         data = select_classes(data, cfg.classes)
     _check_labels(data)
@@ -181,62 +150,6 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist())
 
 
-def stratified_split(
-    labels: np.ndarray, *, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified train/val indices; every sample lands in exactly one of them."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=val_fraction, random_state=seed, stratify=labels
-    )
-    return np.sort(train_idx), np.sort(val_idx)
-
-
-def grouped_split(
-    y: np.ndarray,
-    groups: Sequence[str | None],
-    *,
-    fraction: float,
-    seed: int,
-    class_names: Sequence[str],
-    key: str = "data.val_fraction",
-    fraction_of: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split of positions ``0..len(y)-1`` into (kept, held out) in which
-    images of one group (byte-identical files) stay on one side: seed 004's leakage lesson,
-    no image may be on both sides. ``groups[i]`` None is a group of its own.
-
-    ``key`` and ``fraction_of`` (the share of all images that ``fraction`` stands for) only
-    word the error messages."""
-    first: dict[str, int] = {}
-    group = np.empty(len(y), dtype=np.int64)  # position of each image's first identical copy
-    for i, d in enumerate(groups):
-        group[i] = first.setdefault(d, i) if d is not None else i
-    reps = np.unique(group)
-    counts = np.bincount(y[reps], minlength=len(class_names))
-    if counts.min() < 2:
-        c = int(counts.argmin())
-        raise ValueError(
-            f"class {class_names[c]!r} has {counts[c]} distinct image(s) left to split by {key}; "
-            "a stratified split needs at least 2 per class: add images, or give the split as a "
-            "folder (train/ and val/, test/)"
-        )
-    n_held = int(np.ceil(fraction * len(reps)))
-    if n_held < len(class_names) or len(reps) - n_held < len(class_names):
-        shown = fraction if fraction_of is None else fraction_of
-        raise ValueError(
-            f"{key}={shown:g} puts {n_held} of {len(reps)} images on one side, but each of "
-            f"the {len(class_names)} classes needs one on each side; change {key} or add images"
-        )
-    _, held = stratified_split(y[reps], val_fraction=fraction, seed=seed)
-    in_held = np.zeros(len(y), dtype=bool)
-    in_held[reps[held]] = True
-    in_held = in_held[group]  # every copy goes where its first copy went
-    return np.flatnonzero(~in_held), np.flatnonzero(in_held)
-
-
 def select_classes(data: ImageData, classes: tuple[int, ...]) -> ImageData:
     """Keep only ``classes`` (original label ids), relabelled 0..k-1 in the given order."""
     bad = [c for c in classes if not 0 <= c < data.num_classes]
@@ -291,22 +204,15 @@ def _check_labels(data: ImageData) -> None:
             raise ValueError(f"{split} classes with no training images: {names}")
 
 
-def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a uint8 [N, C, H, W] batch to size x size (antialiased when shrinking)."""
-    if x.shape[-2:] == (size, size):
-        return x
-    out = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
 @register_dataset("digits")
 def _digits(cfg: DataConfig) -> ImageData:
     """scikit-learn's 1,797 8x8 handwritten digits (values 0..16), grayscale, 10 classes."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
-    x = resize_uint8(x, cfg.image_size)
+    x8 = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
+    x = resize_uint8(x8, cfg.image_size)
+    x_eval = x if cfg.eval_resize == "squash" else resize_uint8(x8, cfg.image_size, cfg.eval_resize)
     target = np.asarray(bunch.target, dtype=np.int64)
     y = torch.from_numpy(target)
     names = [str(i) for i in range(10)]
@@ -337,13 +243,25 @@ def _digits(cfg: DataConfig) -> ImageData:
     if test_idx is not None:
         splits["test"] = test_idx
     return ImageData(
-        x[train_idx], y[train_idx], x[val_idx], y[val_idx], names,
-        x_test=None if test_idx is None else x[test_idx],
+        x[train_idx], y[train_idx], x_eval[val_idx], y[val_idx], names,
+        x_test=None if test_idx is None else x_eval[test_idx],
         y_test=None if test_idx is None else y[test_idx],
         ids={s: ids[idx].tolist() for s, idx in splits.items()},
         test_source=f"data.test_fraction={cfg.test_fraction:g}" if test_idx is not None else "",
     )  # fmt: skip
 
 
-# The image-folder layouts (folder, flat, csv) register themselves on import.
-from trainer import folders as _folders  # noqa: E402, F401
+__all__ = [  # ImageData, the registry and the splits live in trainer.imagedata
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageData",
+    "channel_stats",
+    "grouped_split",
+    "list_datasets",
+    "load_data",
+    "load_test",
+    "register_dataset",
+    "select_classes",
+    "split_record",
+    "stratified_split",
+]

@@ -7,24 +7,85 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-# Seed 000's six test-time views, made deterministic: the original, a flip, a small rotation
-# each way, a colour shift, and a blur. Logits are averaged over the views.
-TTA_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+from trainer._registry import unknown_name_error
+
+TTA = bool | str | Sequence[str] | None  # what predict_logits(tta=...) takes; see tta_views
+
+CROP_SHARE = 0.875  # the crop views keep this share of the side, then resize back
+# Named sets of views. seed000 is seed 000's six test-time views, made deterministic: the
+# original, a flip, a small rotation each way, a colour shift and a blur (the default).
+TTA_SETS: dict[str, tuple[str, ...]] = {
+    "seed000": ("identity", "hflip", "rotate_p10", "rotate_m10", "color", "blur"),
+    "flips": ("identity", "hflip", "vflip"),
+    "crops": ("crop_center", "crop_tl", "crop_tr", "crop_bl", "crop_br"),  # timm's five-crop
+    "none": ("identity",),
+}
+DEFAULT_TTA = "seed000"
+_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
 
-def _tta_views() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    if not TTA_VIEWS:
+def _views() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Every view by name: float images ``[B, C, H, W]`` in [0, 1] -> the same shape."""
+    if not _VIEWS:
         import torchvision.transforms.v2.functional as TF
 
-        TTA_VIEWS.update(
+        def crop(where: str) -> Callable[[torch.Tensor], torch.Tensor]:
+            def view(x: torch.Tensor) -> torch.Tensor:
+                h, w = x.shape[-2:]
+                ch, cw = max(1, round(h * CROP_SHARE)), max(1, round(w * CROP_SHARE))
+                top = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[where[0]]
+                left = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[where[1]]
+                return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)
+
+            return view
+
+        _VIEWS.update(
             identity=lambda x: x,
             hflip=TF.horizontal_flip,
-            rotate_p10=lambda x: TF.rotate(x, 10.0),
+            vflip=TF.vertical_flip,
+            rotate_p10=lambda x: TF.rotate(x, 10.0),  # degrees, counter-clockwise
             rotate_m10=lambda x: TF.rotate(x, -10.0),
             color=lambda x: TF.adjust_contrast(TF.adjust_brightness(x, 1.1), 1.1).clamp(0, 1),
             blur=lambda x: TF.gaussian_blur(x, [5, 5], [1.0, 1.0]),
+            crop_center=crop("cc"),
+            crop_tl=crop("tl"),
+            crop_tr=crop("tr"),
+            crop_bl=crop("bl"),
+            crop_br=crop("br"),
         )
-    return TTA_VIEWS
+    return _VIEWS
+
+
+def list_tta_views() -> list[str]:
+    """The names of the single test-time views (the sets are ``TTA_SETS``)."""
+    return sorted(_views())
+
+
+def tta_views(tta: TTA = True) -> tuple[str, ...]:
+    """The views that ``tta`` names, in order: False/None/"" -> ``("identity",)`` (no TTA);
+    True -> the default set (seed 000's six); a comma-separated string or a list of view and
+    set names (``"hflip,vflip"``, ``"flips,crops"``) -> those views, each once.
+
+    Every command that evaluates with TTA (predict, evaluate, confirm) resolves it here."""
+    if tta is None or tta is False or tta == "":
+        return TTA_SETS["none"]
+    if tta is True:
+        return TTA_SETS[DEFAULT_TTA]
+    names = tta.split(",") if isinstance(tta, str) else list(tta)
+    out: list[str] = []
+    for raw in names:
+        name = str(raw).strip()
+        if not name:
+            continue
+        if name in TTA_SETS:
+            out.extend(TTA_SETS[name])
+        elif name in _views():
+            out.append(name)
+        else:
+            raise unknown_name_error("test-time view", name, [*_views(), *TTA_SETS])
+    if not out:
+        raise ValueError(f"no test-time views in {tta!r}; give e.g. 'hflip,vflip' or 'seed000'")
+    return tuple(dict.fromkeys(out))
 
 
 @torch.inference_mode()
@@ -34,15 +95,16 @@ def predict_logits(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    tta: bool = False,
+    tta: TTA = False,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Logits ``[N, classes]`` (float32, on the CPU) for uint8 images ``[N, C, H, W]``."""
+    """Logits ``[N, classes]`` (float32, on the CPU) for uint8 images ``[N, C, H, W]``,
+    averaged over the test-time views ``tta`` names (see ``tta_views``; False: none)."""
     model.eval()
     device = next(model.parameters()).device
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    views = list(_tta_views().values()) if tta else [lambda x: x]
+    views = [_views()[name] for name in tta_views(tta)]
     out = []
     for i in range(0, len(x_uint8), batch_size):
         xb = x_uint8[i : i + batch_size].to(device).float() / 255.0
@@ -72,7 +134,7 @@ def accuracy(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    tta: bool = False,
+    tta: TTA = False,
 ) -> float:
     """Top-1 accuracy of ``model`` on uint8 images ``x_uint8`` with labels ``y``; batches go to
     the model's device one at a time, so the whole split never sits in device memory."""

@@ -10,6 +10,7 @@ searchable dropout and the head can be swapped for transfer learning.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from collections.abc import Callable
@@ -88,10 +89,31 @@ def list_models() -> list[str]:
 
 
 def check_backbone(name: str) -> str:
-    """Return ``name`` if it is a built-in or timm backbone, else raise a ValueError."""
+    """Return ``name`` if it is a built-in or timm backbone, or a timm architecture with one of
+    its pretrained tags (``resnet152.tv2_in1k``: timm's ``model.tag`` form, which picks the
+    weights ``model.pretrained = "imagenet"`` loads), else raise a ValueError."""
     if name in _BUILTIN or name in _timm_names():
         return name
-    raise unknown_name_error("backbone", name, [*_BUILTIN.names(), *_timm_names()])
+    arch, dot, tag = name.partition(".")
+    if not dot:
+        raise unknown_name_error("backbone", name, [*_BUILTIN.names(), *_timm_names()])
+    if name in _timm_pretrained():
+        return name
+    if arch not in _timm_names():
+        if arch in _BUILTIN:
+            raise ValueError(f"backbone {name!r}: built-in backbones take no tag; use {arch!r}")
+        raise unknown_name_error("tagged timm backbone", name, _timm_pretrained())
+    tags = sorted(t for t in _timm_pretrained() if t.startswith(f"{arch}."))
+    if not tags:
+        raise ValueError(
+            f"timm has no pretrained weights for {arch!r}, so {name!r} names none; "
+            f"use model.backbone = {arch!r}"
+        )
+    close = difflib.get_close_matches(name, tags, n=1, cutoff=0.0)
+    raise ValueError(
+        f"timm has no pretrained tag {tag!r} for {arch}: {name!r}. Did you mean {close[0]!r}? "
+        f"Tags: {', '.join(tags)}"
+    )
 
 
 @functools.cache
@@ -99,6 +121,14 @@ def _timm_names() -> frozenset[str]:
     import timm
 
     return frozenset(timm.list_models())
+
+
+@functools.cache
+def _timm_pretrained() -> frozenset[str]:
+    """Every ``architecture.tag`` timm has weights for (``timm.list_pretrained``)."""
+    import timm
+
+    return frozenset(timm.list_pretrained())
 
 
 def create_model(

@@ -281,3 +281,29 @@ def test_no_trial_starts_that_cannot_finish_in_the_time_left(
         assert t.user_attrs["reason"].startswith("no_time: not run, estimated ")
         assert t.intermediate_values == {} and "epochs_run" not in t.user_attrs
     assert "cannot finish in the" in capsys.readouterr().err
+
+
+def test_a_run_draws_on_past_misfits_while_a_cheaper_configuration_fits(
+    write_study, storage_url, monkeypatch
+):
+    # Batch 128 is estimated at a moment; every other batch size at hours. Four in five draws
+    # cannot fit the 10 minutes, so misfits come in runs; the cheap configuration seen first
+    # still fits, so the run draws on until the trials are done instead of ending after three.
+    study = TINY_DIGITS.replace('"data.batch_size" = 128\n', "").replace(
+        "[fixed]", '[params]\n"data.batch_size" = [16, 24, 32, 48, 128]\n\n[fixed]'
+    )
+    write_study("tiny", study + '\n[[enqueue]]\n"data.batch_size" = 128\n')
+
+    def measure(cfg, *, num_classes, in_chans=3, **kw) -> trainer.Throughput:
+        ips = 1e6 if cfg.data.batch_size == 128 else 1.0
+        return trainer.Throughput(ips, "cpu:test", cfg.data.batch_size, 3)
+
+    monkeypatch.setattr(trainer, "measure_throughput", measure)
+    rc = main(["run", "--study", "tiny", "--trials", "4", "--budget", "10m", "-q",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    trials = load(storage_url).trials
+    done = [t for t in trials if t.state != TrialState.FAIL]
+    assert len(done) == 4 and all(t.params["data.batch_size"] == 128 for t in done)
+    statuses = "".join("m" if t.user_attrs.get("status") == "no_time" else "." for t in trials)
+    assert "mmm" in statuses  # what used to end the run

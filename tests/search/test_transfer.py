@@ -173,7 +173,7 @@ def test_evaluate_and_predict(kfood, tmp_path, capsys):
         src = sorted((health / f"dish_{c:02d}").glob("*.png"))[0]
         (unlabeled / f"{c}.png").write_bytes(src.read_bytes())
     out = tmp_path / "preds.csv"
-    for extra in ([], ["--tta"]):
+    for extra in ([], ["--tta"], ["--tta-views", "identity,hflip,crops"]):
         code = main(
             [
                 "predict",
@@ -207,3 +207,11 @@ def test_evaluate_and_predict(kfood, tmp_path, capsys):
         ]
     )
     assert code == 2
+    capsys.readouterr()
+    views = ["--tta-views", "hflip,flips"]
+    assert main(["evaluate", "--study", "kfood_scratch", "--storage", url, *views]) == 0
+    assert "with test-time views hflip,identity,vflip" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    predict = ["predict", "--study", "kfood_scratch", "--storage", url, "--data", str(unlabeled)]
+    assert main([*predict, "--out", str(bad), "--tta-views", "hflp"]) == 2
+    assert "Did you mean 'hflip'" in capsys.readouterr().err and not bad.exists()

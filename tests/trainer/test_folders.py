@@ -14,6 +14,7 @@ from PIL import Image
 
 import trainer.data
 from trainer import DataConfig, TrainConfig, load_data, train
+from trainer import decode as dec
 from trainer import folders as fo
 from trainer.folders import BadImageWarning, load_unlabeled
 
@@ -207,14 +208,14 @@ def test_real_world_formats_decode_to_rgb(tmp_path, write_img):
         data = load_data(_cfg(tmp_path / "d", image_size=12, val_fraction=0.5))
     assert len(data.x_train) + len(data.x_val) == 12
     assert data.x_train.shape[1:] == (3, 12, 12)
-    out, why, _ = fo._decode_file(str(d / "deep.png"), 4, fo.MAX_PIXELS)
+    out, why, _ = dec._decode_file(str(d / "deep.png"), 4, fo.MAX_PIXELS)
     assert why is None and out.min() == 255  # 16-bit white stays white
 
 
 def test_transparency_becomes_white_and_exif_rotation_applies(tmp_path):
     rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
     rgba.save(tmp_path / "t.png")
-    out, why, _ = fo._decode_file(str(tmp_path / "t.png"), 4, fo.MAX_PIXELS)
+    out, why, _ = dec._decode_file(str(tmp_path / "t.png"), 4, fo.MAX_PIXELS)
     assert why is None and out.min() == 255
 
     # Left half red, right half blue, stored with EXIF orientation 6 (rotate 90 clockwise):
@@ -224,7 +225,7 @@ def test_transparency_becomes_white_and_exif_rotation_applies(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     im.save(tmp_path / "r.jpg", exif=exif, quality=95)
-    out, why, _ = fo._decode_file(str(tmp_path / "r.jpg"), 8, fo.MAX_PIXELS)
+    out, why, _ = dec._decode_file(str(tmp_path / "r.jpg"), 8, fo.MAX_PIXELS)
     assert why is None and out.shape == (3, 8, 8)
     red = out[0].astype(int)
     assert red[:3].mean() > 200 and red[-3:].mean() < 50
@@ -266,7 +267,7 @@ def test_strict_refuses_to_start(tmp_path, make_classes, monkeypatch):
 def test_pil_decompression_bomb_error_is_a_bad_file(tmp_path, monkeypatch):
     Image.new("L", (50, 50)).save(tmp_path / "b.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own guard, below ours
-    out, why, _ = fo._decode_file(str(tmp_path / "b.png"), 4, fo.MAX_PIXELS)
+    out, why, _ = dec._decode_file(str(tmp_path / "b.png"), 4, fo.MAX_PIXELS)
     assert out is None and "decompression bomb" in why
 
 
@@ -288,8 +289,8 @@ def test_cache_is_reused_and_rebuilt_when_files_change(tmp_path, make_classes, m
     assert cached
 
     calls = []
-    real = fo._decode_file
-    monkeypatch.setattr(fo, "_decode_file", lambda *a: calls.append(a) or real(*a))
+    real = dec._decode_file
+    monkeypatch.setattr(dec, "_decode_file", lambda *a: calls.append(a) or real(*a))
     second = _load(_cfg(root))
     assert calls == []  # the second trial decodes nothing
     assert torch.equal(first.x_train, second.x_train)
@@ -320,14 +321,14 @@ def test_cached_tensors_are_memory_mapped(tmp_path, make_classes):
 
 
 def test_parallel_decoding(tmp_path, make_classes, monkeypatch):
-    monkeypatch.setattr(fo, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(dec, "PARALLEL_MIN_FILES", 1)
     monkeypatch.setenv("HPSEARCH_DECODE_WORKERS", "2")
     root = make_classes(tmp_path / "d", {"a": 6, "b": 6}, ext=".jpg")
     (root / "a" / "empty.jpg").write_bytes(b"")
     with pytest.warns(BadImageWarning, match="a/empty.jpg"):
         data = load_data(_cfg(root))
     monkeypatch.setenv("HPSEARCH_DECODE_WORKERS", "1")
-    serial = fo._decode_cached("x", root, sorted(root.rglob("img*.jpg")), 8)
+    serial = dec.decode_cached("x", root, sorted(root.rglob("img*.jpg")), 8)
     parallel_rows = _rows(torch.cat([data.x_train, data.x_val]))
     assert parallel_rows == _rows(torch.from_numpy(np.load(serial.path)))
 

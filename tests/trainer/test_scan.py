@@ -7,6 +7,7 @@ import pytest
 
 import trainer.data
 from trainer import DataConfig, load_data
+from trainer import decode as dec
 from trainer import folders as fo
 
 
@@ -75,7 +76,7 @@ def test_unreadable_files_decode_into_the_cache_that_training_reads(
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded twice")
 
-    monkeypatch.setattr(fo, "_build", no_decoding)
+    monkeypatch.setattr(dec, "_build", no_decoding)
     trainer.data._load_cached.cache_clear()
     with pytest.warns(fo.BadImageWarning, match="dog/cut.png"):
         data = load_data(DataConfig(name="folder", root=str(root), image_size=8))
