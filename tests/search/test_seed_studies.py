@@ -186,3 +186,35 @@ def test_pretrained_quick_trains_from_a_local_weights_file(
     if name == "fruit3_transfer":  # frozen backbone: only the two-layer head trains
         head = 512 * 256 + 256 + 256 * classes + classes
         assert attrs["trainable_param_count"] == head < attrs["param_count"]
+
+
+def test_fruit3_quick_ablation_is_its_own_companion_with_parameter_counts(
+    tmp_path, storage_url, capsys
+):
+    data = class_folders(tmp_path / "fruit3", 3)
+    args = ["ablate", "--study", "fruit3", "--profile", "quick", "-q", "--storage", storage_url]
+    args += ["--data", str(data), "--set", "train.epochs=1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for factor in ("data.batch_size", "optim.lr", "model.dropout"):  # seed 004's three tables
+        assert f"Ablation: {factor}" in out
+    assert "| Parameters (trainable)" in out and "337.9 k" in out  # its CNN at 64 px
+    runs = optuna.load_study(study_name="fruit3.quick.ablation", storage=storage_url).trials
+    assert len(runs) == 7  # baseline + 2 batch sizes + 3 learning rates + 1 dropout, 1 repeat
+    assert {t.user_attrs["config"]["data.image_size"] for t in runs} == {64}
+    assert {t.user_attrs["param_count"] for t in runs} == {337_891}
+
+
+def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, storage_url, capsys):
+    from search.reports import trials_table
+    from search.tables import fmt_params
+
+    assert fmt_params(9_966_691) == "9.967 M"
+    assert fmt_params(68_851_023, 68_851_023) == "68.85 M"
+    assert fmt_params(23_512_130, 8_195) == "23.51 M (8,195 trainable)"
+    data = class_folders(tmp_path / "fruit3", 3)
+    study = run_quick("fruit3", data, storage_url)
+    assert "model      337.9 k" in capsys.readouterr().out
+    table = trials_table(study)
+    column = table.headers.index("parameters")
+    assert table.rows[0][column] == "337891"
