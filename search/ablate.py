@@ -165,6 +165,8 @@ def open_companion(plan: AblationPlan) -> optuna.Study:
         "baseline_source": plan.baseline_source,
         "repeats": plan.repeats,
         "arms": [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms],
+        # which accuracy the loss table reports (seed 003 reported the best epoch's)
+        "loss_metric": plan.spec.ablation.get("loss_metric", "final_val_acc"),
     }
     if plan.test:
         attrs["data_splits"] = trainer.data.split_record(

@@ -58,7 +58,8 @@ def ablation_tables(
         values = list(runs)
         tables.append(factor_table(factor, values, runs, baseline_value=base_value))
         if factor == "loss.name":
-            tables.append(loss_table(runs))
+            metric = companion.user_attrs.get("loss_metric", "final_val_acc")
+            tables.append(loss_table(runs, metric=metric))
     return tables
 
 

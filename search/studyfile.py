@@ -349,13 +349,23 @@ def _describe(t: spaces.Traced) -> str:
     return describe_distribution(t.kind, t.choices, t.low, t.high, t.log, t.step)
 
 
-_ABLATION_KEYS = {"repeats": int, "baseline": (str, dict), "fixed": dict, "factors": dict}
+_ABLATION_KEYS = {
+    "repeats": int,
+    "baseline": (str, dict),
+    "fixed": dict,
+    "factors": dict,
+    "loss_metric": str,
+}
+_LOSS_METRICS = ("final_val_acc", "max_val_acc")  # the loss table's accuracy column
 
 
 def _check_ablation(section: dict[str, Any], where: str) -> None:
     _check_keys(section, _ABLATION_KEYS, where)
     for key in section.get("fixed", {}):
         _in_file(where, "fixed", lambda k=key: check_key(k))
+    metric = section.get("loss_metric")
+    if metric is not None and metric not in _LOSS_METRICS:
+        raise unknown_name_error(f"loss_metric in {where}", metric, _LOSS_METRICS)
     baseline = section.get("baseline")
     if isinstance(baseline, dict):
         for key in baseline:

@@ -218,3 +218,31 @@ def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, sto
     table = trials_table(study)
     column = table.headers.index("parameters")
     assert table.rows[0][column] == "337891"
+
+
+def test_hw100_losses_quick_ablation_is_seed_003s_loss_table_of_best_accuracy(
+    tmp_path, storage_url, capsys
+):
+    data = class_folders(tmp_path / "hw100", 5)
+    weights = backbone_weights(tmp_path / "resnet18.safetensors", "resnet18")
+    args = ["ablate", "--study", "hw100_losses", "--profile", "quick", "-q"]
+    args += ["--storage", storage_url, "--data", str(data), "--set", "train.epochs=1"]
+    args += ["--set", f"model.pretrained={weights}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("Loss function comparison") :]
+    assert "| Loss" in table and "Max validation accuracy (%)" in table
+    for loss in ("ce", "focal", "label_smoothing"):
+        assert f"| {loss}" in table
+    companion = optuna.load_study(study_name="hw100_losses.quick.ablation", storage=storage_url)
+    assert companion.user_attrs["loss_metric"] == "max_val_acc"
+    assert len(companion.trials) == 3
+
+
+def test_loss_metric_must_be_an_accuracy_the_runs_record(write_study, capsys):
+    from conftest import TINY_DIGITS
+
+    write_study("tiny", TINY_DIGITS + '\n[ablation]\nloss_metric = "val_loss"\n')
+    assert main(["space", "--study", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown loss_metric" in err and "max_val_acc" in err
