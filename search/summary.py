@@ -16,7 +16,9 @@ def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, s
     optuna.logging.set_verbosity(logging.WARNING)
     study_url = None
     files = list_study_files()
-    file_name = name if name in files else name.rsplit(".", 1)[0]  # NAME.PROFILE
+    file_name = name
+    while file_name not in files and "." in file_name:  # NAME.PROFILE, NAME.PROFILE.ablation
+        file_name = file_name.rsplit(".", 1)[0]
     if file_name in files:
         from search.studyfile import load_study
 
