@@ -4,6 +4,7 @@ and a profile's trials live in their own study ``FILE.NAME``."""
 from __future__ import annotations
 
 from argparse import Namespace
+from pathlib import Path
 
 import optuna
 import pytest
@@ -305,3 +306,15 @@ def test_worker_processes_get_the_profile():
     assert argv[argv.index("--profile") + 1] == "quick"
     args.profile = None
     assert "--profile" not in child_argv(args, threads=1)
+
+
+def test_a_profile_study_is_found_in_the_study_files_storage(write_study, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    write_study("tiny", f'storage = "{url}"\n' + WITH_PROFILES)
+    assert main(["run", "--study", "tiny", "--profile", "quick", "--trials", "1", "-q"]) == 0
+    assert (tmp_path / "own.db").exists()
+    assert not (Path.cwd() / "hpsearch.db").exists()  # not the default storage
+    capsys.readouterr()
+    for args in (["--study", "tiny", "--profile", "quick"], ["--study", "tiny.quick"]):
+        assert main(["best", *args, "--json"]) == 0
+        assert '"study": "tiny.quick"' in capsys.readouterr().out
