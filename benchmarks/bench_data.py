@@ -2,26 +2,35 @@
 
 Generates a folder of JPEGs (about 300 px, 10 classes, ``train/`` and ``val/``), then, for each
 model, trains one epoch at ``--image-size`` px with the same initial weights, batch size,
-optimizer and augmentation policy, in fp32:
+optimizer (Adam, constant lr), augmentation policy and memory format, in fp32:
 
-- ours: ``trainer.load_data`` (every image decoded once into the uint8 cache, memory-mapped),
-  ``trainer.augment`` on whole batches of tensors, and the step of ``trainer/loop.py``;
+- ours: ``trainer.train`` itself (one epoch, no schedule, no early stopping) on the data of
+  ``trainer.load_data`` (every image decoded once into the uint8 cache, memory-mapped); the
+  epoch's training time runs from the start of the epoch (the call plus the ``setup_seconds``
+  that ``train`` reports) to the last call of the reporter's per-step hook, so validation is
+  not counted;
 - seed-style: torchvision ``ImageFolder`` + PIL transforms (seed 000's ``train_tfm`` at the
   training size; for ``strong`` also GaussianBlur and RandomErasing, as ours) + ``DataLoader``
-  with ``--workers`` worker processes.
+  with ``--workers`` worker processes, the loop the seeds trained with, unchanged.
 
-Prints images/second for both and the ratio, the first trial's cache build time (decode and
-write) and the second trial's data-ready time (cache hit: map the file, no decoding).
+Both sides use the contiguous (NCHW) memory format, as the seed-style loop does;
+``--channels-last`` puts both into channels_last (ours through ``train.channels_last``, the
+seed-style loop by converting its model and batches).
 
-    .venv/bin/python benchmarks/bench_data.py                  # 3000 images, resnet18 + small_cnn
-    .venv/bin/python benchmarks/bench_data.py --images 500 --models small_cnn   # a quick look
+Prints images/second for both and the ratio, and the data-ready time of the first trial (decode
+and write the cache) and of a second trial in a fresh process (cache hit), with their ratio.
+
+    .venv/bin/python benchmarks/bench_data.py            # 3000 images, three models
+    .venv/bin/python benchmarks/bench_data.py --quick    # a smoke run: 400 images, seed_cnn
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -85,60 +95,54 @@ def seed_transforms(policy: str, size: int, mean, std):
     )
 
 
-def warm_up(model: torch.nn.Module, size: int, bs: int, fmt) -> None:
-    """One step on random data, so that neither side pays the kernels' first-call cost."""
+def warm_up(backbone_cfg, data, fmt) -> None:
+    """One step on random data with a throwaway model of the same backbone, so that neither
+    side pays the kernels' first-call cost inside its timed epoch."""
+    from trainer import build_model
+
+    model = build_model(backbone_cfg, data, torch.device("cpu")).to(memory_format=fmt)
+    size, bs = backbone_cfg.data.image_size, backbone_cfg.data.batch_size
     x = torch.randn(bs, 3, size, size).contiguous(memory_format=fmt)
     model(x).sum().backward()
-    model.zero_grad(set_to_none=True)
 
 
-def our_epoch(cfg, data, model: torch.nn.Module | None) -> tuple[int, float]:
-    """The step of trainer/loop.py (CPU: no AMP), on the cached tensors; without a model,
-    only the batches (index, augment, normalise) are made."""
-    from trainer.augment import make_augment, mix_batch
-    from trainer.losses import create_loss
-    from trainer.optim import create_optimizer
+class _StepClock:
+    """A reporter whose per-step hook (see ``trainer.loop``) notes when the last step ended."""
 
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-    aug = make_augment(cfg.data.augment, image_size=cfg.data.image_size)
-    criterion = create_loss(cfg.loss)
-    if model is not None:
-        model.train()
-        optimizer = create_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
-    gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    bs, n = cfg.data.batch_size, len(data.x_train)
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.images = 0
+
+    def report(self, epoch: int, metrics: dict) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def step(self, epoch: int, step: int, steps_per_epoch: int, images: int) -> bool:
+        self.last, self.images = time.perf_counter(), images
+        return False
+
+
+def our_epoch(cfg, data) -> tuple[int, float]:
+    """One epoch of ``trainer.train``: (images, seconds from the epoch's start to its last
+    step). The epoch starts after the set-up that ``train`` reports (model, optimizer)."""
+    from trainer import train
+
+    clock = _StepClock()
     t0 = time.perf_counter()
-    perm = torch.randperm(n, generator=gen)
-    steps = n // bs
-    for step in range(steps):
-        idx = perm[step * bs : (step + 1) * bs]
-        xb, yb = data.x_train[idx].float() / 255.0, data.y_train[idx]
-        if aug is not None:
-            xb = aug(xb, gen)
-        ya, yb2, lam = yb, yb, 1.0
-        if cfg.data.cutmix > 0 or cfg.data.mixup > 0:
-            xb, ya, yb2, lam = mix_batch(
-                xb, yb, cutmix=cfg.data.cutmix, mixup=cfg.data.mixup, generator=gen
-            )
-        xb = ((xb - mean) / std).contiguous(memory_format=fmt)
-        if model is None:
-            continue
-        logits = model(xb)
-        loss = lam * criterion(logits, ya) + (1 - lam) * criterion(logits, yb2)
-        loss.item()  # the loop checks every loss for NaN
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return steps * bs, time.perf_counter() - t0
+    result = train(cfg, reporter=clock, data=data)
+    if result.status != "complete":
+        sys.exit(f"ours: {result.status}: {result.reason}")
+    return clock.images, clock.last - (t0 + result.setup_seconds)
 
 
 def seed_epoch(
-    cfg, data, model: torch.nn.Module | None, train_dir: Path, workers: int
+    cfg, data, model: torch.nn.Module, train_dir: Path, workers: int, fmt
 ) -> tuple[int, float]:
-    """PIL ImageFolder + torchvision transforms + DataLoader, fp32, as the seeds trained;
-    without a model, only the batches are loaded."""
+    """PIL ImageFolder + torchvision transforms + DataLoader, fp32, as the seeds trained:
+    (images, seconds from the loader's start, its worker start-up included, to the last
+    step)."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
@@ -154,21 +158,39 @@ def seed_epoch(
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     criterion = torch.nn.CrossEntropyLoss()
-    if model is not None:
-        model.train()
-        optimizer = create_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
+    model = model.to(memory_format=fmt)
+    model.train()
+    optimizer = create_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optim)
     seen = 0
     t0 = time.perf_counter()  # worker start-up is part of every seed-style epoch
     for xb, yb in loader:
         seen += len(yb)
-        if model is None:
-            continue
-        loss = criterion(model(xb), yb)
+        loss = criterion(model(xb.contiguous(memory_format=fmt)), yb)
         loss.item()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return seen, time.perf_counter() - t0
+
+
+_DATA_READY = """
+import json, sys, time
+from trainer import TrainConfig, load_data
+cfg = TrainConfig.from_flat(json.loads(sys.argv[1]))
+t = time.perf_counter()
+load_data(cfg.data)
+print(time.perf_counter() - t)
+"""
+
+
+def data_ready_seconds(flat: dict, cache: Path) -> float:
+    """``load_data`` in a fresh process, as a trial's worker calls it (imports not counted)."""
+    env = dict(os.environ, HPSEARCH_CACHE_DIR=str(cache), PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-c", _DATA_READY, json.dumps(flat)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
@@ -180,15 +202,22 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
     p.add_argument("--models", default="resnet18,small_cnn,seed_cnn")
     p.add_argument("--policy", default="strong", choices=["none", "light", "strong"])
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="seed-style loader")
+    p.add_argument(
+        "--channels-last", action="store_true", help="channels_last on both sides (default: NCHW)"
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 400 images, seed_cnn only")
     p.add_argument("--dir", help="reuse/keep the generated folder here (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.models = 400, "seed_cnn"
 
-    import trainer.data
     from trainer import TrainConfig, build_model, load_data
 
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir) if args.dir else Path(tmp) / "images"
-        os.environ["HPSEARCH_CACHE_DIR"] = str(Path(tmp) / "cache")  # a cold cache
+        cache = Path(tmp) / "cache"  # a cold cache
+        os.environ["HPSEARCH_CACHE_DIR"] = str(cache)
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
@@ -210,41 +239,36 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
             "data.augment": args.policy,
             "optim.name": "adam",
             "loss.name": "ce",
+            "sched.name": "none",  # the seed-style loop keeps its lr constant
             "train.device": "cpu",
+            "train.epochs": 1,
+            "train.patience": 0,
+            "train.channels_last": args.channels_last,
         }
         cfg = TrainConfig.from_flat(flat)
 
-        t = time.perf_counter()
-        data = load_data(cfg.data)
-        build = time.perf_counter() - t
-        trainer.data._load_cached.cache_clear()  # what a second trial in a fresh process sees
-        t = time.perf_counter()
-        data = load_data(cfg.data)
-        ready = time.perf_counter() - t
-        cache_mb = sum(f.stat().st_size for f in Path(tmp, "cache").rglob("*.npy")) / 2**20
+        first = data_ready_seconds(flat, cache)
+        second = data_ready_seconds(flat, cache)
+        cache_mb = sum(f.stat().st_size for f in cache.rglob("*.npy")) / 2**20
         print(
-            f"first trial: decode {n_files} images + cache ({cache_mb:.0f} MiB) in {build:.2f} s "
-            f"({n_files / build:.0f} img/s); second trial data ready in {ready * 1000:.0f} ms"
+            f"data ready, first trial (decode {n_files} images + write the {cache_mb:.0f} MiB "
+            f"cache): {first:.2f} s; second trial (fresh process, cache hit): "
+            f"{second * 1000:.0f} ms = {second / first:.1%} of the first"
         )
+        data = load_data(cfg.data)
         print(
             f"{'model':<12} {'ours img/s':>11} {'seed-style img/s':>17} {'ratio':>6}   "
             f"(one epoch: {len(data.x_train)} train images, batch {args.batch_size}, "
-            f"{args.image_size} px, augment={args.policy}, fp32)"
+            f"{args.image_size} px, augment={args.policy}, fp32, "
+            f"{'channels_last' if args.channels_last else 'NCHW'} on both sides)"
         )
         rows = []
-        n_ours, t_ours = our_epoch(cfg, data, None)
-        n_seed, t_seed = seed_epoch(cfg, data, None, root / "train", args.workers)
-        rows.append(("(data only)", n_ours / t_ours, n_seed / t_seed))
-        _print_row(*rows[-1])
         for backbone in args.models.split(","):
             mcfg = cfg.replace({"model.backbone": backbone})
-            ours_model = build_model(mcfg, data, torch.device("cpu"))
-            warm_up(ours_model, args.image_size, args.batch_size, torch.channels_last)
-            n_ours, t_ours = our_epoch(mcfg, data, ours_model)
-            seed_cfg = mcfg.replace({"train.channels_last": False})
-            seed_model = build_model(seed_cfg, data, torch.device("cpu"))  # same initial weights
-            warm_up(seed_model, args.image_size, args.batch_size, torch.contiguous_format)
-            n_seed, t_seed = seed_epoch(seed_cfg, data, seed_model, root / "train", args.workers)
+            warm_up(mcfg, data, fmt)
+            n_ours, t_ours = our_epoch(mcfg, data)
+            seed_model = build_model(mcfg, data, torch.device("cpu"))  # same initial weights
+            n_seed, t_seed = seed_epoch(mcfg, data, seed_model, root / "train", args.workers, fmt)
             rows.append((backbone, n_ours / t_ours, n_seed / t_seed))
             _print_row(*rows[-1])
     return rows

@@ -1,9 +1,10 @@
 """Workers: trials per hour with 1 and 2 local workers, and the storage's cost per trial.
 
 Part 1 runs the digits study (its data, space and sampler) to ``--trials`` finished trials
-with ``search run --workers 1`` and ``--workers 2``, one CPU thread per worker, each against
-a fresh PostgreSQL database, and reports trials/hour from the wall time of the whole command
-(process start, imports and the final summary included). So that every trial does the same
+with ``search run --workers 1 --threads C`` (the baseline: one process using all C cores, what
+a plain ``search run`` does) and ``--workers C --threads 1`` (one single-threaded worker per
+core), each against a fresh PostgreSQL database, and reports trials/hour from the wall time of
+the whole command (process start, imports and the final summary included). So that every trial does the same
 work, the benchmark pins what changes a trial's cost (batch size 64, Adam, small_cnn width
 16, no early stopping, no pruner), and runs ``--epochs`` epochs per trial.
 
@@ -15,6 +16,7 @@ dashboard note, telling the outcome. ``trainer.train`` is replaced by a stub tha
 storage) are skipped.
 
     .venv/bin/python benchmarks/bench_workers.py                 # starts its own PostgreSQL
+    .venv/bin/python benchmarks/bench_workers.py --quick         # smoke run: 4 trials x 2 epochs
     .venv/bin/python benchmarks/bench_workers.py --pg-url postgresql+psycopg://hp@host/db
 
 Without ``--pg-url`` a throwaway server is started with Debian's initdb/pg_ctl on 127.0.0.1
@@ -99,21 +101,25 @@ class Databases:
             self.server.stop()
 
 
-def part1(dbs: Databases, studies: Path, trials: int, epochs: int) -> dict[int, dict]:
+def part1(
+    dbs: Databases, studies: Path, trials: int, epochs: int, cores: int
+) -> dict[tuple[int, int], dict]:
+    """(workers, threads per worker) -> figures, for (1, cores) and (cores, 1)."""
     out = {}
-    for workers in (1, 2):
+    for workers, threads in ((1, cores), (cores, 1)):
         name = f"bench-{uuid.uuid4().hex[:8]}"
         (studies / f"{name}.toml").write_text(STUDY.format(epochs=epochs))
         url = dbs.fresh()
         env = dict(os.environ, SEARCH_STUDIES=str(studies), SEARCH_STORAGE=url)
         env["SEARCH_ARTIFACTS"] = str(studies / "artifacts")
         cmd = [sys.executable, "-m", "search.cli", "run", "--study", name, "--trials",
-               str(trials), "--workers", str(workers), "--threads", "1", "-q"]  # fmt: skip
+               str(trials), "--workers", str(workers), "--threads", str(threads), "-q"]  # fmt: skip
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=studies)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            sys.exit(f"--workers {workers} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            what = f"--workers {workers} --threads {threads}"
+            sys.exit(f"{what} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         import optuna
 
         study = optuna.load_study(study_name=name, storage=url)
@@ -121,7 +127,7 @@ def part1(dbs: Databases, studies: Path, trials: int, epochs: int) -> dict[int, 
         busy = sum(t.duration.total_seconds() for t in done)
         ends = sorted(t.datetime_complete for t in done)
         span = (ends[-1] - ends[0]).total_seconds()
-        out[workers] = {
+        out[workers, threads] = r = {
             "wall": wall,
             "trials": len(done),
             "per_hour": len(done) / wall * 3600,
@@ -130,9 +136,9 @@ def part1(dbs: Databases, studies: Path, trials: int, epochs: int) -> dict[int, 
             "trial_seconds": busy / len(done),
         }
         print(
-            f"  {workers} worker(s): {len(done)} trials in {wall:.1f} s -> "
-            f"{out[workers]['per_hour']:.0f} trials/hour, "
-            f"{out[workers]['steady_per_hour']:.0f} after the first trial "
+            f"  {workers} worker(s) x {threads} thread(s): {len(done)} trials in {wall:.1f} s -> "
+            f"{r['per_hour']:.0f} trials/hour, "
+            f"{r['steady_per_hour']:.0f} after the first trial "
             f"(mean trial {busy / len(done):.2f} s)",
             file=sys.stderr,
         )
@@ -187,14 +193,24 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16, help="trials per worker count (part 1)")
     ap.add_argument("--epochs", type=int, default=8, help="epochs per trial (part 1)")
     ap.add_argument("--overhead-trials", type=int, default=40, help="stubbed trials (part 2)")
+    ap.add_argument(
+        "--cores", type=int, default=os.cpu_count() or 2, help="cores to use (default: all)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 4 trials x 2 epochs, 5 stubbed"
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.trials, args.epochs, args.overhead_trials = 4, 2, 5
+    if args.cores < 2:
+        sys.exit("--cores must be >= 2: the comparison is one worker against one per core")
 
     dbs = Databases(args.pg_url)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
             tmp = Path(tmp)
             print(f"part 1: digits, {args.trials} trials x {args.epochs} epochs", file=sys.stderr)
-            speed = part1(dbs, tmp, args.trials, args.epochs)
+            speed = part1(dbs, tmp, args.trials, args.epochs, args.cores)
             print("part 2: per-trial overhead without training", file=sys.stderr)
             sqlite = part2(f"sqlite:///{tmp / 'overhead.db'}", tmp, args.overhead_trials, 12)
             pg = part2(dbs.fresh(), tmp, args.overhead_trials, 12)
@@ -202,18 +218,19 @@ def main() -> None:
         dbs.close()
 
     cpu = platform.processor() or platform.machine()
-    print(f"\n{os.cpu_count()} CPU cores ({cpu}), torch threads: 1 per worker; PostgreSQL "
+    print(f"\n{os.cpu_count()} CPU cores ({cpu}), {args.cores} used; PostgreSQL "
           f"on 127.0.0.1 over TCP\n")  # fmt: skip
     print(
-        "| workers | trials | wall (s) | trials/hour (wall) | speed-up | "
-        "trials/hour (after 1st trial) | speed-up | mean trial (s) |"
+        "| workers x threads | trials | wall (s) | trials/hour (wall) | ratio | "
+        "trials/hour (after 1st trial) | ratio | mean trial (s) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for k, r in speed.items():
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = speed[1, args.cores]  # the baseline: one worker with every core
+    for (workers, threads), r in speed.items():
         print(
-            f"| {k} | {r['trials']} | {r['wall']:.1f} | {r['per_hour']:.0f} | "
-            f"{r['per_hour'] / speed[1]['per_hour']:.2f}x | {r['steady_per_hour']:.0f} | "
-            f"{r['steady_per_hour'] / speed[1]['steady_per_hour']:.2f}x | "
+            f"| {workers} x {threads} | {r['trials']} | {r['wall']:.1f} | {r['per_hour']:.0f} | "
+            f"{r['per_hour'] / base['per_hour']:.2f}x | {r['steady_per_hour']:.0f} | "
+            f"{r['steady_per_hour'] / base['steady_per_hour']:.2f}x | "
             f"{r['trial_seconds']:.2f} |"
         )
     print()

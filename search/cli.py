@@ -264,7 +264,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
         top=args.top,
         repeats=args.repeats,
         seeds=seeds,
-        tta=args.tta,
+        tta=_tta(args),
         data_root=args.data,
     )
     print_confirm(run_confirm(plan, progress=Progress(quiet=args.quiet)))
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", nargs="+", metavar="SEED", help="the seeds to use (default: fresh ones)"
     )
-    p.add_argument("--tta", action="store_true", help="evaluate with 6 test-time views")
+    _tta_args(p)
     storage_arg(p)
     p.add_argument("--data", help="data root, if it moved since the search ran")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")

@@ -67,7 +67,7 @@ class ConfirmPlan:
     url: str
     candidates: list[Candidate]
     seeds: list[int]
-    tta: bool
+    tta: bool | str  # False, True (seed 000's six views) or the views, comma-separated
     splits: dict[str, Any]
     search_trials: int  # complete trials the top K were selected from
 
@@ -84,7 +84,7 @@ def plan_confirm(
     top: int = DEFAULT_TOP,
     repeats: int | None = None,
     seeds: list[int] | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
     data_root: str | None = None,
 ) -> ConfirmPlan:
     """Check everything (study, counts, seeds, data and its test split) before any run."""

@@ -153,7 +153,12 @@ def final_table(companion: optuna.Study, configs: list[dict[str, Any]] | None = 
     """The final-results table of a ``<study>.confirm`` companion, from storage alone."""
     configs = collect_confirm(companion) if configs is None else configs
     attrs = companion.user_attrs
-    tta = " with test-time augmentation" if attrs.get("tta") else ""
+    views = attrs.get("tta")
+    tta = (
+        ""
+        if not views
+        else " with test-time augmentation" + (f" ({views})" if isinstance(views, str) else "")
+    )
     table = final_results_table(
         configs,
         search_trials=attrs.get("search_trials"),

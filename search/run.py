@@ -40,7 +40,6 @@ from search.workers import (
     signals_ignored,
     worker_name,
 )
-from trainer._registry import unknown_name_error
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
@@ -92,10 +91,12 @@ def plan_run(
     for key, value in pinned.items():
         if key == "model.backbone":
             trainer.check_backbone(value)
-    _check_names(cfg)
+    trainer.check_names(cfg)
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
     for item in queue:
-        _check_names(spaces.build_config(space, None, base=base, fixed={**pinned, **item})[0])
+        trainer.check_names(
+            spaces.build_config(space, None, base=base, fixed={**pinned, **item})[0]
+        )
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
     data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
@@ -127,17 +128,6 @@ def _backbones(
     names = list(drawn.choices) if drawn is not None and drawn.kind == "choice" else []
     names += [item["model.backbone"] for item in queue if "model.backbone" in item]
     return list(dict.fromkeys(names or [cfg.model.backbone]))
-
-
-def _check_names(cfg: trainer.TrainConfig) -> None:
-    """Unknown backbone, loss or optimizer names fail before any trial, with the options."""
-    trainer.check_backbone(cfg.model.backbone)
-    for kind, name, options in (
-        ("loss", cfg.loss.name, trainer.list_losses()),
-        ("optimizer", cfg.optim.name, trainer.list_optimizers()),
-    ):
-        if name not in options:
-            raise unknown_name_error(kind, name, options)
 
 
 def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:

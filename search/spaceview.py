@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import spaces
+import trainer
 from search.studyfile import StudySpec
 from spaces._params import TracedPath, describe_distribution
 
@@ -25,6 +26,8 @@ def space_rows(spec: StudySpec, cli_fixed: dict[str, Any] | None = None) -> list
     space = spaces.resolve_space(spec.search_space)
     fixed = {**spec.fixed, **(cli_fixed or {})}
     base = spec.base_config()
+    # a pinned value the space never draws is checked here, as `search run` checks it
+    trainer.check_names(spaces.build_config(space, None, base=base, fixed=fixed)[0])
     seen: dict[str, spaces.Traced] = {}
     paths = spaces.trace(space, fixed=fixed, base=base, seen=seen)
     overrides = space.overrides

@@ -17,7 +17,7 @@ from trainer.loop import NullReporter, Reporter, TrainResult, build_model, selec
 from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
-from trainer.preflight import check_model
+from trainer.preflight import check_model, check_names
 from trainer.schedulers import create_scheduler, list_schedulers
 from trainer.throughput import Throughput, measure_throughput
 
@@ -38,6 +38,7 @@ __all__ = [
     "check_backbone",
     "check_key",
     "check_model",
+    "check_names",
     "config_keys",
     "create_loss",
     "create_model",

@@ -25,6 +25,7 @@ import torch
 # The image-folder layouts (folder, flat, csv) register themselves on import.
 from trainer import folders as _folders  # noqa: F401
 from trainer.config import DataConfig
+from trainer.decode import read_stats, write_stats
 from trainer.imagedata import (
     ImageData,
     get_dataset,
@@ -107,11 +108,25 @@ def _load_cached(cfg: DataConfig) -> _Loaded:
             )
         data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
     elif cfg.normalize == "dataset":
-        data.mean, data.std = channel_stats(data.x_train)
+        data.mean, data.std = _train_stats(data)
     else:
         data.mean, data.std = (0.0,) * data.in_chans, (1.0,) * data.in_chans
     view = dataclasses.replace(data, x_test=None, y_test=None, ids={})
     return _Loaded(view, data.x_test, data.y_test)
+
+
+def _train_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``channel_stats`` of the training images, kept beside the decoded-image cache they came
+    from, keyed by the training split's identity (its files, contents and labels), so a later
+    trial on the same folder and split reads them instead of passing over every image."""
+    if data.cache is None:
+        return channel_stats(data.x_train)
+    key = f"train:{data.splits['train']['hash']}"
+    stats = read_stats(data.cache, key)
+    if stats is None:
+        stats = channel_stats(data.x_train)
+        write_stats(data.cache, key, *stats)
+    return stats
 
 
 def _split_records(data: ImageData) -> dict[str, dict[str, Any]]:
@@ -180,7 +195,7 @@ def select_classes(data: ImageData, classes: tuple[int, ...]) -> ImageData:
     ids["test"] = pick_ids("test", data.y_test)
     return ImageData(
         x_train, y_train, x_val, y_val, [data.class_names[c] for c in classes],
-        x_test=x_test, y_test=y_test, test_source=data.test_source,
+        x_test=x_test, y_test=y_test, test_source=data.test_source, cache=data.cache,
         ids={s: v for s, v in ids.items() if v is not None},
     )  # fmt: skip
 

@@ -287,6 +287,37 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def read_stats(npy: Path, key: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The per-channel ``(mean, std)`` stored beside the cache ``npy`` under ``key`` (the
+    training split's identity), or None."""
+    try:
+        entry = json.loads(_stats_path(npy).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    return None if entry is None else (tuple(entry["mean"]), tuple(entry["std"]))
+
+
+def write_stats(npy: Path, key: str, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Store ``(mean, std)`` beside the cache ``npy`` under ``key``. The file lives and is
+    pruned with its cache, so a changed folder (a new cache) computes them again."""
+    path = _stats_path(npy)
+    try:
+        with _locked(npy.with_name(f"{npy.stem}.stats.lock")):
+            try:
+                table = json.loads(path.read_text())
+            except (OSError, ValueError):
+                table = {}
+            table[key] = {"mean": list(mean), "std": list(std)}
+            with _atomic(path) as tmp:
+                tmp.write_text(json.dumps(table))
+    except OSError as exc:  # only a cache: training goes on without it
+        log.warning("could not store the image statistics beside %s: %s", npy, exc)
+
+
+def _stats_path(npy: Path) -> Path:
+    return npy.with_name(f"{npy.stem}.stats.json")
+
+
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -307,5 +338,7 @@ __all__ = [
     "cache_dir",
     "decode_cached",
     "max_pixels",
+    "read_stats",
     "relative_name",
+    "write_stats",
 ]

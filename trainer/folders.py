@@ -177,8 +177,9 @@ def _load_labeled(cfg: DataConfig, listing: Listing) -> ImageData:
     x = torch.from_numpy(decoded.arranged(order))
     y = torch.from_numpy(y_all[order])
     k, v = len(train_idx), len(train_idx) + len(val_idx)
-    if cfg.eval_resize != "squash":  # validation and test images decoded again, cropped
-        x = torch.cat([x[:k], _decode_eval(listing, order[k:], cfg)])
+    x_eval = x[k:]  # validation then test: views of the same mapping, no copy
+    if cfg.eval_resize != "squash":  # decoded again, cropped, into a mapping of their own
+        x_eval = _decode_eval(listing, order[k:], cfg)
 
     def ids(idx: np.ndarray) -> list[str]:
         return [
@@ -186,11 +187,12 @@ def _load_labeled(cfg: DataConfig, listing: Listing) -> ImageData:
         ]
 
     return ImageData(
-        x[:k], y[:k], x[k:v], y[k:v], names,
-        x_test=x[v:] if has_test else None,
+        x[:k], y[:k], x_eval[: v - k], y[k:v], names,
+        x_test=x_eval[v - k :] if has_test else None,
         y_test=y[v:] if has_test else None,
         ids={"train": ids(train_idx), "val": ids(val_idx), "test": ids(test_idx)},
         test_source=source if has_test else "",
+        cache=decoded.path,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,9 @@ class ImageData:
     test_source: str = ""  # where the test split comes from, e.g. "data.test_fraction=0.2"
     # per split: {"count": images, "hash": of the sorted (image, label) list}; by load_data
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the decoded-image cache (.npy) the images came from, if any: load_data keeps the
+    # training split's statistics beside it
+    cache: Path | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:

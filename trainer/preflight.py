@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from trainer._registry import unknown_name_error
 from trainer.config import TrainConfig
 from trainer.data import ImageData
 from trainer.loop import build_model
+from trainer.losses import list_losses
+from trainer.models import check_backbone
+from trainer.optim import list_optimizers
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Unknown backbone, loss or optimizer names: a ValueError with the closest options."""
+    check_backbone(cfg.model.backbone)
+    for kind, name, options in (
+        ("loss", cfg.loss.name, list_losses()),
+        ("optimizer", cfg.optim.name, list_optimizers()),
+    ):
+        if name not in options:
+            raise unknown_name_error(kind, name, options)
 
 
 def check_model(cfg: TrainConfig, data: ImageData) -> None:

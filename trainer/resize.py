@@ -1,13 +1,15 @@
 """How evaluation images are resized (``data.eval_resize``), on PIL images and uint8 tensors.
 
 ``squash`` resizes the whole image to ``size`` squared (aspect ratio changes, nothing is lost),
-as training sees it. ``center_crop`` resizes the short side to ``round(size / CROP_PCT)`` and
-takes the centre ``size`` square, with torchvision's ``Resize(int)`` + ``CenterCrop`` geometry
-(seed 002's ``Resize(256)`` + ``CenterCrop(224)``; timm's evaluation transform floors instead
-of rounding, which differs only where ``size / 0.875`` has a fraction of .5 or more).
+as training sees it. ``center_crop`` resizes the short side to ``floor(size / CROP_PCT)`` (as
+timm's evaluation transform does; 224 -> 256) and takes the centre ``size`` square, with
+torchvision's ``Resize(int)`` + ``CenterCrop`` geometry (seed 002's ``Resize(256)`` +
+``CenterCrop(224)``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ CROP_PCT = 0.875  # the centre crop keeps this share of the short side
 def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     """``(new_width, new_height, left, top)``: the resized image and the crop's corner for an
     image of ``width`` x ``height`` under ``center_crop`` at ``size`` px."""
-    short = round(size / CROP_PCT)
+    short = eval_short_side(size)
     if width <= height:  # torchvision truncates the long side
         new_w, new_h = short, int(short * height / width)
     else:
@@ -45,7 +47,12 @@ def resize_pil(im: Image.Image, size: int, mode: str = "squash") -> Image.Image:
 
 def draft_size(size: int, mode: str = "squash") -> int:
     """The smallest side a JPEG may be decoded at (reduced DCT scale) for ``mode``."""
-    return size if mode == "squash" else round(size / CROP_PCT)
+    return size if mode == "squash" else eval_short_side(size)
+
+
+def eval_short_side(size: int) -> int:
+    """The short side before the centre crop: ``floor(size / 0.875)``, timm's scale size."""
+    return math.floor(size / CROP_PCT)
 
 
 def resize_uint8(x: torch.Tensor, size: int, mode: str = "squash") -> torch.Tensor:

@@ -16,6 +16,7 @@ from search.cli import main
 from search.progress import Progress
 from search.reports import ablation_tables, export_study
 from search.stats import mean_ci
+from search.storage import open_storage
 from search.studyfile import load_study
 
 ABLATION = """
@@ -53,8 +54,13 @@ def test_arms_share_runs_and_repeats_are_paired(study, storage_url):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     from optuna_dashboard import get_note
 
-    companion = optuna.load_study(study_name=companion_name("abl"), storage=storage_url)
-    first = optuna.Trial(companion, companion.trials[0]._trial_id)
+    storage = open_storage(storage_url)
+    companion = optuna.load_study(study_name=companion_name("abl"), storage=storage)
+    # optuna.Trial wants the storage's trial id: looked up by number through the public API
+    first_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(companion.study_name), companion.trials[0].number
+    )
+    first = optuna.Trial(companion, first_id)
     note = get_note(first)  # each run carries its dashboard note (config table)
     assert "ran all 2 epochs" in note or "no val_acc gain" in note
     assert "| `optim.lr` |" in note

@@ -245,6 +245,21 @@ def test_confirm_cli_prints_and_exports_the_final_table(write_study, storage_url
     assert report["split"] == "test" and sum(map(sum, report["confusion"])) == 360
 
 
+def test_confirm_tta_views_are_runs_of_their_own_and_identity_equals_no_tta(
+    write_study, storage_url, capsys
+):
+    write_study("conf", CONF)
+    _search("conf", storage_url, n=2)
+    args = ["confirm", "--study", "conf", "--storage", storage_url, "-q", "--top", "1"]
+    assert main([*args, "--seeds", "7"]) == 0
+    assert main([*args, "--seeds", "7", "--tta-views", "identity"]) == 0
+    assert "final results with test-time augmentation (identity)" in capsys.readouterr().out
+    runs = optuna.load_study(study_name="conf.confirm", storage=storage_url).trials
+    by_tta = {t.user_attrs["tta"]: t.user_attrs for t in runs}
+    assert set(by_tta) == {False, "identity"}  # a second set of runs, not a reuse of the first
+    assert by_tta["identity"]["test_acc"] == by_tta[False]["test_acc"]
+
+
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     write_study, storage_url, folder_study, capsys
 ):
@@ -261,6 +276,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         (["--study", "conf", "--seeds", "x"], "--seeds takes integers"),
         (["--study", "conf.confirm"], "companion study"),
         (["--study", "plain"], "has no test split; set data.test_fraction"),
+        (["--study", "conf", "--tta-views", "hflip,sideways"], "sideways"),
     ]
     for args, match in cases:
         capsys.readouterr()

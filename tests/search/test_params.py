@@ -200,6 +200,23 @@ def test_search_space_prints_every_parameter_with_its_source(write_study, capsys
     assert "loss.gamma" in rows and "loss.name in [focal, ls_focal]" in rows["loss.gamma"]
 
 
+@pytest.mark.parametrize(
+    ("assignment", "match"),
+    [
+        ("model.backbone=resnt18", "unknown backbone 'resnt18'. Did you mean 'resnet18'?"),
+        ("loss.name=focl", "unknown loss 'focl'"),
+        ("model.backbone=resnet18.nope_in1k", "no pretrained tag 'nope_in1k' for resnet18"),
+    ],
+)
+def test_search_space_refuses_a_set_value_that_search_run_would_refuse(
+    write_study, capsys, assignment, match
+):
+    write_study("show", params_study('"optim.lr" = [0.001, 0.01]\n', space="digits"))
+    assert main(["space", "--study", "show", "--set", assignment]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and match in err and "\n" not in err
+
+
 def test_dry_run_prints_three_configurations_and_writes_nothing(write_study, tmp_path, capsys):
     write_study("dry", params_study('"model.backbone" = ["small_cnn", "mlp"]\n', space="digits"))
     db = tmp_path / "dry.db"

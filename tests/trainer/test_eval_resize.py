@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def _image(w: int, h: int, seed: int = 0) -> Image.Image:
 
 
 def _torchvision_center_crop(im: Image.Image, size: int) -> np.ndarray:
-    ref = T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size)])(im)
+    ref = T.Compose([T.Resize(math.floor(size / 0.875)), T.CenterCrop(size)])(im)
     return np.asarray(ref).transpose(2, 0, 1)
 
 
@@ -60,7 +61,7 @@ def test_center_crop_on_pil_equals_torchvision_resize_short_side_then_center_cro
 @pytest.mark.parametrize(("w", "h", "size"), SHAPES)
 def test_center_crop_on_uint8_tensors_equals_torchvision_geometry(w, h, size):
     x = torch.from_numpy(np.asarray(_image(w, h)).copy()).permute(2, 0, 1)[None]
-    short = round(size / 0.875)
+    short = math.floor(size / 0.875)
     ref = TF.center_crop(TF.resize(x.float(), [short], antialias=True), [size])
     ref = ref.round().clamp(0, 255).to(torch.uint8)
     assert torch.equal(resize_uint8(x, size, "center_crop"), ref)
@@ -113,6 +114,11 @@ def test_center_crop_changes_only_the_validation_images(tmp_path):
         np.stack([_torchvision_center_crop(im, 8) for im in made["val"]])
     )
     assert _rows(crop.x_val).isdisjoint(_rows(squash.x_val))
+    # training images stay a view of the shared squash mapping (all 12 rows, nothing copied);
+    # the cropped validation images are a mapping of their own (4 rows)
+    row = 3 * 8 * 8
+    assert crop.x_train.untyped_storage().nbytes() == 12 * row
+    assert crop.x_val.untyped_storage().nbytes() == 4 * row
 
 
 def test_each_protocol_has_its_own_cache_and_reuses_it(tmp_path, monkeypatch):
@@ -193,3 +199,15 @@ def test_a_center_crop_run_trains_and_evaluates_end_to_end(tmp_path):
     assert 0.0 <= acc <= 1.0 and len(y_test) == 6
     _, meta = read_checkpoint(result.checkpoint)
     assert meta["config"]["data.eval_resize"] == "center_crop"  # what predict reads back
+
+
+@pytest.mark.parametrize("size", [32, 48, 64, 100, 224, 288])
+def test_center_crop_short_side_is_timms_evaluation_scale_size(size):
+    from timm.data import create_transform
+
+    from trainer.resize import eval_short_side
+
+    tf = create_transform(size, is_training=False, crop_pct=0.875)
+    resize = next(t for t in tf.transforms if type(t).__name__ == "Resize")
+    want = resize.size if isinstance(resize.size, int) else resize.size[0]
+    assert eval_short_side(size) == want

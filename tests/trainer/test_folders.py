@@ -372,3 +372,34 @@ def test_train_on_a_folder_with_strong_augmentation(tmp_path, make_classes):
     result = train(cfg)
     assert result.status == "complete" and len(result.history) == 2
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
+
+
+# ------------------------------------------------------------------ cached statistics
+
+
+def test_channel_statistics_are_cached_with_the_decoded_images(tmp_path, make_classes, monkeypatch):
+    root = make_classes(tmp_path / "d", {"a": 6, "b": 6})
+    calls = []
+    real = trainer.data.channel_stats
+    monkeypatch.setattr(trainer.data, "channel_stats", lambda x: calls.append(len(x)) or real(x))
+    first = _load(_cfg(root))
+    assert len(calls) == 1 and calls[0] == len(first.y_train)
+    assert (first.mean, first.std) == real(first.x_train)
+
+    second = _load(_cfg(root))  # another trial, another process: only the disk cache is left
+    assert len(calls) == 1  # read back, not computed
+    assert second.mean == first.mean and second.std == first.std  # exactly the same floats
+    assert len(list(fo.cache_dir().glob("folder-8px-*.stats.json"))) == 1
+
+    other_split = _load(_cfg(root, split_seed=1))  # other training images: their own entry
+    assert len(calls) == 2 and (other_split.mean, other_split.std) == real(other_split.x_train)
+    _load(_cfg(root, split_seed=1))
+    assert len(calls) == 2
+
+    for i, target in enumerate(sorted((root / "a").glob("*.png"))):  # class a turns red
+        Image.new("RGB", (5, 5), (250, i, 0)).save(target)
+        os.utime(target, ns=(1, 10**18))
+    changed = _load(_cfg(root))  # a changed folder is a new cache: computed again
+    assert len(calls) == 3 and (changed.mean, changed.std) == real(changed.x_train)
+    assert changed.mean[0] > first.mean[0] + 0.1
+    assert len(list(fo.cache_dir().glob("folder-8px-*.stats.json"))) == 1  # the stale one pruned
