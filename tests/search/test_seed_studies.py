@@ -246,3 +246,35 @@ def test_loss_metric_must_be_an_accuracy_the_runs_record(write_study, capsys):
     assert main(["space", "--study", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "unknown loss_metric" in err and "max_val_acc" in err
+
+
+def _backbones(spec) -> set[str]:
+    seen: dict[str, spaces.Traced] = {}
+    fixed = {k: v for k, v in spec.fixed.items() if k != "model.pretrained"}
+    spaces.trace(spaces.resolve_space(spec.search_space), fixed=fixed, seen=seen)
+    drawn = seen.get("model.backbone")
+    names = set(drawn.choices) if drawn is not None else set()
+    names |= {e["model.backbone"] for e in spec.enqueue if "model.backbone" in e}
+    names |= set(spec.ablation.get("factors", {}).get("model.backbone", []))
+    if "model.backbone" in spec.fixed:
+        names.add(spec.fixed["model.backbone"])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [(n, p) for n, p in VARIANTS if n in SEED_STUDIES and n != "kfood_transfer"],
+)
+def test_every_backbone_of_a_seed_study_runs_at_its_image_size(name, profile):
+    """Weights aside (offline), each network the study can train takes its images."""
+    import trainer
+
+    spec = load_study(name, profile=profile)
+    size = spec.data["image_size"]
+    for backbone in sorted(_backbones(spec)):
+        cfg = trainer.ModelConfig(
+            backbone=backbone, head_hidden=spec.fixed.get("model.head_hidden", 0)
+        )
+        model = trainer.create_model(cfg, num_classes=3, image_size=size).eval()
+        with torch.inference_mode():
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 3), backbone
