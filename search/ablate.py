@@ -165,6 +165,8 @@ def open_companion(plan: AblationPlan) -> optuna.Study:
         "baseline_source": plan.baseline_source,
         "repeats": plan.repeats,
         "arms": [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms],
+        # which accuracy the loss table reports (seed 003 reported the best epoch's)
+        "loss_metric": plan.spec.ablation.get("loss_metric", "final_val_acc"),
     }
     if plan.test:
         attrs["data_splits"] = trainer.data.split_record(
@@ -243,6 +245,8 @@ def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
             "status": a.get("status"),
             "curves": a.get("curves", {}),
             "test_acc": a.get("test_acc"),
+            "param_count": a.get("param_count"),
+            "trainable_param_count": a.get("trainable_param_count"),
         }
     return [
         {**arm, "runs": [by_arm.get(arm["arm"], {})[r] for r in sorted(by_arm.get(arm["arm"], {}))]}

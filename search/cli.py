@@ -35,7 +35,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = WorkerOptions(heartbeat=args.heartbeat, grace=args.grace, max_retries=args.retries)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, but got {args.threads}")
-    spec = load_study(args.study)
+    spec = load_study(args.study, profile=args.profile)
     budget = resolve_budget(
         spec.budget,
         where=str(spec.path),
@@ -142,7 +142,7 @@ def _cmd_space(args: argparse.Namespace) -> int:
     from search.spaceview import format_space, space_rows
     from search.studyfile import load_study
 
-    spec = load_study(args.study)
+    spec = load_study(args.study, profile=args.profile)
     print(format_space(spec, space_rows(spec, parse_assignments(args.set))))
     return 0
 
@@ -150,7 +150,7 @@ def _cmd_space(args: argparse.Namespace) -> int:
 def _cmd_best(args: argparse.Namespace) -> int:
     from search.summary import best_record, load_existing_study, print_best
 
-    study, url = load_existing_study(args.study, args.storage)
+    study, url = load_existing_study(_stored_name(args), args.storage)
     if args.json:
         print(json.dumps(best_record(study), indent=2))
     else:
@@ -170,7 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     tta = _tta(args)
-    study, _ = load_existing_study(args.study, args.storage)
+    study, _ = load_existing_study(_stored_name(args), args.storage)
     report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split, tta=tta)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -187,7 +187,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     tta = _tta(args)
-    study, _ = load_existing_study(args.study, args.storage)
+    study, _ = load_existing_study(_stored_name(args), args.storage)
     n = predict_folder(study, args.data, args.out, number=args.trial, tta=tta)
     print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
     return 0
@@ -223,7 +223,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from search.progress import Progress
     from search.studyfile import load_study
 
-    spec = load_study(args.study)
+    spec = load_study(args.study, profile=args.profile)
     factors = dict(parse_factor(f) for f in args.factor or [])
     baseline: str | dict[str, Any] | None = args.baseline
     if baseline is not None and "=" in baseline:
@@ -259,7 +259,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
                 f"--seeds takes integers, e.g. --seeds 11 12 13, but got {args.seeds}"
             ) from None
     plan = plan_confirm(
-        args.study,
+        _stored_name(args),
         storage=args.storage,
         top=args.top,
         repeats=args.repeats,
@@ -275,7 +275,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from search.reports import export_study
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    written = export_study(args.study, storage=args.storage, out_dir=args.out, formats=formats)
+    written = export_study(
+        _stored_name(args), storage=args.storage, out_dir=args.out, formats=formats
+    )
     print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0
 
@@ -283,7 +285,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from search.dashboard import launch
 
-    return launch(study=args.study, storage=args.storage, host=args.host, port=args.port)
+    if args.profile and not args.study:
+        raise ValueError("--profile needs --study NAME")
+    return launch(
+        study=_stored_name(args) if args.study else None,
+        storage=args.storage,
+        host=args.host,
+        port=args.port,
+    )
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -298,6 +307,24 @@ def _cmd_init(args: argparse.Namespace) -> int:
         remeasure=args.remeasure,
     )
     return 0
+
+
+def _stored_name(args: argparse.Namespace) -> str:
+    """The storage name of ``--study`` under ``--profile``: ``NAME.PROFILE`` (checked against
+    the study file's profiles), or ``--study`` as given without a profile."""
+    if not getattr(args, "profile", None):
+        return args.study
+    from search.studyfile import load_study
+
+    return load_study(args.study, profile=args.profile).name
+
+
+def _profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the study file's [profiles.NAME] (e.g. quick); its trials are the study NAME.PROFILE",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="create or resume a study and run it to N finished trials")
     p.add_argument("--study", required=True, help="study file name (see `search list`)")
+    _profile_arg(p)
     p.add_argument(
         "--trials",
         type=int,
@@ -390,11 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="the resolved search space of a study, parameter by parameter")
     p.add_argument("--study", required=True, help="study file name (see `search list`)")
+    _profile_arg(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a parameter")
     p.set_defaults(func=_cmd_space)
 
     p = sub.add_parser("best", help="the best trial of a study")
     p.add_argument("--study", required=True)
+    _profile_arg(p)
     storage_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_best)
@@ -405,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="confusion matrix and per-class accuracy of a trial")
     p.add_argument("--study", required=True)
+    _profile_arg(p)
     p.add_argument("--trial", type=int, help="trial number (default: the best)")
     storage_arg(p)
     p.add_argument("--data", help="data root, if it moved since the study ran")
@@ -421,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label an unlabeled image folder with a trial's model")
     p.add_argument("--study", required=True)
+    _profile_arg(p)
     p.add_argument("--data", required=True, help="folder of unlabeled images")
     p.add_argument("--out", required=True, help="CSV to write (file,label)")
     p.add_argument("--trial", type=int, help="trial number (default: the best)")
@@ -430,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="one-factor-at-a-time ablation with repeats")
     p.add_argument("--study", required=True)
+    _profile_arg(p)
     p.add_argument(
         "--factor", action="append", metavar="KEY=V1,V2,...", help="a factor and its values"
     )
@@ -451,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         "confirm", help="retrain the top configurations with fresh seeds; report on test"
     )
     p.add_argument("--study", required=True, help="the search study")
+    _profile_arg(p)
     p.add_argument(
         "--top", type=int, default=3, help="distinct configurations to confirm (default 3)"
     )
@@ -466,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="tables and figures of a study and its ablation")
     p.add_argument("--study", required=True)
+    _profile_arg(p)
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--format", default="md,csv,tex,html,json", help="comma-separated formats")
     storage_arg(p)
@@ -488,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
     p.add_argument("--study", help="study whose storage and artifacts to browse")
+    _profile_arg(p)
     storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8080)

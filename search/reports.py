@@ -58,14 +58,18 @@ def ablation_tables(
         values = list(runs)
         tables.append(factor_table(factor, values, runs, baseline_value=base_value))
         if factor == "loss.name":
-            tables.append(loss_table(runs))
+            metric = companion.user_attrs.get("loss_metric", "final_val_acc")
+            tables.append(loss_table(runs, metric=metric))
     return tables
 
 
 def trials_table(study: optuna.Study) -> Table:
     trials = study.get_trials(deepcopy=False)
     param_keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    headers = ["trial", "state", "value", *param_keys, "epochs", "best epoch", "seconds", "reason"]
+    headers = ["trial", "state", "value", *param_keys, "epochs", "best epoch", "seconds"]
+    # trials from before parameters were counted: no column
+    counted = any(t.user_attrs.get("param_count") for t in trials)
+    headers += ["parameters", "reason"] if counted else ["reason"]
     rows, raw = [], []
     for t in trials:
         a = t.user_attrs
@@ -78,6 +82,7 @@ def trials_table(study: optuna.Study) -> Table:
             a.get("epochs_run"),
             a.get("best_epoch"),
             secs,
+            *([a.get("param_count")] if counted else []),
             a.get("reason", ""),
         ]
         raw.append(values)

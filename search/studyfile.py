@@ -3,19 +3,28 @@
 A study file is data only. ``load_study(name)`` finds ``<name>.toml`` in the study
 directories (``./studies``, then the ones shipped with hpsearch, then ``SEARCH_STUDIES``),
 checks every key and type, and returns a frozen ``StudySpec``.
+
+Profiles: ``[profiles.quick]`` holds sections that override the top level when the study is
+loaded with ``profile="quick"`` (``--profile quick``): ``data``, ``budget``, ``fixed``,
+``params`` and ``ablation`` merge key by key (``ablation.factors`` is replaced whole),
+``sampler`` and ``pruner`` merge unless the profile names another algorithm, and ``space``,
+``enqueue`` and ``description`` are replaced. A key the profile pins in ``[fixed]`` leaves the
+top level's ``[params]`` and vice versa. A profile's trials live in the study
+``NAME.PROFILE``, never mixed with the full recipe's.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 import spaces
-from trainer import DataConfig, check_key
+from trainer import DataConfig, TrainConfig, check_key
 from trainer._registry import unknown_name_error
 
 PACKAGE_STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -35,7 +44,16 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "params": dict,
     "enqueue": list,
     "ablation": dict,
+    "profiles": dict,
 }
+# what a [profiles.NAME] table may override; name, metric, direction and storage stay the file's
+_PROFILE_KEYS = {
+    k: _TOP_KEYS[k]
+    for k in ("description", "space", "data", "budget", "sampler", "pruner", "fixed", "params")
+} | {"enqueue": list, "ablation": dict}
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# companion studies are NAME.ablation and NAME.confirm: a profile must not take their names
+_RESERVED_PROFILES = ("ablation", "confirm")
 _BUDGET_KEYS = {
     "epochs": int,
     "patience": int,
@@ -65,6 +83,8 @@ class StudySpec:
     ablation: dict[str, Any] = field(default_factory=dict)
     params: tuple[spaces.Param, ...] = ()  # the [params] table, in file order
     raw_params: dict[str, Any] = field(default_factory=dict)  # as written, for the record
+    profile: str | None = None  # the [profiles.NAME] applied; name is then "FILE.NAME"
+    profiles: tuple[str, ...] = ()  # every profile the file defines
 
     @property
     def search_space(self) -> spaces.SearchSpace:
@@ -133,7 +153,9 @@ def find_study_file(name: str) -> Path:
     return files[name]
 
 
-def load_study(name: str) -> StudySpec:
+def load_study(name: str, *, profile: str | None = None) -> StudySpec:
+    """The study file ``name`` (a name from ``list_study_files`` or a path), checked, with
+    ``[profiles.PROFILE]`` applied when ``profile`` is given."""
     path = find_study_file(name)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -141,12 +163,81 @@ def load_study(name: str) -> StudySpec:
         raise ValueError(f"{path}: malformed TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the study file: {exc}") from None
-    return parse_study(raw, path=path)
+    return parse_study(raw, path=path, profile=profile)
 
 
-def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
+def parse_study(raw: dict[str, Any], *, path: Path, profile: str | None = None) -> StudySpec:
+    """Check a parsed study file (every profile too) and return its spec, with ``profile``
+    applied when given. Raises ValueError/TypeError with a one-line message."""
     where = str(path)
     _check_keys(raw, _TOP_KEYS, where)
+    profiles = raw.get("profiles", {})
+    top = {k: v for k, v in raw.items() if k != "profiles"}
+    spec = _parse(top, path=path, where=where)
+    names = tuple(profiles)
+    chosen = None
+    for pname, table in profiles.items():
+        pwhere = f"{where} [profiles.{pname}]"
+        _check_profile(pname, table, pwhere)
+        merged = _parse(merge_profile(top, table), path=path, where=pwhere)
+        if pname == profile:
+            chosen = merged
+    if profile is None:
+        return replace(spec, profiles=names)
+    if chosen is None:
+        listed = ", ".join(names) if names else "none"
+        raise ValueError(
+            f"{where} has no profile {profile!r}; its profiles: {listed} "
+            "(add a [profiles.NAME] table, or leave out --profile for the full recipe)"
+        )
+    name = f"{chosen.name}.{profile}"
+    return replace(chosen, name=name, profile=profile, profiles=names)
+
+
+def _check_profile(name: str, table: Any, where: str) -> None:
+    if not _PROFILE_NAME.fullmatch(name) or name in _RESERVED_PROFILES:
+        raise ValueError(
+            f"{where}: a profile name is letters, digits, _ and - (not "
+            f"{' or '.join(_RESERVED_PROFILES)}), but got {name!r}"
+        )
+    if not isinstance(table, dict):
+        raise TypeError(f"{where} must be a table of sections, but got {table!r}")
+    _check_keys(table, _PROFILE_KEYS, where)
+
+
+def merge_profile(top: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:
+    """The study file as the profile sees it: the top level with the profile's sections on
+    top (see the module docstring for which sections merge and which are replaced)."""
+    out = dict(top)
+    for key, value in profile.items():
+        if key in ("data", "budget"):
+            out[key] = {**top.get(key, {}), **value}
+        elif key in ("sampler", "pruner"):
+            old = top.get(key, {})
+            same = value.get("name", old.get("name")) == old.get("name")
+            out[key] = {**old, **value} if same else dict(value)
+        elif key == "ablation":
+            old = top.get(key, {})
+            merged = {**old, **value}
+            if "fixed" in value and isinstance(value["fixed"], dict):
+                merged["fixed"] = {**old.get("fixed", {}), **value["fixed"]}
+            out[key] = merged
+        elif key not in ("fixed", "params"):
+            out[key] = value  # space, enqueue, description: replaced
+    fixed, params = profile.get("fixed", {}), profile.get("params", {})
+    if "fixed" in profile or "params" in profile:
+        # the profile's word on a key wins: pinned there, it leaves the top level's [params];
+        # searched there, it leaves the top level's [fixed]
+        out["fixed"] = {k: v for k, v in top.get("fixed", {}).items() if k not in params}
+        out["fixed"].update(fixed)
+        out["params"] = {k: v for k, v in top.get("params", {}).items() if k not in fixed}
+        out["params"].update(params)
+        if not out["params"]:
+            del out["params"]
+    return out
+
+
+def _parse(raw: dict[str, Any], *, path: Path, where: str) -> StudySpec:
     data = dict(raw.get("data", {}))
     root_env = data.pop("root_env", None)
     if root_env is not None and not isinstance(root_env, str):
@@ -187,6 +278,7 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
     _in_file(where, "", lambda: spaces.resolve_space(space))
     settings = {f"data.{k}": v for k, v in data.items()}
     _in_file(where, "", lambda: spaces.check_space(space, fixed=dict(fixed), base=settings))
+    _check_enqueue(space, enqueue, fixed=dict(fixed), base=settings, where=where)
     return StudySpec(
         name=raw.get("name", path.stem),
         path=path,
@@ -208,13 +300,72 @@ def parse_study(raw: dict[str, Any], *, path: Path) -> StudySpec:
     )
 
 
-_ABLATION_KEYS = {"repeats": int, "baseline": (str, dict), "fixed": dict, "factors": dict}
+def _check_enqueue(
+    space: spaces.SearchSpace,
+    enqueue: list[dict[str, Any]],
+    *,
+    fixed: dict[str, Any],
+    base: dict[str, Any],
+    where: str,
+) -> None:
+    """An enqueued configuration must be one the space can draw: Optuna refuses a value outside
+    a categorical's choices only when the trial starts, and a pinned key would be ignored."""
+    if not enqueue:
+        return
+    seen: dict[str, spaces.Traced] = {}
+    spaces.trace(space, fixed=fixed, base=base, seen=seen)
+    for i, item in enumerate(enqueue):
+        at = f"{where} [[enqueue]] entry {i}"
+        _in_file(at, "", lambda it=item: TrainConfig.from_flat({**fixed, **it}))
+        for key, value in item.items():
+            if key in fixed:
+                if fixed[key] != value:
+                    raise ValueError(
+                        f"{at}: {key} = {value!r}, but [fixed] pins it to {fixed[key]!r}; "
+                        "drop it from the entry or from [fixed]"
+                    )
+                continue
+            t = seen.get(key)
+            pinned = space.overrides.get(key)
+            if pinned is not None and pinned.kind == "fixed":  # a one-element list: never drawn
+                t = spaces.Traced("choice", pinned.choices)
+            if t is None:
+                continue  # a key the space does not draw is set on the trial as it is
+            if t.kind == "choice":
+                ok = value in t.choices
+            else:
+                ok = not isinstance(value, bool) and isinstance(value, int | float)
+                ok = ok and t.low <= value <= t.high
+            if not ok:
+                raise ValueError(
+                    f"{at}: {key} = {value!r} is outside what the space draws "
+                    f"({_describe(t)}); widen [params] {key!r} or change the entry"
+                )
+
+
+def _describe(t: spaces.Traced) -> str:
+    from spaces._params import describe_distribution
+
+    return describe_distribution(t.kind, t.choices, t.low, t.high, t.log, t.step)
+
+
+_ABLATION_KEYS = {
+    "repeats": int,
+    "baseline": (str, dict),
+    "fixed": dict,
+    "factors": dict,
+    "loss_metric": str,
+}
+_LOSS_METRICS = ("final_val_acc", "max_val_acc")  # the loss table's accuracy column
 
 
 def _check_ablation(section: dict[str, Any], where: str) -> None:
     _check_keys(section, _ABLATION_KEYS, where)
     for key in section.get("fixed", {}):
         _in_file(where, "fixed", lambda k=key: check_key(k))
+    metric = section.get("loss_metric")
+    if metric is not None and metric not in _LOSS_METRICS:
+        raise unknown_name_error(f"loss_metric in {where}", metric, _LOSS_METRICS)
     baseline = section.get("baseline")
     if isinstance(baseline, dict):
         for key in baseline:

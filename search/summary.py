@@ -16,10 +16,13 @@ def load_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, s
     optuna.logging.set_verbosity(logging.WARNING)
     study_url = None
     files = list_study_files()
-    if name in files:
+    file_name = name
+    while file_name not in files and "." in file_name:  # NAME.PROFILE, NAME.PROFILE.ablation
+        file_name = file_name.rsplit(".", 1)[0]
+    if file_name in files:
         from search.studyfile import load_study
 
-        study_url = load_study(name).storage
+        study_url = load_study(file_name).storage
     url = storage_mod.resolve_url(storage, study_url)
     if storage_mod.sqlite_path(url) is not None and not storage_mod.sqlite_path(url).exists():
         raise ValueError(
@@ -52,6 +55,8 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "epochs_run": attrs.get("epochs_run"),
         "max_train_acc": attrs.get("max_train_acc"),
         "train_seconds": attrs.get("train_seconds"),
+        "param_count": attrs.get("param_count"),
+        "trainable_param_count": attrs.get("trainable_param_count"),
         "checkpoint": attrs.get("checkpoint"),
         "trials": _state_counts(study),
     }
@@ -72,6 +77,10 @@ def print_best(study: optuna.Study, url: str) -> None:
         f"epochs     best {rec['best_epoch']} of {rec['epochs_run']}, "
         f"{(rec['train_seconds'] or 0):.1f}s training"
     )
+    if rec["param_count"]:
+        from search.tables import fmt_params
+
+        print(f"model      {fmt_params(rec['param_count'], rec['trainable_param_count'])}")
     width = max((len(k) for k in rec["params"]), default=0)
     for key, value in rec["params"].items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -105,6 +114,8 @@ def print_list(storage: str | None) -> None:
             spec = load_study(name)
             desc = spec.description.splitlines()[0] if spec.description else ""
             print(f"  {name:<18} space={spec.search_space.name:<9} {desc}")
+            if spec.profiles:
+                print(f"  {'':<18} profiles: {', '.join(spec.profiles)} (--profile NAME)")
         except (ValueError, TypeError) as exc:
             print(f"  {name:<18} (invalid: {exc})")
     url = storage_mod.resolve_url(storage)

@@ -52,7 +52,24 @@ METRICS: dict[str, tuple[str, float, int]] = {
     "epochs_run": ("Epochs run", 1.0, 1),
 }
 DELTA_LABEL = "Δ final val acc vs baseline (p)"
+PARAMS_LABEL = "Parameters (trainable)"
 TEST_METRIC = ("Test accuracy (held out)", 100.0, 2)
+
+
+def fmt_params(total: int, trainable: int | None = None) -> str:
+    """``23.51 M`` or, when some are frozen, ``23.51 M (8.2 k trainable)``; exact below 10 k
+    (seed 004 compared its networks by parameter count)."""
+
+    def short(n: int) -> str:
+        for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if n >= 10_000 and n >= scale:
+                return f"{n / scale:.4g} {unit}"
+        return f"{n:,}"
+
+    if trainable is None or trainable == total:
+        return short(total)
+    return f"{short(total)} ({short(trainable)} trainable)"
+
 
 # A cell is right-aligned when it reads as a number or an estimate ("-0.5 ± 0.1", "—", "n/a").
 _NUMERIC = re.compile(r"^\s*(?:[-+]?(?:\d|\.\d)|[-+]?inf|nan|—|n/a)", re.IGNORECASE)
@@ -460,6 +477,19 @@ def factor_table(
             est = mean_ci(_metric_values(runs[v], key), confidence=confidence)
             row.append(est.format(scale=scale, decimals=decimals))
             raw_row.append(est.to_dict(scale=scale))
+        rows.append(row)
+        raw.append(raw_row)
+
+    if any(run.get("param_count") for v in values for run in runs[v]):
+        # a property of the configuration, not a measurement: the same in every repeat
+        row, raw_row = [PARAMS_LABEL], [PARAMS_LABEL]
+        for v in values:
+            run = next((r for r in runs[v] if r.get("param_count")), None)
+            counts = (
+                (run.get("param_count"), run.get("trainable_param_count")) if run else (None,) * 2
+            )
+            row.append(fmt_params(*counts) if run else "n/a")
+            raw_row.append({"param_count": counts[0], "trainable_param_count": counts[1]})
         rows.append(row)
         raw.append(raw_row)
 

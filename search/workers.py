@@ -457,6 +457,8 @@ def child_argv(args: Any, *, threads: int) -> list[str]:
     """The ``search run`` command line of a worker process. The storage URL travels in the
     environment, never on a command line that ``ps`` shows to every user."""
     argv = ["run", "--study", args.study, "--worker-child"]
+    if getattr(args, "profile", None):
+        argv += ["--profile", args.profile]
     if args.trials is not None:
         argv += ["--trials", str(args.trials)]
     if args.timeout is not None:

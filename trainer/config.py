@@ -26,7 +26,9 @@ AUGMENT_RANGES = (  # data.* augmentation settings and their valid ranges
     ("vflip", 0.0, 1.0),
     ("rotation", 0.0, 180.0),
     ("translate", 0.0, 0.5),
+    ("zoom", 0.0, 0.5),
     ("color_jitter", 0.0, 1.0),
+    ("blur", 0.0, 1.0),
     ("erasing", 0.0, 1.0),
 )
 SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
@@ -51,7 +53,9 @@ class DataConfig:
     vflip: float | None = None  # probability of a vertical flip
     rotation: float | None = None  # degrees, +-
     translate: float | None = None  # share of the side, +-
+    zoom: float | None = None  # affine scale in [1-zoom, 1+zoom] (seed 000: 0.1)
     color_jitter: float | None = None  # brightness/contrast/saturation factors in [1-s, 1+s]
+    blur: float | None = None  # probability of a Gaussian blur
     erasing: float | None = None  # probability of random erasing
     cutmix: float = 0.0  # probability of CutMix per batch (seed 000 used 0.5)
     mixup: float = 0.0  # probability of MixUp per batch
@@ -111,6 +115,9 @@ class ModelConfig:
     strategy: str = "full"  # full fine-tune, partial (freeze first stages), linear probe
     freeze_stages: int = 0  # for strategy=partial: how many leading stages stay frozen
     width: int = 32  # channel width of the built-in small CNN
+    # hidden units of a two-layer head (Linear-ReLU-Dropout-Linear; seed 004 retrained the last
+    # two layers); 0: one Linear layer after the dropout (seed 000's head)
+    head_hidden: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -123,6 +130,7 @@ class ModelConfig:
             f"model.freeze_stages must be >= 0, but got {self.freeze_stages}",
         )
         _check(self.width >= 1, f"model.width must be >= 1, but got {self.width}")
+        _check(self.head_hidden >= 0, f"model.head_hidden must be >= 0, but got {self.head_hidden}")
 
 
 @dataclass(frozen=True)

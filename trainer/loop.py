@@ -70,6 +70,8 @@ class TrainResult:
     setup_seconds: float = 0.0  # data ready + model built
     checkpoint: str | None = None
     model: nn.Module | None = field(default=None, repr=False)  # best weights, in eval mode
+    param_count: int = 0  # parameters of the model, head included
+    trainable_param_count: int = 0  # of those, the ones the optimizer updates (transfer)
     # what the run had to change or reuse: oom_retries, micro_batch, accum_steps,
     # effective_batch (out of memory), resumed_from_epoch / resume_skipped (a resumed run)
     adjustments: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +96,15 @@ class TrainResult:
             "final_val_acc": c["val_acc"][-1] if c else math.nan,
             "max_train_acc": max(c["train_acc"]) if c else math.nan,
             "train_seconds": self.train_seconds,
+            # counted once the model is built (an out-of-memory result may have none)
+            **(
+                {
+                    "param_count": self.param_count,
+                    "trainable_param_count": self.trainable_param_count,
+                }
+                if self.param_count
+                else {}
+            ),
         }
 
 
@@ -276,6 +287,8 @@ def _train_once(
     t_setup = time.perf_counter()
     run = _Run(cfg, data, micro_batch=micro_batch, faults=faults)
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
+    result.param_count = sum(p.numel() for p in run.model.parameters())
+    result.trainable_param_count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     if run.data_on == "host" and cfg.data.device_cache == "auto":
         result.adjustments["device_cache"] = "host"  # the images did not fit the device
     first_epoch = 1 if resume is None else run.resume(resume, result, reporter)

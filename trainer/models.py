@@ -1,8 +1,10 @@
 """Backbones with a Dropout + Linear head: the seeds' small CNN and MLP, and any timm model.
 
 ``create_model(cfg, num_classes=..., in_chans=..., image_size=...)`` is the one entry point.
-A backbone is a feature extractor ``[B, C, H, W] -> [B, F]``; the head is always
-``Dropout(p) -> Linear(F, num_classes)`` (seed 000's head), so every backbone gets the same
+A backbone is a feature extractor ``[B, C, H, W] -> [B, F]``; the head is
+``Dropout(p) -> Linear(F, num_classes)`` (seed 000's head), or with ``model.head_hidden = h``
+two layers ``Dropout(p) -> Linear(F, h) -> ReLU -> Dropout(p) -> Linear(h, num_classes)``
+(seed 004 retrained the last two layers of a frozen network), so every backbone gets the same
 searchable dropout and the head can be swapped for transfer learning.
 """
 
@@ -35,11 +37,25 @@ SEED_TIMM_BACKBONES = (
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, dropout: float):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        num_classes: int,
+        dropout: float,
+        *,
+        hidden: int = 0,
+    ):
         super().__init__()
         self.backbone = backbone
         self.num_features = num_features
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+        if hidden:
+            self.head = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
+                nn.Dropout(dropout), nn.Linear(hidden, num_classes),
+            )  # fmt: skip
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -126,7 +142,7 @@ def create_model(
         body, feats = _BUILTIN.get(cfg.backbone)(cfg, in_chans=in_chans, image_size=image_size)
     else:
         body, feats = _timm_backbone(cfg, in_chans=in_chans)
-    return Classifier(body, feats, num_classes, cfg.dropout)
+    return Classifier(body, feats, num_classes, cfg.dropout, hidden=cfg.head_hidden)
 
 
 def _timm_backbone(cfg: ModelConfig, *, in_chans: int) -> tuple[nn.Module, int]:
@@ -215,3 +231,22 @@ def _mlp(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple[nn.Module
         nn.Flatten(), nn.Linear(in_chans * image_size * image_size, 255), nn.ReLU(inplace=True)
     )
     return body, 255
+
+
+@_BUILTIN.register("seed_cnn_full")
+def _seed_cnn_full(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
+    """Seed 004's network as it ran: unpadded 5x5 convs and the whole pooled map flattened into
+    120 units (16 x 72 x 72 at 300 px: 9,966,691 parameters with 3 classes, as its summary),
+    with its two dropout layers: after the convolutions and (the head's) before the last one."""
+    side = ((image_size - 4) // 2 - 4) // 2  # two rounds of conv 5x5 (no padding) + pool 2
+    if side < 1:
+        raise ValueError(f"seed_cnn_full needs images of at least 14 px, but got {image_size}")
+    body = nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_chans, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
+        nn.Dropout(cfg.dropout),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True)),
+    )
+    return body, 84

@@ -204,6 +204,7 @@ def test_model_registry_lists_builtins_and_seed_timm_models():
     assert set(trainer.list_models()) == {
         "small_cnn",
         "seed_cnn",
+        "seed_cnn_full",
         "mlp",
         "resnet18",
         "resnet34",
