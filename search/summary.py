@@ -107,17 +107,23 @@ def _fmt_counts(counts: dict[str, int]) -> str:
 def print_list(storage: str | None) -> None:
     from search.studyfile import load_study
 
-    files = list_study_files()
-    print("study files:")
-    for name in files:
+    rows: list[tuple[str, str, str, tuple[str, ...]]] = []  # name, space, description, profiles
+    for name in list_study_files():
         try:
             spec = load_study(name)
-            desc = spec.description.splitlines()[0] if spec.description else ""
-            print(f"  {name:<18} space={spec.search_space.name:<9} {desc}")
-            if spec.profiles:
-                print(f"  {'':<18} profiles: {', '.join(spec.profiles)} (--profile NAME)")
         except (ValueError, TypeError) as exc:
-            print(f"  {name:<18} (invalid: {exc})")
+            rows.append((name, "", f"(invalid: {exc})", ()))
+            continue
+        desc = spec.description.splitlines()[0] if spec.description else ""
+        rows.append((name, f"space={spec.search_space.name}", desc, spec.profiles))
+    w_name = max((len(r[0]) for r in rows), default=0)
+    w_space = max((len(r[1]) for r in rows), default=0)
+    print("study files:")
+    for name, space, desc, profiles in rows:
+        print(f"  {name:<{w_name}}  {space:<{w_space}}  {desc}".rstrip())
+        if profiles:
+            pad = " " * (w_name + w_space + 4)
+            print(f"  {pad}profiles: {', '.join(profiles)} (--profile NAME)")
     url = storage_mod.resolve_url(storage)
     path = storage_mod.sqlite_path(url)
     print(f"studies in {storage_mod.mask_url(url)}:")
