@@ -65,7 +65,7 @@ class DataConfig:
     # batch copied over, one ahead), or auto: the device when they fit half its free memory
     device_cache: str = "auto"
     # evaluation images (validation, test, predict): squash the whole image to image_size
-    # squared (as training sees it), or resize the short side to round(image_size / 0.875) and
+    # squared (as training sees it), or resize the short side to floor(image_size / 0.875) and
     # take the centre image_size square (seed 002's Resize(256) + CenterCrop(224), timm's eval)
     eval_resize: str = "squash"
 
