@@ -31,6 +31,15 @@ def quiet() -> Progress:
     return Progress(io.StringIO(), quiet=True)
 
 
+# ``search`` with Python's own Ctrl-C handler even when the test run inherited SIGINT ignored
+# (a job started with ``&`` by a non-interactive shell, as CI runners may start it): Python
+# keeps an inherited SIG_IGN, and a test that sends SIGINT would then see the run go on.
+_CLI_WITH_CTRL_C = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from search.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def spawn(
     args: list[str], *, storage: str, faults: str | None = None, env: dict | None = None
 ) -> subprocess.Popen:
@@ -41,7 +50,7 @@ def spawn(
         full_env["HPSEARCH_FAULTS"] = faults
     full_env.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *args],
+        [sys.executable, "-c", _CLI_WITH_CTRL_C, *args],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
