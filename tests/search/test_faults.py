@@ -73,6 +73,24 @@ def checkpoint_dir(url: str, name: str):
     return storage_mod.artifact_dir(url, name) / "checkpoints"
 
 
+def kill_once_epoch_1_is_saved(proc, watch: Watch, url: str, name: str):
+    """SIGKILL the run ``proc`` once a trial has reported epoch 1 and saved its epoch state;
+    returns that trial (as ``watch`` saw it). ``watch`` is closed either way."""
+    try:
+        victim = wait_for(
+            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
+        )
+        state = checkpoint_dir(url, name) / f"trial-{victim.number}.last.safetensors"
+        wait_for(state.exists, timeout=30, what="the epoch-1 state file", proc=proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        watch.close()
+        if proc.poll() is None:
+            proc.kill()
+    return victim
+
+
 # --------------------------------------------------------------------- killed workers
 
 
@@ -84,18 +102,7 @@ def test_sigkill_mid_epoch_is_retried_from_its_last_epoch(write_study, url):
         storage=url,
         faults="epoch_sleep=1.0",  # every epoch takes >= 1 s: we kill in the middle
     )
-    try:
-        victim = wait_for(
-            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
-        )
-        state = checkpoint_dir(url, "tiny") / f"trial-{victim.number}.last.safetensors"
-        wait_for(state.exists, timeout=30, what="the epoch-1 state file", proc=proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        watch.close()
-        if proc.poll() is None:
-            proc.kill()
+    victim = kill_once_epoch_1_is_saved(proc, watch, url, "tiny")
     assert (checkpoint_dir(url, "tiny") / f"trial-{victim.number}.last.safetensors").exists()
     # as if it had run on another machine: only its silence (the heartbeat) can tell
     storage = storage_mod.open_storage(url)
@@ -134,18 +141,7 @@ def test_a_rerun_after_sigkill_on_this_machine_retries_the_lost_trial_at_once(
     watch = Watch(storage_url, "tiny")
     args = ["run", "--study", "tiny", "--trials", "1", "-q", "--threads", "1"]
     proc = spawn(args, storage=storage_url, faults="epoch_sleep=1.0")
-    try:
-        victim = wait_for(
-            lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc
-        )
-        state = checkpoint_dir(storage_url, "tiny") / f"trial-{victim.number}.last.safetensors"
-        wait_for(state.exists, timeout=30, what="the epoch-1 state file", proc=proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        watch.close()
-        if proc.poll() is None:
-            proc.kill()
+    victim = kill_once_epoch_1_is_saved(proc, watch, storage_url, "tiny")
 
     code, out = finish(spawn([*args, "--timeout", "10"], storage=storage_url), 120)
 

@@ -220,15 +220,25 @@ def test_unreachable_database_is_one_line_naming_host_and_port_exit_2(write_stud
         (pg.url("no_such_db"), 'database "no_such_db" does not exist'),
     ]
     for url, expected in cases:
-        start = time.monotonic()
         assert main(["run", "--study", "tiny", "--trials", "1", "--storage", url]) == 2
-        assert time.monotonic() - start < 15
         out, err = capsys.readouterr()
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
         assert lines[0].startswith("error: cannot connect to the storage 127.0.0.1:")
         assert expected in lines[0]
         no_secret(out + err)
+
+
+def test_connections_give_up_on_a_silent_server_after_the_connect_timeout(pg_url):
+    """A server that drops packets instead of refusing would hang libpq's default connect
+    forever; every connection is opened with a bounded connect timeout."""
+    storage = storage_mod.open_storage(pg_url)
+    try:
+        with storage.engine.connect() as conn:
+            params = conn.connection.driver_connection.info.get_parameters()
+    finally:
+        storage.engine.dispose()
+    assert params["connect_timeout"] == str(storage_mod.CONNECT_TIMEOUT)
 
 
 def test_credentials_from_pgpass_or_environment(write_study, pg, tmp_path, monkeypatch, capsys):
@@ -288,7 +298,7 @@ def test_a_frozen_lock_holder_cannot_block_the_other_workers(pg_url):
         try:
             with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
                 held.set()
-                time.sleep(4)  # idle in transaction, as a SIGSTOPped process would be
+                time.sleep(8)  # idle in transaction, as a SIGSTOPped process would be
         except Exception as exc:
             errors.append(exc)
 
@@ -299,5 +309,6 @@ def test_a_frozen_lock_holder_cannot_block_the_other_workers(pg_url):
     with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
         waited = time.monotonic() - start
     t.join()
-    assert waited < 3.5
+    # the hold limit (1 s) freed the lock, not the end of the frozen holder's 8 s sleep
+    assert waited < 6
     assert errors and storage_mod._transient(errors[0], pg_url)
