@@ -34,8 +34,13 @@ def test_seed_cnn_full_has_two_dropout_layers_and_refuses_tiny_images():
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert [d.p for d in drops] == [0.3, 0.3]
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
-    with pytest.raises(ValueError, match="at least 14 px"):
-        trainer.create_model(ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=12)
+    # two unpadded 5x5 convs, each followed by a 2x2 pool: 16 px is the least that leaves 1x1
+    smallest = trainer.create_model(
+        ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=16
+    )
+    assert smallest(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+    with pytest.raises(ValueError, match="at least 16 px, but got 15; set data.image_size"):
+        trainer.create_model(ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=15)
 
 
 def test_head_hidden_gives_a_two_layer_head():
