@@ -194,12 +194,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _tta(args: argparse.Namespace) -> str | bool:
-    """--tta-views VIEWS (checked here, before any study is opened), else --tta."""
+    """--tta-views VIEWS (checked here, before any study is opened), else --tta, in one
+    spelling per set of views (``trainer.evaluate.tta_key``)."""
     if args.tta_views is None:
         return args.tta
-    from trainer.evaluate import tta_views
+    from trainer.evaluate import tta_key
 
-    return ",".join(tta_views(args.tta_views))
+    return tta_key(args.tta_views)
 
 
 # the names are trainer.evaluate's list_tta_views() and TTA_SETS (a test checks), written out
@@ -212,10 +213,11 @@ TTA_VIEWS_HELP = (
 
 
 def _tta_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    one = p.add_mutually_exclusive_group()
+    one.add_argument(
         "--tta", action="store_true", help="average logits over seed 000's 6 test-time views"
     )
-    p.add_argument("--tta-views", metavar="VIEWS", help=TTA_VIEWS_HELP)
+    one.add_argument("--tta-views", metavar="VIEWS", help=TTA_VIEWS_HELP)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:

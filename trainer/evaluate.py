@@ -88,6 +88,18 @@ def tta_views(tta: TTA = True) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def tta_key(tta: TTA) -> bool | str:
+    """One spelling per set of views, to record and compare: False (no TTA), True (the
+    default set) or the views sorted and comma-separated (the mean of their logits does not
+    depend on the order). ``--tta-views none`` is False, ``seed000`` True."""
+    views = sorted(tta_views(tta))
+    if views == sorted(TTA_SETS["none"]):
+        return False
+    if views == sorted(TTA_SETS[DEFAULT_TTA]):
+        return True
+    return ",".join(views)
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,

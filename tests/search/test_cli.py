@@ -278,3 +278,11 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_completes(
     assert sum(s in FINISHED for s in states) == 2
     assert TrialState.RUNNING not in states
     assert len(states) == 3
+
+
+def test_tta_and_tta_views_together_are_refused_exit_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--study", "x", "--data", "d", "--out", "o", "--tta", "--tta-views",
+              "flips"])  # fmt: skip
+    assert stop.value.code == 2
+    assert "argument --tta-views: not allowed with argument --tta" in capsys.readouterr().err

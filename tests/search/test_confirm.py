@@ -245,19 +245,32 @@ def test_confirm_cli_prints_and_exports_the_final_table(write_study, storage_url
     assert report["split"] == "test" and sum(map(sum, report["confusion"])) == 360
 
 
-def test_confirm_tta_views_are_runs_of_their_own_and_identity_equals_no_tta(
+def test_confirm_tta_views_are_runs_of_their_own_and_any_spelling_of_them_reuses_them(
     write_study, storage_url, capsys
 ):
     write_study("conf", CONF)
     _search("conf", storage_url, n=2)
     args = ["confirm", "--study", "conf", "--storage", storage_url, "-q", "--top", "1"]
+
+    def runs() -> dict:
+        trials = optuna.load_study(study_name="conf.confirm", storage=storage_url).trials
+        return {t.user_attrs["tta"]: t.user_attrs for t in trials}
+
     assert main([*args, "--seeds", "7"]) == 0
-    assert main([*args, "--seeds", "7", "--tta-views", "identity"]) == 0
-    assert "final results with test-time augmentation (identity)" in capsys.readouterr().out
-    runs = optuna.load_study(study_name="conf.confirm", storage=storage_url).trials
-    by_tta = {t.user_attrs["tta"]: t.user_attrs for t in runs}
-    assert set(by_tta) == {False, "identity"}  # a second set of runs, not a reuse of the first
-    assert by_tta["identity"]["test_acc"] == by_tta[False]["test_acc"]
+    assert main([*args, "--seeds", "7", "--tta-views", "none"]) == 0  # identity only: no TTA
+    assert "test-time augmentation" not in capsys.readouterr().out
+    assert set(runs()) == {False}  # the no-TTA run reused, not trained again
+
+    assert main([*args, "--seeds", "7", "--tta-views", "hflip,flips"]) == 0
+    assert "final results with test-time augmentation (hflip,identity,vflip)" in (
+        capsys.readouterr().out
+    )
+    assert set(runs()) == {False, "hflip,identity,vflip"}  # a second set of runs
+    assert main([*args, "--seeds", "7", "--tta-views", "vflip,flips"]) == 0  # the same views
+    assert main([*args, "--seeds", "7", "--tta"]) == 0
+    assert main([*args, "--seeds", "7", "--tta-views", "seed000"]) == 0
+    assert set(runs()) == {False, "hflip,identity,vflip", True}  # --tta and seed000 are one
+    assert len(optuna.load_study(study_name="conf.confirm", storage=storage_url).trials) == 3
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
