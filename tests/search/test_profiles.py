@@ -318,3 +318,22 @@ def test_a_profile_study_is_found_in_the_study_files_storage(write_study, tmp_pa
     for args in (["--study", "tiny", "--profile", "quick"], ["--study", "tiny.quick"]):
         assert main(["best", *args, "--json"]) == 0
         assert '"study": "tiny.quick"' in capsys.readouterr().out
+
+
+def test_a_study_file_given_by_path_or_renamed_is_found_where_run_put_it(tmp_path, capsys):
+    """``--study`` as a path outside the study folders, with ``name`` unlike the file's stem
+    and a storage of its own: every reading command finds what ``search run`` wrote."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    path = tmp_path / "elsewhere" / "file_stem.toml"
+    path.parent.mkdir()
+    path.write_text(f'name = "renamed"\nstorage = "{url}"\n' + WITH_PROFILES)
+    for profile in ([], ["--profile", "quick"]):
+        args = ["--study", str(path), *profile]
+        assert main(["run", *args, "--trials", "1", "-q"]) == 0
+        capsys.readouterr()
+        assert main(["best", *args, "--json"]) == 0
+        stored = "renamed.quick" if profile else "renamed"
+        assert f'"study": "{stored}"' in capsys.readouterr().out
+        assert main(["export", *args, "--out", str(tmp_path / stored)]) == 0
+        assert (tmp_path / stored / f"{stored}-trials.csv").is_file()
+    assert not (Path.cwd() / "hpsearch.db").exists()  # nothing went to the default storage
