@@ -15,6 +15,7 @@ top level's ``[params]`` and vice versa. A profile's trials live in the study
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -336,6 +337,10 @@ def _check_enqueue(
             else:
                 ok = not isinstance(value, bool) and isinstance(value, int | float)
                 ok = ok and t.low <= value <= t.high
+                if ok and t.kind == "int":
+                    ok = float(value).is_integer()
+                if ok and t.step:  # Optuna would warn and use a value off its grid
+                    ok = math.isclose(round((value - t.low) / t.step) * t.step, value - t.low)
             if not ok:
                 raise ValueError(
                     f"{at}: {key} = {value!r} is outside what the space draws "

@@ -229,6 +229,44 @@ def test_enqueue_outside_the_top_level_space_is_refused(write_study, capsys):
     assert "[[enqueue]] entry 0" in line and "outside what the space draws" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "params", "value", "message"),
+    [
+        ("model.width", "{ low = 8, high = 32 }", "16.5", "model.width must be int, but got 16.5"),
+        (
+            "model.width",
+            "{ low = 8, high = 32, step = 8 }",
+            "12",
+            "model.width = 12 is outside what the space draws (int [8, 32] step 8)",
+        ),
+        (
+            "model.dropout",
+            "{ low = 0.0, high = 0.5, step = 0.1 }",
+            "0.25",
+            "model.dropout = 0.25 is outside what the space draws",
+        ),
+    ],
+)
+def test_enqueue_between_the_steps_of_a_range_is_refused(
+    write_study, capsys, key, params, value, message
+):
+    study = TINY_DIGITS.replace('"model.width" = 8\n', "")
+    write_study("tiny", f'{study}\n[params]\n"{key}" = {params}\n[[enqueue]]\n"{key}" = {value}\n')
+    assert main(["space", "--study", "tiny"]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys):
+    study = TINY_DIGITS.replace('"model.width" = 8\n', "")
+    write_study(
+        "tiny",
+        study + '\n[params]\n"model.dropout" = { low = 0.0, high = 0.5, step = 0.1 }\n'
+        '"model.width" = { low = 8, high = 32, step = 8 }\n'
+        '[[enqueue]]\n"model.dropout" = 0.3\n"model.width" = 24\n',
+    )
+    assert main(["space", "--study", "tiny"]) == 0
+
+
 def test_enqueue_outside_a_one_value_params_entry_is_refused(write_study, capsys):
     write_study(
         "tiny",
