@@ -23,6 +23,7 @@ from search.tables import (
     expected_max_table,
     factor_table,
     final_results_table,
+    fmt_params,
     loss_table,
     slugify,
     write_tables,
@@ -86,9 +87,12 @@ def trials_table(study: optuna.Study) -> Table:
             a.get("reason", ""),
         ]
         raw.append(values)
-        rows.append(
-            ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values]
-        )
+        cells = [
+            "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values
+        ]
+        if counted and a.get("param_count"):  # as the best summary and the ablation tables
+            cells[-2] = fmt_params(a["param_count"], a.get("trainable_param_count"))
+        rows.append(cells)
     return Table(title=f"{study.study_name}: trials", headers=headers, rows=rows, raw=raw)
 
 

@@ -57,8 +57,8 @@ TEST_METRIC = ("Test accuracy (held out)", 100.0, 2)
 
 
 def fmt_params(total: int, trainable: int | None = None) -> str:
-    """``23.51 M`` or, when some are frozen, ``23.51 M (8.2 k trainable)``; exact below 10 k
-    (seed 004 compared its networks by parameter count)."""
+    """``23.51 M`` or, when some are frozen, ``23.51 M (8,195 trainable)``: 4 significant
+    figures from 10 k on, exact below (seed 004 compared its networks by parameter count)."""
 
     def short(n: int) -> str:
         for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from trainer._registry import unknown_name_error
+from trainer.resize import CROP_PCT
 
 TTA = bool | str | Sequence[str] | None  # what predict_logits(tta=...) takes; see tta_views
 
-CROP_SHARE = 0.875  # the crop views keep this share of the side, then resize back
 # Named sets of views. seed000 is seed 000's six test-time views, made deterministic: the
 # original, a flip, a small rotation each way, a colour shift and a blur (the default).
 TTA_SETS: dict[str, tuple[str, ...]] = {
@@ -32,7 +32,7 @@ def _views() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         def crop(where: str) -> Callable[[torch.Tensor], torch.Tensor]:
             def view(x: torch.Tensor) -> torch.Tensor:
                 h, w = x.shape[-2:]
-                ch, cw = max(1, round(h * CROP_SHARE)), max(1, round(w * CROP_SHARE))
+                ch, cw = max(1, round(h * CROP_PCT)), max(1, round(w * CROP_PCT))
                 top = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[where[0]]
                 left = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[where[1]]
                 return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)

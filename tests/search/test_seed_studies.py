@@ -217,7 +217,8 @@ def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, sto
     assert "model      337.9 k" in capsys.readouterr().out
     table = trials_table(study)
     column = table.headers.index("parameters")
-    assert table.rows[0][column] == "337891"
+    assert table.rows[0][column] == "337.9 k"  # shown as the summary shows it
+    assert table.raw[0][column] == 337_891  # the exact count for CSV and JSON
 
 
 def test_hw100_losses_quick_ablation_is_seed_003s_loss_table_of_best_accuracy(
