@@ -19,6 +19,7 @@ from search.ablate import collect_runs, companion_name
 from search.confirm import collect_confirm, confirm_name
 from search.stats import mean_ci
 from search.tables import (
+    DEFAULT_LOSS_METRIC,
     Table,
     expected_max_table,
     factor_table,
@@ -59,7 +60,7 @@ def ablation_tables(
         values = list(runs)
         tables.append(factor_table(factor, values, runs, baseline_value=base_value))
         if factor == "loss.name":
-            metric = companion.user_attrs.get("loss_metric", "final_val_acc")
+            metric = companion.user_attrs.get("loss_metric", DEFAULT_LOSS_METRIC)
             tables.append(loss_table(runs, metric=metric))
     return tables
 

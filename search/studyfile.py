@@ -361,7 +361,6 @@ _ABLATION_KEYS = {
     "factors": dict,
     "loss_metric": str,
 }
-_LOSS_METRICS = ("final_val_acc", "max_val_acc")  # the loss table's accuracy column
 
 
 def _check_ablation(section: dict[str, Any], where: str) -> None:
@@ -369,8 +368,11 @@ def _check_ablation(section: dict[str, Any], where: str) -> None:
     for key in section.get("fixed", {}):
         _in_file(where, "fixed", lambda k=key: check_key(k))
     metric = section.get("loss_metric")
-    if metric is not None and metric not in _LOSS_METRICS:
-        raise unknown_name_error(f"loss_metric in {where}", metric, _LOSS_METRICS)
+    if metric is not None:
+        from search.tables import LOSS_METRICS
+
+        if metric not in LOSS_METRICS:
+            raise unknown_name_error(f"loss_metric in {where}", metric, LOSS_METRICS)
     baseline = section.get("baseline")
     if isinstance(baseline, dict):
         for key in baseline:
