@@ -50,8 +50,11 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 # what a [profiles.NAME] table may override; name, metric, direction and storage stay the file's
 _PROFILE_KEYS = {
     k: _TOP_KEYS[k]
-    for k in ("description", "space", "data", "budget", "sampler", "pruner", "fixed", "params")
-} | {"enqueue": list, "ablation": dict}
+    for k in (
+        "description", "space", "data", "budget", "sampler", "pruner", "fixed", "params",
+        "enqueue", "ablation",
+    )
+}  # fmt: skip
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # companion studies are NAME.ablation and NAME.confirm: a profile must not take their names
 _RESERVED_PROFILES = ("ablation", "confirm")
