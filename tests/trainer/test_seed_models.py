@@ -78,8 +78,11 @@ def test_zoom_and_blur_are_settings_that_override_the_preset():
     settings = cfg.data.augment_settings()
     assert settings["blur"] == 0.0 and settings["zoom"] == 0.2
     assert PRESETS["strong"].blur > 0  # so the override is what turns it off
-    aug = trainer.augment.make_augment("none", image_size=8, zoom=0.2)
-    assert aug is not None
+    zoom = trainer.augment.make_augment("none", image_size=8, zoom=0.2)
+    x = torch.linspace(0, 1, 64).reshape(1, 1, 8, 8).repeat(4, 3, 1, 1)  # a ramp: any zoom shows
+    out = zoom(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    assert trainer.augment.make_augment("none", image_size=8) is None  # so zoom is the change
     with pytest.raises(ValueError, match=r"data.blur must be in \[0, 1\]"):
         TrainConfig.from_flat({"data.blur": 1.5})
     with pytest.raises(ValueError, match=r"data.zoom must be in \[0, 0.5\]"):
