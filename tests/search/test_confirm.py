@@ -9,7 +9,7 @@ import math
 import numpy as np
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 from PIL import Image
 from scipy import stats
@@ -40,12 +40,6 @@ def _search(name: str, url: str, n: int = 3) -> list[tuple]:
 
 def _studies(url: str) -> set[str]:
     return {s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)}
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_search_trials_are_unchanged_when_the_test_pixels_are_poisoned(
@@ -294,9 +288,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     for args, match in cases:
         capsys.readouterr()
         assert main(["confirm", "--storage", storage_url, *args]) == 2, args
-        assert match in _one_error(capsys)
+        assert match in one_error_line(capsys)
     code = main(["evaluate", "--study", "plain", "--storage", storage_url, "--split", "test"])
-    assert code == 2 and "has no test split" in _one_error(capsys)
+    assert code == 2 and "has no test split" in one_error_line(capsys)
     assert _studies(storage_url) == before  # no companion study created
 
     _search("fold", storage_url, n=1)
@@ -305,9 +299,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     trainer.data._load_cached.cache_clear()
     capsys.readouterr()
     assert main(["confirm", "--study", "fold", "--storage", storage_url]) == 2
-    assert "the test split of study 'fold' changed since the search" in _one_error(capsys)
+    assert "the test split of study 'fold' changed since the search" in one_error_line(capsys)
     code = main(["evaluate", "--study", "fold", "--storage", storage_url, "--split", "test"])
-    assert code == 2 and "changed since the search" in _one_error(capsys)
+    assert code == 2 and "changed since the search" in one_error_line(capsys)
     assert "fold.confirm" not in _studies(storage_url)
 
 
@@ -342,7 +336,7 @@ def test_ablate_test_adds_a_test_row_from_the_same_runs(write_study, storage_url
     write_study("plain", TINY_DIGITS + ABLATION)
     capsys.readouterr()
     assert main(["ablate", "--study", "plain", "--storage", storage_url, "--test"]) == 2
-    assert "has no test split" in _one_error(capsys)
+    assert "has no test split" in one_error_line(capsys)
     assert "plain.ablation" not in _studies(storage_url)
 
 

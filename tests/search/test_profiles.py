@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -135,15 +135,6 @@ def test_merge_profile_keeps_the_top_level_untouched():
     assert top == {"space": "digits", "data": {"name": "digits"}, "fixed": {"a.b": 1}}
 
 
-def _one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -166,7 +157,7 @@ def test_unknown_profile_is_one_error_line_listing_the_profiles(
     if command[0] != "space":
         args += ["--storage", storage_url]
     assert main(args) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "tiny.toml has no profile 'quik'" in line
     assert "its profiles: quick, other" in line
     assert not (tmp_path / "studies.db").exists()
@@ -175,7 +166,7 @@ def test_unknown_profile_is_one_error_line_listing_the_profiles(
 def test_a_file_without_profiles_says_so(write_study, capsys):
     write_study("plain", TINY_DIGITS)
     assert main(["space", "--study", "plain", "--profile", "quick"]) == 2
-    assert "its profiles: none" in _one_error_line(capsys)
+    assert "its profiles: none" in one_error_line(capsys)
 
 
 BAD_PROFILES = {
@@ -216,7 +207,7 @@ def test_bad_profile_is_one_error_line_naming_file_and_profile(case, write_study
     write_study("tiny", TINY_DIGITS + "\n" + text)
     # the top level alone is refused too: a broken profile is a broken study file
     assert main(["space", "--study", "tiny"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "tiny.toml" in line
     for part in expected:
         assert part in line, line
@@ -225,7 +216,7 @@ def test_bad_profile_is_one_error_line_naming_file_and_profile(case, write_study
 def test_enqueue_outside_the_top_level_space_is_refused(write_study, capsys):
     write_study("tiny", TINY_DIGITS + '\n[[enqueue]]\n"model.dropout" = 0.9\n"optim.lr" = 1.0\n')
     assert main(["space", "--study", "tiny"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "[[enqueue]] entry 0" in line and "outside what the space draws" in line
 
 
@@ -253,7 +244,7 @@ def test_enqueue_between_the_steps_of_a_range_is_refused(
     study = TINY_DIGITS.replace('"model.width" = 8\n', "")
     write_study("tiny", f'{study}\n[params]\n"{key}" = {params}\n[[enqueue]]\n"{key}" = {value}\n')
     assert main(["space", "--study", "tiny"]) == 2
-    assert message in _one_error_line(capsys)
+    assert message in one_error_line(capsys)
 
 
 def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys):
@@ -273,13 +264,13 @@ def test_enqueue_outside_a_one_value_params_entry_is_refused(write_study, capsys
         TINY_DIGITS + '\n[params]\n"model.dropout" = [0.2]\n[[enqueue]]\n"model.dropout" = 0.3\n',
     )
     assert main(["space", "--study", "tiny"]) == 2
-    assert "model.dropout = 0.3 is outside" in _one_error_line(capsys)
+    assert "model.dropout = 0.3 is outside" in one_error_line(capsys)
 
 
 def test_enqueue_contradicting_fixed_is_refused(write_study, capsys):
     write_study("tiny", TINY_DIGITS + '\n[[enqueue]]\n"model.width" = 16\n')
     assert main(["space", "--study", "tiny"]) == 2
-    assert "[fixed] pins it to 8" in _one_error_line(capsys)
+    assert "[fixed] pins it to 8" in one_error_line(capsys)
 
 
 def test_space_shows_the_profiles_space(write_study, capsys):
