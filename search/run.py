@@ -93,7 +93,7 @@ def plan_run(
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
     data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
-    for backbone in _backbones(space, cfg, pinned=pinned, base=base, queue=queue):
+    for backbone in study_backbones(space, cfg, pinned=pinned, base=base, queue=queue):
         trainer.check_model(cfg.replace({"model.backbone": backbone}), data)
     problem = describe_problem(
         cfg, data, metric=spec.metric, direction=spec.direction, space=spec.space,
@@ -104,7 +104,7 @@ def plan_run(
     return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
 
 
-def _backbones(
+def study_backbones(
     space: spaces.SearchSpace,
     cfg: trainer.TrainConfig,
     *,

@@ -250,16 +250,15 @@ def test_loss_metric_must_be_an_accuracy_the_runs_record(write_study, capsys):
 
 
 def _backbones(spec) -> set[str]:
-    seen: dict[str, spaces.Traced] = {}
+    """What search run preflights (every backbone a trial can get), and the ablation's."""
+    from search.run import study_backbones
+
+    space = spaces.resolve_space(spec.search_space)
+    base = spec.base_config()
     fixed = {k: v for k, v in spec.fixed.items() if k != "model.pretrained"}
-    spaces.trace(spaces.resolve_space(spec.search_space), fixed=fixed, seen=seen)
-    drawn = seen.get("model.backbone")
-    names = set(drawn.choices) if drawn is not None else set()
-    names |= {e["model.backbone"] for e in spec.enqueue if "model.backbone" in e}
-    names |= set(spec.ablation.get("factors", {}).get("model.backbone", []))
-    if "model.backbone" in spec.fixed:
-        names.add(spec.fixed["model.backbone"])
-    return names
+    cfg = spaces.build_config(space, None, base=base, fixed=fixed)[0]
+    names = set(study_backbones(space, cfg, pinned=fixed, base=base, queue=list(spec.enqueue)))
+    return names | set(spec.ablation.get("factors", {}).get("model.backbone", []))
 
 
 @pytest.mark.parametrize(
