@@ -28,6 +28,7 @@ from search.progress import Progress
 from search.sources import resolve_pretrained
 from search.splits import check_splits
 from search.studyfile import StudySpec
+from search.tables import DEFAULT_LOSS_METRIC
 from search.values import parse_value
 
 SUFFIX = ".ablation"
@@ -166,7 +167,7 @@ def open_companion(plan: AblationPlan) -> optuna.Study:
         "repeats": plan.repeats,
         "arms": [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms],
         # which accuracy the loss table reports (seed 003 reported the best epoch's)
-        "loss_metric": plan.spec.ablation.get("loss_metric", "final_val_acc"),
+        "loss_metric": plan.spec.ablation.get("loss_metric", DEFAULT_LOSS_METRIC),
     }
     if plan.test:
         attrs["data_splits"] = trainer.data.split_record(

@@ -150,7 +150,7 @@ def _cmd_space(args: argparse.Namespace) -> int:
 def _cmd_best(args: argparse.Namespace) -> int:
     from search.summary import best_record, load_existing_study, print_best
 
-    study, url = load_existing_study(_stored_name(args), args.storage)
+    study, url = load_existing_study(*_stored(args))
     if args.json:
         print(json.dumps(best_record(study), indent=2))
     else:
@@ -170,7 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     tta = _tta(args)
-    study, _ = load_existing_study(_stored_name(args), args.storage)
+    study, _ = load_existing_study(*_stored(args))
     report = evaluate_trial(study, args.trial, data_root=args.data, split=args.split, tta=tta)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -187,19 +187,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from search.summary import load_existing_study
 
     tta = _tta(args)
-    study, _ = load_existing_study(_stored_name(args), args.storage)
+    study, _ = load_existing_study(*_stored(args))
     n = predict_folder(study, args.data, args.out, number=args.trial, tta=tta)
     print(f"wrote {n} predictions to {args.out}", file=sys.stderr)
     return 0
 
 
 def _tta(args: argparse.Namespace) -> str | bool:
-    """--tta-views VIEWS (checked here, before any study is opened), else --tta."""
+    """--tta-views VIEWS (checked here, before any study is opened), else --tta, in one
+    spelling per set of views (``trainer.evaluate.tta_key``)."""
     if args.tta_views is None:
         return args.tta
-    from trainer.evaluate import tta_views
+    from trainer.evaluate import tta_key
 
-    return ",".join(tta_views(args.tta_views))
+    return tta_key(args.tta_views)
 
 
 # the names are trainer.evaluate's list_tta_views() and TTA_SETS (a test checks), written out
@@ -212,10 +213,11 @@ TTA_VIEWS_HELP = (
 
 
 def _tta_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    one = p.add_mutually_exclusive_group()
+    one.add_argument(
         "--tta", action="store_true", help="average logits over seed 000's 6 test-time views"
     )
-    p.add_argument("--tta-views", metavar="VIEWS", help=TTA_VIEWS_HELP)
+    one.add_argument("--tta-views", metavar="VIEWS", help=TTA_VIEWS_HELP)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -258,9 +260,10 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--seeds takes integers, e.g. --seeds 11 12 13, but got {args.seeds}"
             ) from None
+    name, storage = _stored(args)
     plan = plan_confirm(
-        _stored_name(args),
-        storage=args.storage,
+        name,
+        storage=storage,
         top=args.top,
         repeats=args.repeats,
         seeds=seeds,
@@ -275,9 +278,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from search.reports import export_study
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    written = export_study(
-        _stored_name(args), storage=args.storage, out_dir=args.out, formats=formats
-    )
+    name, storage = _stored(args)
+    written = export_study(name, storage=storage, out_dir=args.out, formats=formats)
     print(f"wrote {len(written)} files to {args.out}", file=sys.stderr)
     return 0
 
@@ -287,9 +289,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     if args.profile and not args.study:
         raise ValueError("--profile needs --study NAME")
+    name, storage = _stored(args) if args.study else (None, args.storage)
     return launch(
-        study=_stored_name(args) if args.study else None,
-        storage=args.storage,
+        study=name,
+        storage=storage,
         host=args.host,
         port=args.port,
     )
@@ -309,14 +312,21 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_name(args: argparse.Namespace) -> str:
-    """The storage name of ``--study`` under ``--profile``: ``NAME.PROFILE`` (checked against
-    the study file's profiles), or ``--study`` as given without a profile."""
-    if not getattr(args, "profile", None):
-        return args.study
-    from search.studyfile import load_study
+def _stored(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The stored study ``--study`` names, and its storage: when ``--study`` is a study file
+    (a name or a path), the file's study name (``NAME.PROFILE`` under ``--profile``) in the
+    storage ``search run`` used for it (``--storage``, ``$SEARCH_STORAGE``, the file's
+    ``storage``); otherwise a stored name as given (``NAME.confirm``), with ``--storage``."""
+    from search import storage as storage_mod
+    from search.studyfile import find_study_file, load_study
 
-    return load_study(args.study, profile=args.profile).name
+    if not getattr(args, "profile", None):
+        try:
+            find_study_file(args.study)
+        except ValueError:
+            return args.study, args.storage  # a stored study without a file of its own
+    spec = load_study(args.study, profile=args.profile)
+    return spec.name, storage_mod.resolve_url(args.storage, spec.storage)
 
 
 def _profile_arg(p: argparse.ArgumentParser) -> None:

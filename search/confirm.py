@@ -89,9 +89,11 @@ def plan_confirm(
 ) -> ConfirmPlan:
     """Check everything (study, counts, seeds, data and its test split) before any run."""
     from search.summary import load_existing_study
+    from trainer.evaluate import tta_key
 
     _check_count("--top", top)
     _check_count("--repeats", repeats)
+    tta = tta_key(tta)  # the same views in any spelling are the same runs
     if seeds is not None:
         if not seeds:
             raise ValueError("--seeds needs at least one seed, e.g. --seeds 11 12 13")

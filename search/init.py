@@ -322,12 +322,17 @@ def plan_study(
         epochs=EPOCHS,
     )
     image_size, size_reason = _choose_size(ref, cap=cap, floor=floor, limit=limit)
-    size_reason += f"; the images' short side is ~{int(median(sides))} px"
 
     folder = summarize_folder(scan, image_size=image_size)
     batches = _batch_sizes(gpu=gpu, n_train=folder.n_train)
     epochs = EPOCHS
     counts = {"n_train": folder.n_train, "n_val": folder.n_val}
+    if ref.images_per_second is not None:  # the reason quotes the decoded counts, as the table
+        ref = replace(ref, minutes=_trial_minutes(ref.images_per_second, **counts, epochs=epochs))
+        same_size, reason = _choose_size(ref, cap=cap, floor=floor, limit=limit)
+        if same_size == image_size:
+            size_reason = reason
+    size_reason += f"; the images' short side is ~{int(median(sides))} px"
     estimates: list[Estimate] = []
     for b in CANDIDATES:
         shallower = next((e for e in estimates if e.backbone == SHALLOWER.get(b)), None)

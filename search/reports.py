@@ -19,10 +19,12 @@ from search.ablate import collect_runs, companion_name
 from search.confirm import collect_confirm, confirm_name
 from search.stats import mean_ci
 from search.tables import (
+    DEFAULT_LOSS_METRIC,
     Table,
     expected_max_table,
     factor_table,
     final_results_table,
+    fmt_params,
     loss_table,
     slugify,
     write_tables,
@@ -58,7 +60,7 @@ def ablation_tables(
         values = list(runs)
         tables.append(factor_table(factor, values, runs, baseline_value=base_value))
         if factor == "loss.name":
-            metric = companion.user_attrs.get("loss_metric", "final_val_acc")
+            metric = companion.user_attrs.get("loss_metric", DEFAULT_LOSS_METRIC)
             tables.append(loss_table(runs, metric=metric))
     return tables
 
@@ -86,9 +88,12 @@ def trials_table(study: optuna.Study) -> Table:
             a.get("reason", ""),
         ]
         raw.append(values)
-        rows.append(
-            ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values]
-        )
+        cells = [
+            "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values
+        ]
+        if counted and a.get("param_count"):  # as the best summary and the ablation tables
+            cells[-2] = fmt_params(a["param_count"], a.get("trainable_param_count"))
+        rows.append(cells)
     return Table(title=f"{study.study_name}: trials", headers=headers, rows=rows, raw=raw)
 
 

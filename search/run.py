@@ -29,6 +29,7 @@ from search.objective import NoTimeLeft, Objective
 from search.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.progress import Progress
 from search.sources import resolve_pretrained
+from search.spaceview import check_study_names
 from search.splits import record_splits
 from search.studyfile import StudySpec
 from search.workers import (
@@ -87,20 +88,12 @@ def plan_run(
     source = pinned.get("model.pretrained")
     if isinstance(source, str) and source != "imagenet":
         trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
-    cfg, _ = spaces.build_config(space, None, base=base, fixed=pinned)
-    for key, value in pinned.items():
-        if key == "model.backbone":
-            trainer.check_backbone(value)
-    trainer.check_names(cfg)
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
-    for item in queue:
-        trainer.check_names(
-            spaces.build_config(space, None, base=base, fixed={**pinned, **item})[0]
-        )
+    cfg = check_study_names(space, base=base, fixed=pinned, queue=queue)
     create_sampler(spec.sampler)
     create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
     data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
-    for backbone in _backbones(space, cfg, pinned=pinned, base=base, queue=queue):
+    for backbone in study_backbones(space, cfg, pinned=pinned, base=base, queue=queue):
         trainer.check_model(cfg.replace({"model.backbone": backbone}), data)
     problem = describe_problem(
         cfg, data, metric=spec.metric, direction=spec.direction, space=spec.space,
@@ -111,7 +104,7 @@ def plan_run(
     return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
 
 
-def _backbones(
+def study_backbones(
     space: spaces.SearchSpace,
     cfg: trainer.TrainConfig,
     *,

@@ -21,13 +21,29 @@ class SpaceRow:
     source: str
 
 
+def check_study_names(
+    space: spaces.SearchSpace,
+    *,
+    base: dict[str, Any],
+    fixed: dict[str, Any],
+    queue: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+) -> trainer.TrainConfig:
+    """Backbone, loss and optimizer names the space never draws: pinned ones and those of
+    enqueued configurations (a drawn name is one of the space's own). ``search run`` and
+    ``search space`` check them here; returns the configuration with only the pins."""
+    cfg = spaces.build_config(space, None, base=base, fixed=fixed)[0]
+    trainer.check_names(cfg)
+    for item in queue:
+        trainer.check_names(spaces.build_config(space, None, base=base, fixed={**fixed, **item})[0])
+    return cfg
+
+
 def space_rows(spec: StudySpec, cli_fixed: dict[str, Any] | None = None) -> list[SpaceRow]:
     """The resolved space, in the order a trial draws it; pins last."""
     space = spaces.resolve_space(spec.search_space)
     fixed = {**spec.fixed, **(cli_fixed or {})}
     base = spec.base_config()
-    # a pinned value the space never draws is checked here, as `search run` checks it
-    trainer.check_names(spaces.build_config(space, None, base=base, fixed=fixed)[0])
+    check_study_names(space, base=base, fixed=fixed, queue=spec.enqueue)
     seen: dict[str, spaces.Traced] = {}
     paths = spaces.trace(space, fixed=fixed, base=base, seen=seen)
     overrides = space.overrides

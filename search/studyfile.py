@@ -15,6 +15,7 @@ top level's ``[params]`` and vice versa. A profile's trials live in the study
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -49,8 +50,11 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
 # what a [profiles.NAME] table may override; name, metric, direction and storage stay the file's
 _PROFILE_KEYS = {
     k: _TOP_KEYS[k]
-    for k in ("description", "space", "data", "budget", "sampler", "pruner", "fixed", "params")
-} | {"enqueue": list, "ablation": dict}
+    for k in (
+        "description", "space", "data", "budget", "sampler", "pruner", "fixed", "params",
+        "enqueue", "ablation",
+    )
+}  # fmt: skip
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # companion studies are NAME.ablation and NAME.confirm: a profile must not take their names
 _RESERVED_PROFILES = ("ablation", "confirm")
@@ -336,6 +340,10 @@ def _check_enqueue(
             else:
                 ok = not isinstance(value, bool) and isinstance(value, int | float)
                 ok = ok and t.low <= value <= t.high
+                if ok and t.kind == "int":
+                    ok = float(value).is_integer()
+                if ok and t.step:  # Optuna would warn and use a value off its grid
+                    ok = math.isclose(round((value - t.low) / t.step) * t.step, value - t.low)
             if not ok:
                 raise ValueError(
                     f"{at}: {key} = {value!r} is outside what the space draws "
@@ -356,7 +364,6 @@ _ABLATION_KEYS = {
     "factors": dict,
     "loss_metric": str,
 }
-_LOSS_METRICS = ("final_val_acc", "max_val_acc")  # the loss table's accuracy column
 
 
 def _check_ablation(section: dict[str, Any], where: str) -> None:
@@ -364,8 +371,11 @@ def _check_ablation(section: dict[str, Any], where: str) -> None:
     for key in section.get("fixed", {}):
         _in_file(where, "fixed", lambda k=key: check_key(k))
     metric = section.get("loss_metric")
-    if metric is not None and metric not in _LOSS_METRICS:
-        raise unknown_name_error(f"loss_metric in {where}", metric, _LOSS_METRICS)
+    if metric is not None:
+        from search.tables import LOSS_METRICS
+
+        if metric not in LOSS_METRICS:
+            raise unknown_name_error(f"loss_metric in {where}", metric, LOSS_METRICS)
     baseline = section.get("baseline")
     if isinstance(baseline, dict):
         for key in baseline:

@@ -81,6 +81,19 @@ name = "none"
 """
 
 
+def one_error_line(capsys, *expected: str) -> str:
+    """What a refused command printed: exactly one ``error: ...`` line on stderr (no
+    traceback anywhere), containing each of ``expected``; returns the line."""
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
 # Python's default warning format ("path/to/file.py:326: SomeWarning: ...") or a traceback
 # line must never reach a user: every command prints warnings as one "warning: ..." line.
 _SOURCE_LINE = re.compile(r"\S+\.py:\d+: \w*(Warning|Error)\b|^\s*File \".+\.py\", line \d+")

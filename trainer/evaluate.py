@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from trainer._registry import unknown_name_error
+from trainer.resize import CROP_PCT
 
 TTA = bool | str | Sequence[str] | None  # what predict_logits(tta=...) takes; see tta_views
 
-CROP_SHARE = 0.875  # the crop views keep this share of the side, then resize back
 # Named sets of views. seed000 is seed 000's six test-time views, made deterministic: the
 # original, a flip, a small rotation each way, a colour shift and a blur (the default).
 TTA_SETS: dict[str, tuple[str, ...]] = {
@@ -32,7 +32,7 @@ def _views() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         def crop(where: str) -> Callable[[torch.Tensor], torch.Tensor]:
             def view(x: torch.Tensor) -> torch.Tensor:
                 h, w = x.shape[-2:]
-                ch, cw = max(1, round(h * CROP_SHARE)), max(1, round(w * CROP_SHARE))
+                ch, cw = max(1, round(h * CROP_PCT)), max(1, round(w * CROP_PCT))
                 top = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[where[0]]
                 left = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[where[1]]
                 return TF.resized_crop(x, top, left, ch, cw, [h, w], antialias=True)
@@ -86,6 +86,18 @@ def tta_views(tta: TTA = True) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"no test-time views in {tta!r}; give e.g. 'hflip,vflip' or 'seed000'")
     return tuple(dict.fromkeys(out))
+
+
+def tta_key(tta: TTA) -> bool | str:
+    """One spelling per set of views, to record and compare: False (no TTA), True (the
+    default set) or the views sorted and comma-separated (the mean of their logits does not
+    depend on the order). ``--tta-views none`` is False, ``seed000`` True."""
+    views = sorted(tta_views(tta))
+    if views == sorted(TTA_SETS["none"]):
+        return False
+    if views == sorted(TTA_SETS[DEFAULT_TTA]):
+        return True
+    return ",".join(views)
 
 
 @torch.inference_mode()

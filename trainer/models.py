@@ -240,7 +240,10 @@ def _seed_cnn_full(cfg: ModelConfig, *, in_chans: int, image_size: int) -> tuple
     with its two dropout layers: after the convolutions and (the head's) before the last one."""
     side = ((image_size - 4) // 2 - 4) // 2  # two rounds of conv 5x5 (no padding) + pool 2
     if side < 1:
-        raise ValueError(f"seed_cnn_full needs images of at least 14 px, but got {image_size}")
+        raise ValueError(
+            f"seed_cnn_full needs images of at least 16 px, but got {image_size}; "
+            "set data.image_size to 16 or more"
+        )
     body = nn.Sequential(
         nn.Sequential(nn.Conv2d(in_chans, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
         nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2)),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -162,16 +162,6 @@ def _snapshot(db: Path) -> tuple[str, list]:
     return digest, trials
 
 
-def _one_error_line(capsys, expected: list[str]) -> None:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    for text in expected:
-        assert text in lines[0], lines[0]
-
-
 @pytest.fixture
 def studies(write_study):
     write_study("tiny_digits", TINY_DIGITS)
@@ -199,7 +189,7 @@ def test_bad_input_on_an_existing_study(case, studies, tmp_path, storage_url, ca
         args = ["--trials", "2", *args]
     rc = main(["run", "--study", study, "-q", "--storage", storage_url, *args])
     assert rc == 2
-    _one_error_line(capsys, expected)
+    one_error_line(capsys, *expected)
     assert _snapshot(db) == before
     assert not (tmp_path / "studies.db.artifacts").exists()
 
@@ -211,7 +201,7 @@ def test_bad_input_creates_no_storage(case, studies, tmp_path, capsys):
         args = ["--trials", "2", *args]
     rc = main(["run", "--study", study, "-q", *args])  # the default storage in the cwd
     assert rc == 2
-    _one_error_line(capsys, expected)
+    one_error_line(capsys, *expected)
     assert list(Path.cwd().iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["studies"]
 
@@ -221,7 +211,7 @@ def test_unwritable_storage_path(studies, tmp_path, capsys):
     url = f"sqlite:///{missing / 'studies.db'}"
     rc = main(["run", "--study", "tiny_digits", "--trials", "1", "-q", "--storage", url])
     assert rc == 2
-    _one_error_line(capsys, ["cannot create the SQLite storage", str(missing), "does not exist"])
+    one_error_line(capsys, "cannot create the SQLite storage", str(missing), "does not exist")
     assert not (tmp_path / "no").exists()
 
 
@@ -233,7 +223,7 @@ def test_read_only_storage_directory(studies, tmp_path, capsys):
     try:
         url = f"sqlite:///{ro / 'studies.db'}"
         assert main(["run", "--study", "tiny_digits", "--trials", "1", "--storage", url]) == 2
-        _one_error_line(capsys, ["is not writable"])
+        one_error_line(capsys, "is not writable")
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
@@ -278,3 +268,11 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_completes(
     assert sum(s in FINISHED for s in states) == 2
     assert TrialState.RUNNING not in states
     assert len(states) == 3
+
+
+def test_tta_and_tta_views_together_are_refused_exit_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--study", "x", "--data", "d", "--out", "o", "--tta", "--tta-views",
+              "flips"])  # fmt: skip
+    assert stop.value.code == 2
+    assert "argument --tta-views: not allowed with argument --tta" in capsys.readouterr().err

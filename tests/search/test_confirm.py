@@ -9,7 +9,7 @@ import math
 import numpy as np
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 from PIL import Image
 from scipy import stats
@@ -40,12 +40,6 @@ def _search(name: str, url: str, n: int = 3) -> list[tuple]:
 
 def _studies(url: str) -> set[str]:
     return {s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)}
-
-
-def _one_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 def test_search_trials_are_unchanged_when_the_test_pixels_are_poisoned(
@@ -245,19 +239,32 @@ def test_confirm_cli_prints_and_exports_the_final_table(write_study, storage_url
     assert report["split"] == "test" and sum(map(sum, report["confusion"])) == 360
 
 
-def test_confirm_tta_views_are_runs_of_their_own_and_identity_equals_no_tta(
+def test_confirm_tta_views_are_runs_of_their_own_and_any_spelling_of_them_reuses_them(
     write_study, storage_url, capsys
 ):
     write_study("conf", CONF)
     _search("conf", storage_url, n=2)
     args = ["confirm", "--study", "conf", "--storage", storage_url, "-q", "--top", "1"]
+
+    def runs() -> dict:
+        trials = optuna.load_study(study_name="conf.confirm", storage=storage_url).trials
+        return {t.user_attrs["tta"]: t.user_attrs for t in trials}
+
     assert main([*args, "--seeds", "7"]) == 0
-    assert main([*args, "--seeds", "7", "--tta-views", "identity"]) == 0
-    assert "final results with test-time augmentation (identity)" in capsys.readouterr().out
-    runs = optuna.load_study(study_name="conf.confirm", storage=storage_url).trials
-    by_tta = {t.user_attrs["tta"]: t.user_attrs for t in runs}
-    assert set(by_tta) == {False, "identity"}  # a second set of runs, not a reuse of the first
-    assert by_tta["identity"]["test_acc"] == by_tta[False]["test_acc"]
+    assert main([*args, "--seeds", "7", "--tta-views", "none"]) == 0  # identity only: no TTA
+    assert "test-time augmentation" not in capsys.readouterr().out
+    assert set(runs()) == {False}  # the no-TTA run reused, not trained again
+
+    assert main([*args, "--seeds", "7", "--tta-views", "hflip,flips"]) == 0
+    assert "final results with test-time augmentation (hflip,identity,vflip)" in (
+        capsys.readouterr().out
+    )
+    assert set(runs()) == {False, "hflip,identity,vflip"}  # a second set of runs
+    assert main([*args, "--seeds", "7", "--tta-views", "vflip,flips"]) == 0  # the same views
+    assert main([*args, "--seeds", "7", "--tta"]) == 0
+    assert main([*args, "--seeds", "7", "--tta-views", "seed000"]) == 0
+    assert set(runs()) == {False, "hflip,identity,vflip", True}  # --tta and seed000 are one
+    assert len(optuna.load_study(study_name="conf.confirm", storage=storage_url).trials) == 3
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -281,9 +288,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     for args, match in cases:
         capsys.readouterr()
         assert main(["confirm", "--storage", storage_url, *args]) == 2, args
-        assert match in _one_error(capsys)
+        assert match in one_error_line(capsys)
     code = main(["evaluate", "--study", "plain", "--storage", storage_url, "--split", "test"])
-    assert code == 2 and "has no test split" in _one_error(capsys)
+    assert code == 2 and "has no test split" in one_error_line(capsys)
     assert _studies(storage_url) == before  # no companion study created
 
     _search("fold", storage_url, n=1)
@@ -292,9 +299,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     trainer.data._load_cached.cache_clear()
     capsys.readouterr()
     assert main(["confirm", "--study", "fold", "--storage", storage_url]) == 2
-    assert "the test split of study 'fold' changed since the search" in _one_error(capsys)
+    assert "the test split of study 'fold' changed since the search" in one_error_line(capsys)
     code = main(["evaluate", "--study", "fold", "--storage", storage_url, "--split", "test"])
-    assert code == 2 and "changed since the search" in _one_error(capsys)
+    assert code == 2 and "changed since the search" in one_error_line(capsys)
     assert "fold.confirm" not in _studies(storage_url)
 
 
@@ -329,7 +336,7 @@ def test_ablate_test_adds_a_test_row_from_the_same_runs(write_study, storage_url
     write_study("plain", TINY_DIGITS + ABLATION)
     capsys.readouterr()
     assert main(["ablate", "--study", "plain", "--storage", storage_url, "--test"]) == 2
-    assert "has no test split" in _one_error(capsys)
+    assert "has no test split" in one_error_line(capsys)
     assert "plain.ablation" not in _studies(storage_url)
 
 

@@ -398,3 +398,21 @@ def test_the_written_study_runs(tmp_path, fake_speed, monkeypatch, storage_url, 
     assert config["model.backbone"] == "seed_cnn"  # the enqueued first trial: the cheapest
     assert config["data.image_size"] == 16 and config["data.name"] == "folder"
     assert config["train.epochs"] == 10
+
+
+def test_the_size_line_and_the_backbone_table_quote_the_same_resnet18_minutes(
+    tmp_path, fake_speed, capsys
+):
+    # 8 of 40 files have a readable header but cut data: the size is chosen from the 40 the
+    # header scan counts, the table from the 32 that decode; both lines quote the 32
+    root = make_folder(tmp_path / "photos", {"china": 16, "flower": 16})
+    for cls in ("china", "flower"):
+        good = (root / cls / "0.jpg").read_bytes()
+        for i in range(4):
+            (root / cls / f"cut{i}.jpg").write_bytes(good[: len(good) // 3])
+    assert _init(str(root), "--budget", "10m") == 0
+    out = capsys.readouterr().out
+    size_line = next(line for line in out.splitlines() if line.startswith("size "))
+    table_line = next(line for line in out.splitlines() if line.strip().startswith("resnet18 "))
+    assert "resnet18 ~1.6 min per trial at 64 px here" in size_line, size_line
+    assert "resnet18         kept: ~1.6 min per trial" in table_line, table_line

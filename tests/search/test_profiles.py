@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -135,15 +135,6 @@ def test_merge_profile_keeps_the_top_level_untouched():
     assert top == {"space": "digits", "data": {"name": "digits"}, "fixed": {"a.b": 1}}
 
 
-def _one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -166,7 +157,7 @@ def test_unknown_profile_is_one_error_line_listing_the_profiles(
     if command[0] != "space":
         args += ["--storage", storage_url]
     assert main(args) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "tiny.toml has no profile 'quik'" in line
     assert "its profiles: quick, other" in line
     assert not (tmp_path / "studies.db").exists()
@@ -175,7 +166,7 @@ def test_unknown_profile_is_one_error_line_listing_the_profiles(
 def test_a_file_without_profiles_says_so(write_study, capsys):
     write_study("plain", TINY_DIGITS)
     assert main(["space", "--study", "plain", "--profile", "quick"]) == 2
-    assert "its profiles: none" in _one_error_line(capsys)
+    assert "its profiles: none" in one_error_line(capsys)
 
 
 BAD_PROFILES = {
@@ -216,7 +207,7 @@ def test_bad_profile_is_one_error_line_naming_file_and_profile(case, write_study
     write_study("tiny", TINY_DIGITS + "\n" + text)
     # the top level alone is refused too: a broken profile is a broken study file
     assert main(["space", "--study", "tiny"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "tiny.toml" in line
     for part in expected:
         assert part in line, line
@@ -225,8 +216,46 @@ def test_bad_profile_is_one_error_line_naming_file_and_profile(case, write_study
 def test_enqueue_outside_the_top_level_space_is_refused(write_study, capsys):
     write_study("tiny", TINY_DIGITS + '\n[[enqueue]]\n"model.dropout" = 0.9\n"optim.lr" = 1.0\n')
     assert main(["space", "--study", "tiny"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "[[enqueue]] entry 0" in line and "outside what the space draws" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "params", "value", "message"),
+    [
+        ("model.width", "{ low = 8, high = 32 }", "16.5", "model.width must be int, but got 16.5"),
+        (
+            "model.width",
+            "{ low = 8, high = 32, step = 8 }",
+            "12",
+            "model.width = 12 is outside what the space draws (int [8, 32] step 8)",
+        ),
+        (
+            "model.dropout",
+            "{ low = 0.0, high = 0.5, step = 0.1 }",
+            "0.25",
+            "model.dropout = 0.25 is outside what the space draws",
+        ),
+    ],
+)
+def test_enqueue_between_the_steps_of_a_range_is_refused(
+    write_study, capsys, key, params, value, message
+):
+    study = TINY_DIGITS.replace('"model.width" = 8\n', "")
+    write_study("tiny", f'{study}\n[params]\n"{key}" = {params}\n[[enqueue]]\n"{key}" = {value}\n')
+    assert main(["space", "--study", "tiny"]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys):
+    study = TINY_DIGITS.replace('"model.width" = 8\n', "")
+    write_study(
+        "tiny",
+        study + '\n[params]\n"model.dropout" = { low = 0.0, high = 0.5, step = 0.1 }\n'
+        '"model.width" = { low = 8, high = 32, step = 8 }\n'
+        '[[enqueue]]\n"model.dropout" = 0.3\n"model.width" = 24\n',
+    )
+    assert main(["space", "--study", "tiny"]) == 0
 
 
 def test_enqueue_outside_a_one_value_params_entry_is_refused(write_study, capsys):
@@ -235,13 +264,13 @@ def test_enqueue_outside_a_one_value_params_entry_is_refused(write_study, capsys
         TINY_DIGITS + '\n[params]\n"model.dropout" = [0.2]\n[[enqueue]]\n"model.dropout" = 0.3\n',
     )
     assert main(["space", "--study", "tiny"]) == 2
-    assert "model.dropout = 0.3 is outside" in _one_error_line(capsys)
+    assert "model.dropout = 0.3 is outside" in one_error_line(capsys)
 
 
 def test_enqueue_contradicting_fixed_is_refused(write_study, capsys):
     write_study("tiny", TINY_DIGITS + '\n[[enqueue]]\n"model.width" = 16\n')
     assert main(["space", "--study", "tiny"]) == 2
-    assert "[fixed] pins it to 8" in _one_error_line(capsys)
+    assert "[fixed] pins it to 8" in one_error_line(capsys)
 
 
 def test_space_shows_the_profiles_space(write_study, capsys):
@@ -318,3 +347,22 @@ def test_a_profile_study_is_found_in_the_study_files_storage(write_study, tmp_pa
     for args in (["--study", "tiny", "--profile", "quick"], ["--study", "tiny.quick"]):
         assert main(["best", *args, "--json"]) == 0
         assert '"study": "tiny.quick"' in capsys.readouterr().out
+
+
+def test_a_study_file_given_by_path_or_renamed_is_found_where_run_put_it(tmp_path, capsys):
+    """``--study`` as a path outside the study folders, with ``name`` unlike the file's stem
+    and a storage of its own: every reading command finds what ``search run`` wrote."""
+    url = f"sqlite:///{tmp_path / 'own.db'}"
+    path = tmp_path / "elsewhere" / "file_stem.toml"
+    path.parent.mkdir()
+    path.write_text(f'name = "renamed"\nstorage = "{url}"\n' + WITH_PROFILES)
+    for profile in ([], ["--profile", "quick"]):
+        args = ["--study", str(path), *profile]
+        assert main(["run", *args, "--trials", "1", "-q"]) == 0
+        capsys.readouterr()
+        assert main(["best", *args, "--json"]) == 0
+        stored = "renamed.quick" if profile else "renamed"
+        assert f'"study": "{stored}"' in capsys.readouterr().out
+        assert main(["export", *args, "--out", str(tmp_path / stored)]) == 0
+        assert (tmp_path / stored / f"{stored}-trials.csv").is_file()
+    assert not (Path.cwd() / "hpsearch.db").exists()  # nothing went to the default storage

@@ -217,7 +217,8 @@ def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, sto
     assert "model      337.9 k" in capsys.readouterr().out
     table = trials_table(study)
     column = table.headers.index("parameters")
-    assert table.rows[0][column] == "337891"
+    assert table.rows[0][column] == "337.9 k"  # shown as the summary shows it
+    assert table.raw[0][column] == 337_891  # the exact count for CSV and JSON
 
 
 def test_hw100_losses_quick_ablation_is_seed_003s_loss_table_of_best_accuracy(
@@ -249,16 +250,15 @@ def test_loss_metric_must_be_an_accuracy_the_runs_record(write_study, capsys):
 
 
 def _backbones(spec) -> set[str]:
-    seen: dict[str, spaces.Traced] = {}
+    """What search run preflights (every backbone a trial can get), and the ablation's."""
+    from search.run import study_backbones
+
+    space = spaces.resolve_space(spec.search_space)
+    base = spec.base_config()
     fixed = {k: v for k, v in spec.fixed.items() if k != "model.pretrained"}
-    spaces.trace(spaces.resolve_space(spec.search_space), fixed=fixed, seen=seen)
-    drawn = seen.get("model.backbone")
-    names = set(drawn.choices) if drawn is not None else set()
-    names |= {e["model.backbone"] for e in spec.enqueue if "model.backbone" in e}
-    names |= set(spec.ablation.get("factors", {}).get("model.backbone", []))
-    if "model.backbone" in spec.fixed:
-        names.add(spec.fixed["model.backbone"])
-    return names
+    cfg = spaces.build_config(space, None, base=base, fixed=fixed)[0]
+    names = set(study_backbones(space, cfg, pinned=fixed, base=base, queue=list(spec.enqueue)))
+    return names | set(spec.ablation.get("factors", {}).get("model.backbone", []))
 
 
 @pytest.mark.parametrize(

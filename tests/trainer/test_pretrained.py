@@ -12,19 +12,6 @@ import trainer
 from trainer import ModelConfig, TrainConfig
 
 
-def test_imagenet_offline_fails_within_a_second_with_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    trainer.check_backbone("resnet18")  # importing timm is not what is timed here
-    t0 = time.perf_counter()
-    with pytest.raises(ValueError) as err:
-        trainer.create_model(ModelConfig(backbone="resnet18", pretrained="imagenet"), num_classes=3)
-    assert time.perf_counter() - t0 < 1.0
-    msg = str(err.value)
-    assert "resnet18" in msg and "cache" in msg and "model.pretrained" in msg
-    assert "\n" not in msg
-
-
 def test_local_weights_file_loads_backbone_and_keeps_a_fresh_head(tmp_path):
     src = trainer.create_model(ModelConfig(backbone="resnet18"), num_classes=42, image_size=32)
     path = trainer.save_checkpoint(src, tmp_path / "src.safetensors")
@@ -84,17 +71,17 @@ def _empty_hub_cache(monkeypatch, path) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
-def test_tagged_imagenet_offline_fails_within_a_second_with_the_fix(monkeypatch, tmp_path):
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet152.tv2_in1k"])
+def test_imagenet_offline_fails_at_once_with_the_fix(monkeypatch, tmp_path, backbone):
     _empty_hub_cache(monkeypatch, tmp_path / "hf")
-    trainer.check_backbone("resnet152.tv2_in1k")  # importing timm is not what is timed here
+    trainer.check_backbone(backbone)  # importing timm is not what is timed here
     t0 = time.perf_counter()
     with pytest.raises(ValueError) as err:
-        trainer.create_model(
-            ModelConfig(backbone="resnet152.tv2_in1k", pretrained="imagenet"), num_classes=3
-        )
-    assert time.perf_counter() - t0 < 1.0
+        trainer.create_model(ModelConfig(backbone=backbone, pretrained="imagenet"), num_classes=3)
+    # no download attempt, no network timeout (those take 10 s and more): it fails at once
+    assert time.perf_counter() - t0 < 5.0
     msg = str(err.value)
-    assert "'resnet152.tv2_in1k'" in msg and "cache" in msg and "model.pretrained" in msg
+    assert f"'{backbone}'" in msg and "cache" in msg and "model.pretrained" in msg
     assert "\n" not in msg
 
 

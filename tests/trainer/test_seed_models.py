@@ -34,8 +34,13 @@ def test_seed_cnn_full_has_two_dropout_layers_and_refuses_tiny_images():
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     assert [d.p for d in drops] == [0.3, 0.3]
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
-    with pytest.raises(ValueError, match="at least 14 px"):
-        trainer.create_model(ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=12)
+    # two unpadded 5x5 convs, each followed by a 2x2 pool: 16 px is the least that leaves 1x1
+    smallest = trainer.create_model(
+        ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=16
+    )
+    assert smallest(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+    with pytest.raises(ValueError, match="at least 16 px, but got 15; set data.image_size"):
+        trainer.create_model(ModelConfig(backbone="seed_cnn_full"), num_classes=3, image_size=15)
 
 
 def test_head_hidden_gives_a_two_layer_head():
@@ -73,8 +78,11 @@ def test_zoom_and_blur_are_settings_that_override_the_preset():
     settings = cfg.data.augment_settings()
     assert settings["blur"] == 0.0 and settings["zoom"] == 0.2
     assert PRESETS["strong"].blur > 0  # so the override is what turns it off
-    aug = trainer.augment.make_augment("none", image_size=8, zoom=0.2)
-    assert aug is not None
+    zoom = trainer.augment.make_augment("none", image_size=8, zoom=0.2)
+    x = torch.linspace(0, 1, 64).reshape(1, 1, 8, 8).repeat(4, 3, 1, 1)  # a ramp: any zoom shows
+    out = zoom(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    assert trainer.augment.make_augment("none", image_size=8) is None  # so zoom is the change
     with pytest.raises(ValueError, match=r"data.blur must be in \[0, 1\]"):
         TrainConfig.from_flat({"data.blur": 1.5})
     with pytest.raises(ValueError, match=r"data.zoom must be in \[0, 0.5\]"):

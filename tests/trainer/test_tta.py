@@ -16,6 +16,7 @@ from trainer.evaluate import (
     accuracy,
     list_tta_views,
     predict_logits,
+    tta_key,
     tta_views,
 )
 
@@ -90,6 +91,16 @@ def test_view_specs_resolve_to_names_in_order():
         tta_views("identity,hflp")
     with pytest.raises(ValueError, match="no test-time views"):
         tta_views(" , ")
+
+
+def test_every_spelling_of_one_set_of_views_has_one_key():
+    assert tta_key(False) == tta_key("none") == tta_key("identity") == tta_key(["none"]) is False
+    assert tta_key(True) == tta_key("seed000") == tta_key(",".join(TTA_SETS["seed000"][::-1]))
+    assert tta_key(True) is True
+    assert tta_key("flips") == tta_key("vflip,hflip,identity") == "hflip,identity,vflip"
+    assert tta_views(tta_key("crops")) == tuple(sorted(TTA_SETS["crops"]))
+    with pytest.raises(ValueError, match="unknown test-time view"):
+        tta_key("hflp")
 
 
 def _model() -> nn.Module:
