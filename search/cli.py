@@ -628,13 +628,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(exc, sqlalchemy.exc.SQLAlchemyError | StorageInternalError):
             raise
-        from search.storage import redact
+        from search.storage import error_line
 
-        cause = exc.__cause__ or exc
-        text = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-        print(
-            f"error: storage: {redact(text[0] if text else type(cause).__name__)}", file=sys.stderr
-        )
+        print(f"error: storage: {error_line(exc)}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -468,3 +468,10 @@ def _where(url: str) -> str:
 def _first_line(exc: BaseException, url: str | None = None) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return redact(text[0], url) if text else type(exc).__name__
+
+
+def error_line(exc: BaseException, url: str | None = None) -> str:
+    """A storage error in one line, in the database's words where Optuna or SQLAlchemy wrapped
+    them (Optuna's "An exception is raised during the commit ... exceeding max length" is
+    what it says for any failed commit, a dropped connection included); credentials masked."""
+    return _first_line(exc.__cause__ or exc, url)

@@ -1,7 +1,8 @@
 """Study files: TOML in ``studies/`` naming the data, space, budget, sampler and pruner.
 
 A study file is data only. ``load_study(name)`` finds ``<name>.toml`` in the study
-directories (``./studies``, then the ones shipped with hpsearch, then ``SEARCH_STUDIES``),
+directories (``SEARCH_STUDIES``, then ``./studies``, then the ones shipped with hpsearch; the
+first match wins),
 checks every key and type, and returns a frozen ``StudySpec``.
 
 Profiles: ``[profiles.quick]`` holds sections that override the top level when the study is

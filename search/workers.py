@@ -172,7 +172,7 @@ class Heartbeat:
                     log.warning(
                         "could not record the heartbeat of trial id %d: %s",
                         self.trial_id,
-                        storage_mod.redact(str(exc).splitlines()[0] if str(exc) else repr(exc)),
+                        storage_mod.error_line(exc, getattr(self.storage, "url", None)),
                     )
                 failing = True
 

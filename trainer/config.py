@@ -115,8 +115,8 @@ class ModelConfig:
     strategy: str = "full"  # full fine-tune, partial (freeze first stages), linear probe
     freeze_stages: int = 0  # for strategy=partial: how many leading stages stay frozen
     width: int = 32  # channel width of the built-in small CNN
-    # hidden units of a two-layer head (Linear-ReLU-Dropout-Linear; seed 004 retrained the last
-    # two layers); 0: one Linear layer after the dropout (seed 000's head)
+    # hidden units of a two-layer head (Dropout-Linear-ReLU-Dropout-Linear; seed 004 retrained
+    # the last two layers); 0: one Linear layer after the dropout (seed 000's head)
     head_hidden: int = 0
 
     def __post_init__(self) -> None:

@@ -276,3 +276,23 @@ def test_tta_and_tta_views_together_are_refused_exit_2(capsys):
               "flips"])  # fmt: skip
     assert stop.value.code == 2
     assert "argument --tta-views: not allowed with argument --tta" in capsys.readouterr().err
+
+
+def test_a_wrapped_storage_error_is_told_in_the_databases_words_with_the_password_masked():
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    from search.storage import error_line
+
+    dropped = Exception(
+        "server closed the connection unexpectedly (postgresql://hp:s3cret@db:5432/x)\nmore"
+    )
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, dropped)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise StorageInternalError("An exception is raised during the commit.") from exc
+    except StorageInternalError as exc:
+        line = error_line(exc)
+    assert line.startswith("server closed the connection unexpectedly")
+    assert "s3cret" not in line and "more" not in line

@@ -69,13 +69,17 @@ def test_two_workers_fill_exactly_n_trials_through_a_database_restart(write_stud
         ["run", "--study", "tiny", "--trials", "4", "--workers", "2", "-q", "--storage", pg_url,
          "--heartbeat", "0.5", "--grace", "10"],
         storage="sqlite:///unused.db",
-        faults="epoch_sleep=0.5",
+        faults="epoch_sleep=1.0",  # 4 trials take one worker > 12 s: the other one joins in
     )  # fmt: skip
     try:
         kids = wait_for(lambda: len(children_of(proc.pid)) == 2 and children_of(proc.pid),
                         timeout=30, what="two worker processes", proc=proc)  # fmt: skip
         for kid in kids:  # the password travels in the environment, not on a command line
             no_secret(Path(f"/proc/{kid}/cmdline").read_bytes().decode(errors="replace"))
+        # both workers in a trial before the restart (one worker runs one trial at a time), so
+        # the restart cuts two running trials, not a worker still starting up
+        wait_for(lambda: sum(t.state == TrialState.RUNNING for t in watch.trials()) == 2,
+                 timeout=60, what="a trial running in each worker", proc=proc)  # fmt: skip
         wait_for(lambda: watch.running_with_epochs(1), timeout=60, what="epoch 1", proc=proc)
         pg.restart()  # every connection is cut; the server is back a moment later
         code, out = finish(proc, 180)
