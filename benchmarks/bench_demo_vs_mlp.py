@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from optuna.trial import TrialState
 from torch import nn
 
-from search.budget import Budget
-from search.progress import Progress
-from search.run import plan_run, run_study
-from search.studyfile import load_study
+from search.experiments.run import plan_run, run_study
+from search.report.progress import Progress
+from search.study.budget import Budget
+from search.study.studyfile import load_study
 from trainer import DataConfig, load_data
 
 BATCH = 128  # as in pytorch_simple

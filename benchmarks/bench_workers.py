@@ -147,12 +147,12 @@ def part1(
 
 def part2(url: str, studies: Path, trials: int, epochs: int) -> float:
     """Mean seconds per trial of the search loop with training stubbed out."""
-    import search.objective as objective_mod
+    import search.experiments.objective as objective_mod
     import trainer
-    from search.progress import Progress
-    from search.run import plan_run, run_study
-    from search.studyfile import load_study
-    from search.workers import WorkerOptions
+    from search.experiments.run import plan_run, run_study
+    from search.report.progress import Progress
+    from search.store.workers import WorkerOptions
+    from search.study.studyfile import load_study
 
     name = f"bench-{uuid.uuid4().hex[:8]}"
     (studies / f"{name}.toml").write_text(STUDY.format(epochs=epochs))

@@ -4,14 +4,20 @@ Optuna is only a type here: ``import spaces`` does not import it.
 """
 
 from spaces import _builtin  # noqa: F401  (registers the built-in spaces)
-from spaces._params import Param, SearchSpace, Traced, check_space, parse_params, trace
+from spaces._params import Param, describe_distribution, parse_params
 from spaces._space import (
     ParamDraw,
+    SearchSpace,
+    Traced,
+    TracedPath,
     build_config,
+    check_names,
+    check_space,
     get_space,
     list_spaces,
     register_space,
     resolve_space,
+    trace,
 )
 
 __all__ = [
@@ -19,8 +25,11 @@ __all__ = [
     "ParamDraw",
     "SearchSpace",
     "Traced",
+    "TracedPath",
     "build_config",
+    "check_names",
     "check_space",
+    "describe_distribution",
     "get_space",
     "list_spaces",
     "parse_params",

@@ -18,9 +18,7 @@ Pure data to draws: no Optuna at import time (a trial is only duck-typed).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from trainer import TrainConfig, check_backbone, check_key, list_losses, list_optimizers
@@ -28,7 +26,6 @@ from trainer._registry import unknown_name_error
 
 _RANGE_KEYS = ("low", "high", "log", "step", "when")
 _CHOICE_KEYS = ("choices", "when")
-MAX_TRACE_PATHS = 20_000  # branches of a space explored to find what it draws, and in what order
 
 
 @dataclass(frozen=True)
@@ -215,151 +212,3 @@ def _allowed(table: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
 
 
 # -- drawing ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """A named base space (or none) with ``[params]`` entries on top."""
-
-    base: str | None = None
-    params: tuple[Param, ...] = ()
-    name: str = field(default="", compare=False)  # how to show it, e.g. "default + [params]"
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            label = self.base or ""
-            if self.params:
-                label = f"{label} + [params]" if label else "[params]"
-            object.__setattr__(self, "name", label)
-
-    @property
-    def overrides(self) -> dict[str, Param]:
-        return {p.key: p for p in self.params}
-
-    def base_function(self) -> Callable[[Any], None] | None:
-        from spaces._space import get_space
-
-        return get_space(self.base) if self.base else None
-
-    def __call__(self, s: Any) -> None:
-        base = self.base_function()
-        if base is not None:
-            base(s)
-        if not self.params:
-            return
-        drawn_by_base = base_keys(self.base) if self.base else frozenset()
-        for p in self.params:
-            if p.key not in drawn_by_base:
-                s.draw_param(p)
-
-
-def base_keys(space: str) -> frozenset[str]:
-    """Every key a named space can draw, on any branch."""
-    return _base_keys(space)
-
-
-@functools.cache
-def _base_keys(space: str) -> frozenset[str]:
-    keys: set[str] = set()
-    for path in trace(SearchSpace(space)):
-        keys.update(path.order)
-    return frozenset(keys)
-
-
-@dataclass
-class TracedPath:
-    values: dict[str, Any]  # what one branch of the space drew, in order
-    late_when: list[tuple[str, str]]  # (entry, when-key) evaluated before the when-key was drawn
-
-    @property
-    def order(self) -> list[str]:
-        return list(self.values)
-
-
-@dataclass
-class Traced:
-    """What a space draws for one key, over all branches."""
-
-    kind: str
-    choices: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    paths: int = 0  # branches that draw it
-
-
-class _PathTrial:
-    """Answers a space's suggestions along one branch: choice i takes option ``path[i]``
-    (0 beyond the path); ranges take their low end. Records every distribution seen."""
-
-    def __init__(self, path: list[int], seen: dict[str, Traced]) -> None:
-        self.path, self.sizes, self.seen = path, [], seen
-
-    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        i = len(self.sizes)
-        self.sizes.append(len(choices))
-        self.seen.setdefault(name, Traced("choice", tuple(choices)))
-        return choices[self.path[i] if i < len(self.path) else 0]
-
-    def suggest_float(self, name, low, high, *, step=None, log=False):
-        self.seen.setdefault(name, Traced("float", low=low, high=high, log=log, step=step))
-        return low
-
-    def suggest_int(self, name, low, high, *, step=1, log=False):
-        self.seen.setdefault(name, Traced("int", low=low, high=high, log=log, step=step))
-        return low
-
-
-def trace(
-    space: SearchSpace,
-    *,
-    fixed: dict[str, Any] | None = None,
-    base: dict[str, Any] | None = None,
-    seen: dict[str, Traced] | None = None,
-) -> list[TracedPath]:
-    """Run ``space`` along every branch of its categorical choices (up to MAX_TRACE_PATHS)."""
-    from spaces._space import ParamDraw
-
-    seen = {} if seen is None else seen
-    paths: list[TracedPath] = []
-    stack: list[list[int]] = [[]]
-    while stack and len(paths) < MAX_TRACE_PATHS:
-        prefix = stack.pop()
-        trial = _PathTrial(prefix, seen)
-        draw = ParamDraw(trial, fixed, base=base, overrides=space.overrides)
-        space(draw)
-        for key in draw.params:
-            if key in seen and key not in (fixed or {}):
-                seen[key].paths += 1
-        late = [(e, k) for e, k in draw.unseen_when if k in draw.params]
-        paths.append(TracedPath(dict(draw.params), late))
-        taken = [*prefix, *[0] * (len(trial.sizes) - len(prefix))]
-        for i in range(len(trial.sizes) - 1, len(prefix) - 1, -1):
-            for j in range(trial.sizes[i] - 1, 0, -1):
-                stack.append([*taken[:i], j])
-    return paths
-
-
-def check_space(
-    space: SearchSpace, *, fixed: dict[str, Any] | None = None, base: dict[str, Any] | None = None
-) -> list[TracedPath]:
-    """Refuse a ``when`` on a key that is never drawn before its entry."""
-    paths = trace(space, fixed=fixed, base=base)
-    known = set(fixed or {}) | set(base or {})
-    drawn = {k for p in paths for k in p.order}
-    for p in space.params:
-        for key, _ in p.when:
-            if key not in drawn and key not in known:
-                raise ValueError(
-                    f"[params] {p.key!r}: when names {key!r}, which is never drawn; "
-                    f"add {key!r} to [params] before {p.key!r}, or pin it in [fixed]"
-                )
-    for path in paths:
-        for entry, key in path.late_when:
-            raise ValueError(
-                f"[params] {entry!r}: when names {key!r}, which is drawn after it; list "
-                f"{key!r} before {entry!r} in [params] (entries the base space does not draw "
-                "come after it, in file order)"
-            )
-    return paths

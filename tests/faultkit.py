@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.progress import Progress
-from search.workers import WorkerOptions
+from search.report.progress import Progress
+from search.store.workers import WorkerOptions
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # short heartbeats so a lost worker is noticed in seconds (the defaults are 30 s / 120 s)

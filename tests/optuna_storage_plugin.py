@@ -3,7 +3,7 @@
 Loaded with ``-p optuna_storage_plugin`` by ``tests/search/test_optuna_storage_suite.py`` on
 the ``tests/`` folder of the installed Optuna's source distribution (never copied into this
 repository). Before their modules are imported it points ``optuna.storages.RDBStorage`` at
-``search.storage.ResilientRDBStorage``, so every RDB storage the tests build (theirs directly,
+``search.store.storage.ResilientRDBStorage``, so every RDB storage the tests build (theirs directly,
 through ``optuna.testing.storages.StorageSupplier``, or from a URL via ``get_storage``) is ours.
 
 Of the parametrised storage modes it keeps the RDB ones that need no server (``sqlite``,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.storage import ResilientRDBStorage
+from search.store.storage import ResilientRDBStorage
 
 ORIGINAL = optuna.storages.RDBStorage
 KEPT_MODES = {"sqlite", "cached_sqlite"}

@@ -20,7 +20,7 @@ def optuna_modules():
 
 import {module}
 probe = {{"file": {module}.__file__, "optuna": optuna_modules()}}
-import search.objective  # the control: this one does need Optuna
+import search.experiments.objective  # the control: this one does need Optuna
 probe["optuna_after_search"] = optuna_modules()
 print(json.dumps(probe))
 """

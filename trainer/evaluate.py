@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trainer._registry import unknown_name_error
-from trainer.resize import CROP_PCT
+from trainer.data.resize import CROP_PCT
 
 TTA = bool | str | Sequence[str] | None  # what predict_logits(tta=...) takes; see tta_views
 

@@ -10,14 +10,15 @@ import pytest
 from conftest import TINY_DIGITS
 from optuna.trial import TrialState
 
-import search.ablate as ablate_mod
-from search.ablate import companion_name, plan_ablation, run_ablation
+import search.experiments.ablate as ablate_mod
 from search.cli import main
-from search.progress import Progress
-from search.reports import ablation_tables, export_study
-from search.stats import mean_ci
-from search.storage import open_storage
-from search.studyfile import load_study
+from search.experiments.ablate import plan_ablation, run_ablation
+from search.report.export import ablation_tables, export_study
+from search.report.progress import Progress
+from search.report.runs import companion_name
+from search.report.stats import mean_ci
+from search.store.storage import open_storage
+from search.study.studyfile import load_study
 
 ABLATION = """
 [ablation]
@@ -123,7 +124,7 @@ def test_tables_are_recomputed_from_storage(study, storage_url):
 
 
 def test_export_writes_every_format_and_figures(study, storage_url, tmp_path):
-    from search.run import plan_run, run_study
+    from search.experiments.run import plan_run, run_study
 
     run_study(plan_run(study, storage=storage_url), n_trials=3, progress=Progress(quiet=True))
     run_ablation(plan_ablation(study, storage=storage_url), progress=Progress(quiet=True))

@@ -12,15 +12,9 @@ from conftest import TINY_DIGITS
 from optuna.trial import TrialState
 
 import trainer
-from search.budget import (
-    Budget,
-    CostModel,
-    cache_key,
-    estimate_seconds,
-    parse_duration,
-    resolve_budget,
-)
 from search.cli import main
+from search.experiments.cost import CostModel, cache_key, estimate_seconds
+from search.study.budget import Budget, parse_duration, resolve_budget
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

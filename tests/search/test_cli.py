@@ -249,7 +249,7 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_completes(
 
         return real_train(cfg, reporter=InterruptAfterFirstEpoch(), **kwargs)
 
-    monkeypatch.setattr("search.objective.trainer.train", interrupted_train)
+    monkeypatch.setattr("search.experiments.objective.trainer.train", interrupted_train)
     assert run(storage_url, trials=2) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
@@ -260,7 +260,7 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_completes(
     assert "interrupted" in trial.user_attrs["reason"]
     assert list(trial.intermediate_values) == [1]  # the epoch reported before Ctrl-C
 
-    monkeypatch.setattr("search.objective.trainer.train", real_train)
+    monkeypatch.setattr("search.experiments.objective.trainer.train", real_train)
     assert run(storage_url, trials=2) == 0
     study = load(storage_url)
     states = [t.state for t in study.trials]
@@ -282,7 +282,7 @@ def test_a_wrapped_storage_error_is_told_in_the_databases_words_with_the_passwor
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError
 
-    from search.storage import error_line
+    from search.store.storage import error_line
 
     dropped = Exception(
         "server closed the connection unexpectedly (postgresql://hp:s3cret@db:5432/x)\nmore"

@@ -14,14 +14,15 @@ from optuna.trial import TrialState
 from PIL import Image
 from scipy import stats
 
-import search.companion as companion_mod
+import search.experiments.companion as companion_mod
 import trainer.data
 from search.cli import main
-from search.confirm import collect_confirm, confirm_name, plan_confirm, run_confirm
-from search.progress import Progress
-from search.reports import final_table
-from search.run import plan_run, run_study
-from search.studyfile import load_study
+from search.experiments.confirm import plan_confirm, run_confirm
+from search.experiments.run import plan_run, run_study
+from search.report.export import final_table
+from search.report.progress import Progress
+from search.report.runs import collect_confirm, confirm_name
+from search.study.studyfile import load_study
 from trainer import DataConfig
 from trainer.data import load_test, split_record
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from search.run import plan_run, run_study
-from search.studyfile import load_study
+from search.experiments.run import plan_run, run_study
+from search.study.studyfile import load_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -45,11 +45,10 @@ from pgserver import pg_fixture, pg_url_fixture  # noqa: F401  (fixtures pg, pg_
 from PIL import Image
 
 import trainer
-from search import storage as storage_mod
 from search.cli import main
-from search.run import plan_run, prepare_study, run_study
-from search.studyfile import load_study
-from search.workers import (
+from search.experiments.run import plan_run, prepare_study, run_study
+from search.store import storage as storage_mod
+from search.store.workers import (
     WORKER_ATTR,
     SlotClaimer,
     WorkerOptions,
@@ -57,6 +56,7 @@ from search.workers import (
     process_gone,
     this_process,
 )
+from search.study.studyfile import load_study
 
 
 @pytest.fixture(params=STORAGES)
@@ -281,7 +281,7 @@ def test_a_signal_after_training_but_before_the_tell_still_records_it_as_the_rea
     def signal_lands(*args, **kwargs):
         raise Terminated()
 
-    monkeypatch.setattr("search.objective.annotate_trial", signal_lands)
+    monkeypatch.setattr("search.experiments.objective.annotate_trial", signal_lands)
     with pytest.raises(Terminated):
         run("tiny", url, 1)
     (trial,) = load(url, "tiny").trials
@@ -400,7 +400,7 @@ def test_non_finite_values_are_never_a_complete_trial(write_study, url, monkeypa
         return trainer.TrainResult(status="complete", reason="ran", history=[h], best_epoch=1)
 
     with monkeypatch.context() as m:
-        m.setattr("search.objective.trainer.train", fake_train)
+        m.setattr("search.experiments.objective.trainer.train", fake_train)
         study = run("tiny", url, 3)
     assert states(study) == [TrialState.PRUNED] * 3
     assert all(t.value is None or math.isfinite(t.value) for t in study.trials)

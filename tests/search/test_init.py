@@ -6,16 +6,16 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 from PIL import Image
 
-import search.init as si
+import search.experiments.init as si
 from search.cli import main
-from search.studyfile import load_study
+from search.study.studyfile import load_study
 from trainer.throughput import Throughput
 
 # Fake training speeds at 64 px (images/s); a probe at size S gets (64 / S)^2 of it, as
@@ -228,19 +228,19 @@ def test_corrupt_files_are_reported_and_the_training_cache_is_filled(
     assert "china/cut.jpg (truncated)" in out and "flower/empty.png (zero-byte file)" in out
 
     import trainer.data
-    import trainer.decode
-    import trainer.folders
+    import trainer.data.decode
+    import trainer.data.loaders
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("training decoded the folder again")
 
-    monkeypatch.setattr(trainer.decode, "_build", no_decoding)
+    monkeypatch.setattr(trainer.data.decode, "_build", no_decoding)
     trainer.data._load_cached.cache_clear()
     spec = load_study("photos")
     cfg = trainer.DataConfig(
         name="folder", root=spec.data["root"], image_size=spec.data["image_size"]
     )
-    with pytest.warns(trainer.folders.BadImageWarning):
+    with pytest.warns(trainer.data.loaders.BadImageWarning):
         data = trainer.load_data(cfg)  # from the cache that init filled
     assert len(data.y_train) + len(data.y_val) == 20
 

@@ -1,4 +1,4 @@
-"""Optuna's own storage tests pass against our storage (``search.storage.ResilientRDBStorage``).
+"""Optuna's own storage tests pass against our storage (``search.store.storage.ResilientRDBStorage``).
 
 The tests come from the source distribution of the installed Optuna version, fetched once with
 ``pip download --no-binary :all:`` into ``$HPSEARCH_CACHE_DIR/optuna-sdist`` (default

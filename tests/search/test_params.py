@@ -16,7 +16,7 @@ from optuna.distributions import (
 
 import spaces
 from search.cli import main
-from search.studyfile import load_study
+from search.study.studyfile import load_study
 
 # the tiny digits study without its [fixed] section: the space is the study file's own
 BASE = TINY_DIGITS.split("[fixed]")[0]

@@ -32,10 +32,10 @@ from faultkit import (
 from optuna.trial import TrialState
 from pgserver import ENCODED, PASSWORD, USER, free_port, pg_fixture, pg_url_fixture  # noqa: F401
 
-from search import storage as storage_mod
 from search.cli import main
-from search.run import plan_run, prepare_study, run_study
-from search.studyfile import load_study
+from search.experiments.run import plan_run, prepare_study, run_study
+from search.store import storage as storage_mod
+from search.study.studyfile import load_study
 
 pytestmark = pytest.mark.postgres
 SLOW_EPOCHS = TINY_DIGITS.replace("epochs = 3", "epochs = 2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import re
 
-from search.progress import PLAIN_WIDTH, Progress
+from search.report.progress import PLAIN_WIDTH, Progress
 
 PARAMS = {
     "data.batch_size": 32,

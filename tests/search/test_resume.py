@@ -13,8 +13,8 @@ from conftest import TINY_DIGITS
 from optuna.trial import TrialState
 from PIL import Image
 
-from search.algorithms import trial_seed
 from search.cli import main
+from search.study.samplers import trial_seed
 
 # The tiny digits study with the sampler's choices left free, so that draws can repeat.
 FREE = (

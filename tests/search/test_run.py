@@ -10,9 +10,9 @@ import pytest
 from conftest import TINY_DIGITS
 from optuna.trial import TrialState
 
-from search.progress import Progress
-from search.run import plan_run, run_study
-from search.studyfile import load_study
+from search.experiments.run import plan_run, run_study
+from search.report.progress import Progress
+from search.study.studyfile import load_study
 from trainer import TrainConfig
 
 PRUNER_NONE = '[pruner]\nname = "none"\n'

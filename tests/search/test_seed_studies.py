@@ -15,7 +15,7 @@ from PIL import Image
 
 import spaces
 from search.cli import main
-from search.studyfile import PACKAGE_STUDIES, load_study
+from search.study.studyfile import PACKAGE_STUDIES, load_study
 
 SHIPPED = sorted(p.stem for p in PACKAGE_STUDIES.glob("*.toml"))
 SEED_STUDIES = {  # study -> the seed report it reproduces
@@ -206,8 +206,8 @@ def test_fruit3_quick_ablation_is_its_own_companion_with_parameter_counts(
 
 
 def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, storage_url, capsys):
-    from search.reports import trials_table
-    from search.tables import fmt_params
+    from search.report.export import trials_table
+    from search.report.tables import fmt_params
 
     assert fmt_params(9_966_691) == "9.967 M"
     assert fmt_params(68_851_023, 68_851_023) == "68.85 M"
@@ -251,7 +251,7 @@ def test_loss_metric_must_be_an_accuracy_the_runs_record(write_study, capsys):
 
 def _backbones(spec) -> set[str]:
     """What search run preflights (every backbone a trial can get), and the ablation's."""
-    from search.run import study_backbones
+    from search.experiments.run import study_backbones
 
     space = spaces.resolve_space(spec.search_space)
     base = spec.base_config()

@@ -1,4 +1,4 @@
-"""search.stats against values computed without scipy: closed forms, R's outputs for Student's
+"""search.report.stats against values computed without scipy: closed forms, R's outputs for Student's
 sleep data, brute-force enumeration and Monte Carlo."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from search.stats import (
+from search.report.stats import (
     Estimate,
     ExpectedMax,
     PairedTest,
@@ -223,6 +223,6 @@ def test_expected_max_needs_values():
 
 
 def test_stats_does_not_import_optuna():
-    code = "import sys, search.stats; print('optuna' in sys.modules)"
+    code = "import sys, search.report.stats; print('optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

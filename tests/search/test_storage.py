@@ -18,15 +18,15 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from pgserver import pg_fixture, pg_url_fixture  # noqa: F401  (fixtures pg, pg_url)
 
-from search import _optuna_internals
-from search import storage as storage_mod
+from search.store import _optuna_internals
+from search.store import storage as storage_mod
 
 CHILD = textwrap.dedent(
     """
     import pickle, sys
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
-    from search.storage import ResilientRDBStorage
+    from search.store.storage import ResilientRDBStorage
 
     with open(sys.argv[1], "rb") as f:
         storage = pickle.load(f)

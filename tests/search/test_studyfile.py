@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_DIGITS
 
-from search.studyfile import PACKAGE_STUDIES, find_study_file, list_study_files, load_study
+from search.study.studyfile import PACKAGE_STUDIES, find_study_file, list_study_files, load_study
 
 SHIPPED = sorted(p.stem for p in PACKAGE_STUDIES.glob("*.toml"))
 

@@ -1,4 +1,4 @@
-"""search.tables: the seeds' layouts from run records, and every export format parses."""
+"""search.report.tables: the seeds' layouts from run records, and every export format parses."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from search.stats import mean_ci, paired_difference
-from search.tables import (
+from search.report.stats import mean_ci, paired_difference
+from search.report.tables import (
     DELTA_LABEL,
     FORMATS,
     Table,
@@ -393,7 +393,7 @@ def test_no_format_and_file_as_dir(tmp_path):
 
 
 def test_final_results_publishes_the_best_confirmed_validation_mean_not_the_best_test():
-    from search.tables import final_results_table
+    from search.report.tables import final_results_table
 
     def runs(vals, tests):
         return [

@@ -15,12 +15,12 @@ from PIL import Image
 
 import trainer.data
 from trainer import DataConfig, TrainConfig, load_data, read_checkpoint, train
-from trainer import decode as dec
-from trainer import folders as fo
+from trainer.data import decode as dec
 from trainer.data import load_test
+from trainer.data import loaders as fo
+from trainer.data.loaders import load_unlabeled
+from trainer.data.resize import resize_pil, resize_uint8
 from trainer.evaluate import accuracy
-from trainer.folders import load_unlabeled
-from trainer.resize import resize_pil, resize_uint8
 
 # (width, height, size): landscape, portrait, odd margins on both sides, a square
 SHAPES = [(40, 25, 16), (25, 41, 16), (30, 17, 12), (100, 37, 32), (13, 9, 8), (20, 20, 8)]
@@ -215,7 +215,7 @@ def test_a_center_crop_run_validates_on_the_crops_end_to_end(tmp_path):
 def test_center_crop_short_side_is_timms_evaluation_scale_size(size):
     from timm.data import create_transform
 
-    from trainer.resize import eval_short_side
+    from trainer.data.resize import eval_short_side
 
     tf = create_transform(size, is_training=False, crop_pct=0.875)
     resize = next(t for t in tf.transforms if type(t).__name__ == "Resize")

@@ -14,9 +14,9 @@ from PIL import Image
 
 import trainer.data
 from trainer import DataConfig, TrainConfig, load_data, train
-from trainer import decode as dec
-from trainer import folders as fo
-from trainer.folders import BadImageWarning, load_unlabeled
+from trainer.data import decode as dec
+from trainer.data import loaders as fo
+from trainer.data.loaders import BadImageWarning, load_unlabeled
 
 
 def _cfg(root: Path | str, name: str = "folder", **kw) -> DataConfig:

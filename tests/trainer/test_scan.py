@@ -7,8 +7,8 @@ import pytest
 
 import trainer.data
 from trainer import DataConfig, load_data
-from trainer import decode as dec
-from trainer import folders as fo
+from trainer.data import decode as dec
+from trainer.data import loaders as fo
 
 
 def test_layouts_are_detected_with_the_data_root_that_reads_them(tmp_path, make_classes, write_img):

@@ -1,0 +1,3 @@
+from search.cli.main import TTA_VIEWS_HELP, Terminated, main
+
+__all__ = ["TTA_VIEWS_HELP", "Terminated", "main"]

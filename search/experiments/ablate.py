@@ -1,0 +1,226 @@
+"""``search ablate``: one-factor-at-a-time ablations with repeats, stored as an Optuna study.
+
+Arms: a baseline configuration, and for each factor each value with everything else held at
+the baseline. Repeat r of every arm trains with seed r, so arms share initial weights and batch
+order per repeat (a paired design). Every run is a trial of the companion study
+``<study>.ablation`` in the same storage, tagged with factor, value and repeat: the dashboard
+shows them, an interrupted ablation resumes with only the missing runs, and tables are
+recomputed from storage alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import spaces
+import trainer
+from search.experiments import companion
+from search.experiments.transfer import resolve_pretrained
+from search.report.progress import Progress
+from search.report.runs import companion_name
+from search.store import FINISHED
+from search.store import storage as storage_mod
+from search.study.metrics import DEFAULT_LOSS_METRIC
+from search.study.splits import check_splits
+from search.study.studyfile import StudySpec
+from search.study.values import parse_value
+
+
+@dataclass(frozen=True)
+class Arm:
+    factor: str  # dotted key, or "baseline"
+    value: Any
+    config: dict[str, Any]  # the full flat TrainConfig
+
+    @property
+    def key(self) -> str:
+        """Identical configurations share runs (a factor value equal to the baseline's)."""
+        blob = json.dumps(
+            {k: v for k, v in self.config.items() if k != "train.seed"}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class AblationPlan:
+    spec: StudySpec
+    url: str
+    baseline: dict[str, Any]
+    arms: list[Arm]
+    repeats: int
+    baseline_source: str
+    test: bool = False  # also evaluate every run once on the test split (--test)
+
+
+def parse_factor(text: str) -> tuple[str, list[Any]]:
+    """``optim.lr=1e-5,1e-4`` -> ("optim.lr", [1e-05, 0.0001])."""
+    if "=" not in text:
+        raise ValueError(f"--factor expects KEY=V1,V2,..., e.g. optim.lr=1e-4,1e-3, got {text!r}")
+    key, raw = (p.strip() for p in text.split("=", 1))
+    trainer.check_key(key)
+    values = [parse_value(v.strip()) for v in raw.split(",") if v.strip()]
+    if len(values) < 2:
+        raise ValueError(f"--factor {key} needs at least two values, but got {raw!r}")
+    return key, values
+
+
+def plan_ablation(
+    spec: StudySpec,
+    *,
+    factors: dict[str, list[Any]] | None = None,
+    repeats: int | None = None,
+    baseline: str | dict[str, Any] | None = None,
+    storage: str | None = None,
+    data_root: str | None = None,
+    fixed: dict[str, Any] | None = None,
+    test: bool = False,
+) -> AblationPlan:
+    """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation])."""
+    section = spec.ablation
+    factors = factors or {k: list(v) for k, v in section.get("factors", {}).items()}
+    if not factors:
+        raise ValueError(
+            f"no ablation factors: pass --factor KEY=V1,V2 or add [ablation.factors] to {spec.path}"
+        )
+    repeats = repeats if repeats is not None else int(section.get("repeats", 3))
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, but got {repeats}")
+    url = storage_mod.resolve_url(storage, spec.storage)
+    storage_mod.check_url(url)
+    base = spec.base_config(data_root=data_root)
+    spec.check_data_root(base)
+    pinned = {**spec.fixed, **section.get("fixed", {}), **(fixed or {})}
+    pinned = resolve_pretrained(pinned, url)
+    baseline = baseline if baseline is not None else section.get("baseline", "defaults")
+    source = baseline if isinstance(baseline, str) else "given values"
+    if baseline == "best":
+        cfg = _best_config(spec.name, url)
+        cfg = cfg.replace({k: v for k, v in {**base, **pinned}.items() if k.startswith("train.")})
+    else:
+        given = baseline if isinstance(baseline, dict) else {}
+        if isinstance(baseline, str) and baseline != "defaults":
+            raise ValueError(
+                f"--baseline must be best, defaults or KEY=VALUE pairs, but got {baseline!r}"
+            )
+        cfg, _ = spaces.build_config(spec.search_space, None, base=base, fixed={**pinned, **given})
+    trainer.check_backbone(cfg.model.backbone)
+    flat = cfg.to_flat()
+    arms = [Arm("baseline", "baseline", flat)]
+    for key, values in factors.items():
+        trainer.check_key(key)
+        for value in values:
+            arm_cfg = cfg.replace({key: value})  # validates the value
+            if key == "model.backbone":
+                trainer.check_backbone(value)
+            arms.append(Arm(key, value, arm_cfg.to_flat()))
+    trainer.load_data(cfg.data)
+    if test:  # no test split, or one that changed since an earlier --test: refuse now
+        earlier = _earlier_splits(spec.name, url)
+        check_splits(earlier, cfg.data, study=companion_name(spec.name), need_test=True)
+    return AblationPlan(spec, url, flat, arms, repeats, source, test)
+
+
+def _earlier_splits(name: str, url: str) -> dict[str, Any] | None:
+    """The split recorded by the search study, else by an earlier ``--test`` ablation."""
+    store = storage_mod.open_storage(url)
+    attrs = {
+        s.study_name: s.user_attrs
+        for s in optuna.get_all_study_summaries(store, include_best_trial=False)
+    }
+    for study in (name, companion_name(name)):
+        if attrs.get(study, {}).get("data_splits"):
+            return attrs[study]["data_splits"]
+    return None
+
+
+def _best_config(study_name: str, url: str) -> trainer.TrainConfig:
+    from search.study.lookup import load_stored
+
+    study, _ = load_stored(study_name, url)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(
+            f"study {study_name!r} has no complete trial to use as the baseline; "
+            "run it first or pass --baseline defaults"
+        ) from None
+    return trainer.TrainConfig.from_flat(best.user_attrs["config"])
+
+
+def open_companion(plan: AblationPlan) -> optuna.Study:
+    attrs = {
+        "ablation_of": plan.spec.name,
+        "baseline": plan.baseline,
+        "baseline_source": plan.baseline_source,
+        "repeats": plan.repeats,
+        "arms": [{"factor": a.factor, "value": a.value, "arm": a.key} for a in plan.arms],
+        # which accuracy the loss table reports (seed 003 reported the best epoch's)
+        "loss_metric": plan.spec.ablation.get("loss_metric", DEFAULT_LOSS_METRIC),
+    }
+    if plan.test:
+        attrs["data_splits"] = trainer.data.split_record(
+            trainer.TrainConfig.from_flat(plan.baseline).data
+        )
+    return companion.open_companion(companion_name(plan.spec.name), plan.url, attrs)
+
+
+def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> optuna.Study:
+    """Train every missing (arm, repeat); finished runs are never redone."""
+    optuna.logging.set_verbosity(logging.ERROR)
+    progress = progress or Progress()
+    study = open_companion(plan)
+    done = {
+        (t.user_attrs.get("arm"), t.user_attrs.get("repeat"))
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if not plan.test or "test_acc" in t.user_attrs or t.value is None
+    }  # --test: a run from before --test is run again, this time evaluated on the test split
+    unique: dict[str, Arm] = {}
+    for arm in plan.arms:
+        unique.setdefault(arm.key, arm)
+    todo = [
+        (arm, r) for arm in unique.values() for r in range(plan.repeats) if (arm.key, r) not in done
+    ]
+    total = len(unique) * plan.repeats
+    progress.wanted = total
+    progress.message(
+        f"ablation {companion_name(plan.spec.name)!r}: {len(unique)} configurations x "
+        f"{plan.repeats} repeats, {total - len(todo)} already done; "
+        f"storage {storage_mod.mask_url(plan.url)}"
+    )
+    finished = total - len(todo)
+    for arm, repeat in todo:
+        last = _run_one(
+            study, arm, repeat, progress, storage_mod.artifact_store_dir(plan.url), test=plan.test
+        )
+        finished += 1
+        value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
+        progress.trial_end(finished, f"{_label(arm)} repeat {repeat}: {value}", "")
+    return study
+
+
+def _label(arm: Arm) -> str:
+    return "baseline" if arm.factor == "baseline" else f"{arm.factor}={arm.value}"
+
+
+def _run_one(
+    study: optuna.Study,
+    arm: Arm,
+    repeat: int,
+    progress: Progress,
+    store_root: Path,
+    *,
+    test: bool = False,
+) -> optuna.trial.FrozenTrial:
+    cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
+    tags = {"arm": arm.key, "factor": arm.factor, "value": arm.value, "repeat": repeat}
+    return companion.run_fixed(
+        study, cfg, tags=tags, label=_label(arm), progress=progress, store_root=store_root,
+        after=companion.split_evaluator(cfg.data) if test else None,
+    )  # fmt: skip

@@ -1,0 +1,162 @@
+"""What a trial will cost here: ``CostModel`` estimates a trial's seconds = epochs x training
+images / measured images/s, plus evaluation. Throughput is measured on first use of a (backbone,
+image size, batch size, SAM or not, device) key by ``trainer.measure_throughput`` and stored in
+the study, so every worker on the storage reuses it.
+
+Measuring is plain PyTorch (``trainer``); deciding with the figure is search policy (here and
+``search.study.budget``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import optuna
+
+import trainer
+from search.store import storage as storage_mod
+from trainer.throughput import device_label
+
+THROUGHPUT_PREFIX = "throughput:"  # study user attribute keys of the throughput cache
+# A forward pass costs about a third of a training step (forward + backward + update); SAM's
+# step has two forward-backward passes, so its evaluation is about a sixth of a step.
+_EVAL_SHARE = {False: 3.0, True: 6.0}
+# Calibration: measured / estimated seconds per epoch of the study's trained trials. The probe
+# times bare steps on synthetic pixels; a real epoch adds augmentation, evaluation set-up,
+# storage writes and the per-epoch state file, which dominate for small models and data.
+CALIBRATION_TRIALS = 20  # the latest trained trials that set the factor
+CALIBRATION_RANGE = (0.25, 20.0)
+
+
+def cache_key(cfg: trainer.TrainConfig, device: str) -> str:
+    """``throughput:resnet18|64px|batch32|plain|cpu:2t``: what decides a step's cost."""
+    sam = cfg.optim.name.startswith("sam")  # sam_sgd, sam_adam: two passes per step
+    # the built-in small CNN's cost grows with its drawn width (8..32 channels), so it is
+    # part of the backbone's name here; timm backbones ignore model.width
+    backbone = cfg.model.backbone
+    if backbone == "small_cnn":
+        backbone += f"-w{cfg.model.width}"
+    return (
+        f"{THROUGHPUT_PREFIX}{backbone}|{cfg.data.image_size}px|"
+        f"batch{cfg.data.batch_size}|{'sam' if sam else 'plain'}|{device}"
+    )
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float  # all epochs, training and evaluation, calibrated
+    images_per_second: float
+    key: str  # the throughput cache entry it used
+    measured: bool  # this call measured it (else it came from the study)
+    raw_seconds: float = 0.0  # before calibration: what the probe alone predicts
+    calibration: float = 1.0  # measured / predicted per-epoch seconds of earlier trials
+    epoch_share: float = 1.0  # epochs earlier trials ran / their budget (pruning, stopping)
+
+
+class CostModel:
+    """Estimates a trial's seconds from a per-study throughput cache.
+
+    The cache lives in the study's user attributes, one key per (backbone, image size, batch,
+    SAM, device). Optuna 5 removed ``Study.set_system_attr``/``Study.system_attrs`` (they were
+    deprecated since 3.1), so user attributes are the public, storage-wide place; the keys
+    start with ``throughput:`` and nothing else in hpsearch uses that prefix.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        *,
+        url: str | None = None,
+        measure: Callable[..., trainer.Throughput] | None = None,
+    ) -> None:
+        self.study, self.url = study, url
+        self.measure = measure or (lambda *a, **k: trainer.measure_throughput(*a, **k))
+
+    def images_per_second(
+        self, cfg: trainer.TrainConfig, data: trainer.ImageData
+    ) -> tuple[float, str, bool]:
+        """(images/s, cache key, measured now?). Measured once per key for all workers: the
+        first one measures under a storage-wide lock while the others wait and then read."""
+        key = cache_key(cfg, device_label(trainer.select_device(cfg.train.device)))
+        cached = self.study.user_attrs.get(key)
+        if cached:
+            return float(cached["images_per_second"]), key, False
+        # hold_limit: the measurement runs while the lock's transaction sits idle
+        lock = storage_mod.exclusive(self.url, key, hold_limit=600.0) if self.url else nullcontext()
+        with lock:
+            cached = self.study.user_attrs.get(key)  # another worker was first
+            if cached:
+                return float(cached["images_per_second"]), key, False
+            t0 = time.perf_counter()
+            got = self.measure(cfg, num_classes=data.num_classes, in_chans=data.in_chans)
+            self.study.set_user_attr(
+                key,
+                {
+                    "images_per_second": got.images_per_second,
+                    "steps": got.steps,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                },
+            )
+        return got.images_per_second, key, True
+
+    def estimate(self, cfg: trainer.TrainConfig, data: trainer.ImageData) -> Estimate:
+        ips, key, measured = self.images_per_second(cfg, data)
+        raw = estimate_seconds(cfg, data, ips)
+        factor, share = self.calibration()
+        return Estimate(raw * factor, ips, key, measured, raw, factor, share)
+
+    def calibration(self) -> tuple[float, float]:
+        """(measured / estimated seconds per epoch, epochs run / epoch budget): medians over
+        the study's latest trained trials; (1, 1) before any."""
+        ratios, shares = [], []
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in self.study.get_trials(deepcopy=False, states=finished)[-CALIBRATION_TRIALS:]:
+            a = t.user_attrs
+            raw, run, secs = (
+                a.get("raw_estimated_seconds"),
+                a.get("epochs_run"),
+                a.get("train_seconds"),
+            )
+            epochs = (a.get("config") or {}).get("train.epochs")
+            if not (raw and run and secs and epochs) or a.get("resumed_from_epoch"):
+                continue
+            ratios.append((secs / run) / (raw / epochs))
+            shares.append(min(1.0, run / epochs))
+        if not ratios:
+            return 1.0, 1.0
+        low, high = CALIBRATION_RANGE
+        return min(high, max(low, statistics.median(ratios))), statistics.median(shares)
+
+
+def estimate_seconds(cfg: trainer.TrainConfig, data: trainer.ImageData, ips: float) -> float:
+    """All epochs of ``cfg`` at ``ips`` training images/s: training plus evaluation."""
+    return trial_seconds(
+        ips,
+        epochs=cfg.train.epochs,
+        n_train=len(data.x_train),
+        n_val=len(data.x_val),
+        step_images=cfg.data.batch_size * cfg.train.accum_steps,
+        sam=cfg.optim.name.startswith("sam"),
+    )
+
+
+def trial_seconds(
+    ips: float, *, epochs: int, n_train: int, n_val: int, step_images: int = 1, sam: bool = False
+) -> float:
+    """Seconds of ``epochs`` epochs at ``ips`` training images/s: the trained images (the loop
+    drops the ragged last step) plus the validation pass."""
+    trained = max(1, n_train // step_images) * step_images if n_train >= step_images else n_train
+    return epochs * (trained / ips + n_val / (ips * _EVAL_SHARE[sam]))
+
+
+__all__ = [
+    "CostModel",
+    "Estimate",
+    "cache_key",
+    "estimate_seconds",
+    "trial_seconds",
+]

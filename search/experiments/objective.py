@@ -1,0 +1,208 @@
+"""The Optuna objective: draw a config, train it, store everything the tables need."""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+import spaces
+import trainer
+from search.experiments.cost import CostModel
+from search.report.notes import annotate_trial, note_failure
+from search.report.progress import Progress
+from search.study.budget import Budget, fmt_duration
+
+
+class NoTimeLeft(Exception):
+    """The drawn configuration cannot finish in what is left of the wall-clock budget."""
+
+
+class OptunaReporter:
+    """trainer.Reporter that reports val_acc per epoch to the trial and asks about pruning;
+    after every step it moves the progress bar and stops the run once ``deadline``
+    (``time.monotonic()``) has passed."""
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        progress: Progress | None,
+        epochs: int,
+        *,
+        deadline: float | None = None,
+    ) -> None:
+        self.trial, self.progress, self.epochs = trial, progress, epochs
+        self.deadline = deadline
+
+    def step(self, epoch: int, step: int, steps_per_epoch: int, images: int) -> bool:
+        if self.progress:
+            self.progress.step(self.trial.number, epoch, self.epochs, step, steps_per_epoch, images)
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.trial.report(metrics["val_acc"], epoch)
+        if self.progress:
+            self.progress.epoch(self.trial.number, epoch, self.epochs, metrics)
+
+    def should_stop(self) -> bool:
+        return self.trial.should_prune()
+
+
+class Objective:
+    def __init__(
+        self,
+        *,
+        space: str,
+        base: dict[str, Any],
+        fixed: dict[str, Any],
+        checkpoint_dir: Path | None,
+        progress: Progress | None = None,
+        artifact_root: Path | None = None,
+        budget: Budget | None = None,
+        cost: CostModel | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.space, self.base, self.fixed = space, base, fixed
+        self.checkpoint_dir = checkpoint_dir
+        self.artifact_root = artifact_root
+        self.progress = progress
+        self.budget = budget or Budget()
+        self.cost = cost  # needed when the budget is costed
+        self.deadline = deadline  # time.monotonic() at which the wall-clock budget runs out
+        # the least expected seconds of any configuration estimated so far: while it fits in
+        # the time left, a drawn configuration that does not is no reason to end the run
+        self.cheapest_expected: float | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg, params = spaces.build_config(self.space, trial, base=self.base, fixed=self.fixed)
+        # An enqueued baseline may pin keys the space does not draw (e.g. train.seed).
+        enqueued = trial.user_attrs.get("enqueued", {})
+        extra = {k: v for k, v in enqueued.items() if k not in params and k not in self.fixed}
+        if extra:
+            cfg = cfg.replace(extra)
+        trial.set_user_attr("config", cfg.to_flat())
+        estimate = None
+        if self.cost is not None:
+            try:
+                estimate = self._check_cost(trial, cfg, params, self.cost)
+            except (optuna.TrialPruned, NoTimeLeft, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the throughput measurement failed
+                _store_error(trial, cfg, exc)
+                raise
+        if self.progress:
+            self.progress.trial_start(trial.number, params, pinned=self.fixed, estimate=estimate)
+        ckpt = last = None
+        if self.checkpoint_dir is not None:
+            ckpt = self.checkpoint_dir / f"trial-{trial.number}.safetensors"
+            # state after each epoch: a retry of this trial (its worker died) resumes there
+            last = self.checkpoint_dir / f"trial-{trial.number}.last.safetensors"
+        try:
+            result = trainer.train(
+                cfg,
+                reporter=OptunaReporter(
+                    trial, self.progress, cfg.train.epochs, deadline=self.deadline
+                ),
+                checkpoint_path=ckpt,
+                resume_from=trial.user_attrs.get("resume_from"),
+                last_checkpoint_path=last,
+            )
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
+            set_status(
+                trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)")
+            )
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # another worker failed this trial meanwhile: nothing of ours to store
+        except Exception as exc:
+            _store_error(trial, cfg, exc)
+            raise
+        record_result(trial, result)
+        annotate_trial(trial, cfg, result, store_root=self.artifact_root)
+        if result.status in ("pruned", "nonfinite_loss", "oom", "budget"):
+            # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN;
+            # so is one that does not fit in memory even at the smallest micro-batch. One
+            # stopped by the wall-clock budget keeps its finished epochs as intermediate values.
+            raise optuna.TrialPruned(result.reason)
+        value = result.best_val_acc
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"non-finite objective value {value}")
+        return value
+
+    def _check_cost(
+        self, trial: optuna.Trial, cfg: trainer.TrainConfig, params: dict[str, Any], cost: CostModel
+    ) -> float:
+        """Estimate the trial's seconds; prune it (over_budget) or refuse it (NoTimeLeft)."""
+        est = cost.estimate(cfg, trainer.load_data(cfg.data))
+        if est.measured and self.progress and not self.progress.quiet:
+            self.progress.message(
+                f"measured {est.key.removeprefix('throughput:')}: "
+                f"{est.images_per_second:.0f} training images/s"
+            )
+        trial.set_user_attr("estimated_seconds", round(est.seconds, 2))
+        trial.set_user_attr("raw_estimated_seconds", round(est.raw_seconds, 2))
+        trial.set_user_attr("images_per_second", round(est.images_per_second, 2))
+        limit = self.budget.max_trial_seconds
+        if limit is not None and est.seconds > limit:
+            reason = (
+                f"over_budget: estimated {fmt_duration(est.seconds)} per trial here "
+                f"({est.images_per_second:.0f} images/s), over the {limit / 60:g} min limit"
+            )
+            set_status(trial, "over_budget", reason)
+            if self.progress:
+                self.progress.trial_start(
+                    trial.number, params, pinned=self.fixed, estimate=est.seconds
+                )
+            note_failure(trial, cfg, status="over_budget", reason=reason)
+            # PRUNED without intermediate values: samplers rank it below every trained trial.
+            raise optuna.TrialPruned(reason)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            # pruning and early stopping end most trials early: what earlier trials ran
+            expected = est.seconds * est.epoch_share
+            if self.cheapest_expected is None or expected < self.cheapest_expected:
+                self.cheapest_expected = expected
+            if expected > left:
+                reason = (
+                    f"no_time: not run, estimated {fmt_duration(expected)} with "
+                    f"{fmt_duration(left)} of the wall-clock budget left"
+                )
+                set_status(trial, "no_time", reason)
+                raise NoTimeLeft(reason)
+        return est.seconds
+
+
+def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:
+    """Everything later tables need, as JSON user attributes (tables never re-train)."""
+    for key, value in result.summary().items():
+        trial.set_user_attr(key, _finite_or_none(value))
+    trial.set_user_attr(
+        "curves", {k: [_finite_or_none(x) for x in v] for k, v in result.curves().items()}
+    )
+    trial.set_user_attr("setup_seconds", result.setup_seconds)
+    for key, value in result.adjustments.items():
+        trial.set_user_attr(key, value)  # oom_retries, micro_batch, resumed_from_epoch, ...
+    if result.checkpoint:
+        trial.set_user_attr("checkpoint", result.checkpoint)
+
+
+def _store_error(trial: optuna.Trial, cfg: trainer.TrainConfig, exc: Exception) -> None:
+    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    set_status(trial, "error", reason)
+    trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+    note_failure(trial, cfg, status="error", reason=reason)
+
+
+def set_status(trial: optuna.Trial, status: str, reason: str) -> None:
+    trial.set_user_attr("status", status)
+    trial.set_user_attr("reason", reason)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,424 @@
+"""``search run``: check everything, then create or resume the study and fill it to N trials.
+
+A run is one worker (``search/workers.py``): it claims trial slots in the storage, so any
+number of workers on any number of machines fill the same study to exactly N finished
+trials, and trials of workers that die or freeze are failed and retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+import spaces
+import trainer
+from search.experiments.cost import CostModel
+from search.experiments.objective import NoTimeLeft, Objective
+from search.experiments.transfer import resolve_pretrained
+from search.report.notes import study_changes_note
+from search.report.progress import Progress
+from search.store import FINISHED
+from search.store import storage as storage_mod
+from search.store.workers import (
+    CHILD_ENV,
+    Heartbeat,
+    SlotClaimer,
+    WorkerOptions,
+    mark_interrupted,
+    signals_ignored,
+    worker_name,
+)
+from search.study.budget import Budget, fmt_duration
+from search.study.problem import check_problem, describe_problem, record_problem, stored_problem
+from search.study.samplers import TrialSeededSampler, create_pruner, create_sampler
+from search.study.splits import record_splits
+from search.study.studyfile import StudySpec
+
+KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
+MAX_CONSECUTIVE_FAILURES = 3
+# Drawn configurations in a row too long for the budget left after which the run ends, unless
+# a cheaper configuration seen earlier would still fit (then it draws on, up to the second).
+MAX_MISFITS, MAX_MISFITS_WITH_ROOM = 3, 25
+UNLIMITED = 2**62  # trial slots when only the wall-clock budget ends the run
+
+
+@dataclass
+class Plan:
+    """A checked run: nothing about it can fail for bad input once built."""
+
+    spec: StudySpec
+    url: str
+    base: dict[str, Any]
+    fixed: dict[str, Any]
+    enqueue: list[dict[str, Any]]
+    preview: trainer.TrainConfig
+    space: spaces.SearchSpace
+    problem: dict[str, Any]  # what the study measures (search.study.problem)
+    force: bool = False  # go on although the problem changed, recording the change
+
+
+def plan_run(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    fixed: dict[str, Any] | None = None,
+    enqueue: list[dict[str, Any]] | None = None,
+    data_root: str | None = None,
+    force: bool = False,
+) -> Plan:
+    """Validate the study, overrides, storage and data before any trial or table is written:
+    also that every backbone the space can draw builds and runs at the image size, and that an
+    existing study of this name measures the same problem."""
+    url = storage_mod.resolve_url(storage, spec.storage)
+    storage_mod.check_url(url)
+    storage_mod.check_study_name(spec.name)
+    space = spaces.resolve_space(spec.search_space)
+    base = spec.base_config(data_root=data_root)
+    spec.check_data_root(base)
+    pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
+    source = pinned.get("model.pretrained")
+    if isinstance(source, str) and source != "imagenet":
+        trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
+    queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
+    cfg = spaces.check_names(space, base=base, fixed=pinned, queue=queue)
+    create_sampler(spec.sampler)
+    create_pruner(spec.pruner, max_epochs=cfg.train.epochs)
+    data = trainer.load_data(cfg.data)  # missing or broken data fails here, not in trial 0
+    for backbone in study_backbones(space, cfg, pinned=pinned, base=base, queue=queue):
+        trainer.check_model(cfg.replace({"model.backbone": backbone}), data)
+    problem = describe_problem(
+        cfg, data, metric=spec.metric, direction=spec.direction, space=spec.space,
+        params=spec.raw_params,
+    )  # fmt: skip
+    if not force:
+        check_problem(stored_problem(url, spec.name), problem, study=spec.name)
+    return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
+
+
+def study_backbones(
+    space: spaces.SearchSpace,
+    cfg: trainer.TrainConfig,
+    *,
+    pinned: dict[str, Any],
+    base: dict[str, Any],
+    queue: list[dict[str, Any]],
+) -> list[str]:
+    """Every backbone a trial of this study can get: drawn by the space, pinned, enqueued."""
+    if "model.backbone" in pinned:
+        return [pinned["model.backbone"]]
+    seen: dict[str, spaces.Traced] = {}
+    spaces.trace(space, fixed=pinned, base=base, seen=seen)
+    drawn = seen.get("model.backbone")
+    names = list(drawn.choices) if drawn is not None and drawn.kind == "choice" else []
+    names += [item["model.backbone"] for item in queue if "model.backbone" in item]
+    return list(dict.fromkeys(names or [cfg.model.backbone]))
+
+
+def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    spec = plan.spec
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage or storage_mod.open_storage(plan.url),
+        sampler=create_sampler(spec.sampler),
+        pruner=create_pruner(spec.pruner, max_epochs=plan.preview.train.epochs),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])
+    study.set_user_attr("space", plan.space.name)
+    study.set_user_attr("study_file", str(spec.path))
+    changes = record_problem(study, plan.problem, forced=plan.force)
+    if changes:
+        study_changes_note(study, changes)
+    record_splits(study, plan.preview.data)  # search confirm refuses data changed since
+    return study
+
+
+def prepare_study(plan: Plan) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+    """Open the storage and create or load the study and its queue, all under one lock:
+    workers starting together on a fresh database make one schema and one study."""
+    optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
+    with storage_mod.exclusive(plan.url, "setup"):
+        storage = storage_mod.open_storage(plan.url)
+        study = open_study(plan, storage=storage)
+        for params in plan.enqueue:
+            study.enqueue_trial(params, user_attrs={"enqueued": params}, skip_if_exists=True)
+    return storage, study
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_study(
+    plan: Plan,
+    *,
+    n_trials: int | None,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+    options: WorkerOptions | None = None,
+    announce: bool = True,
+    budget: Budget | None = None,
+    started: float | None = None,
+) -> optuna.Study:
+    """Run until the study holds ``n_trials`` finished (complete + pruned) trials, counting
+    those of every other worker on the same storage; never more. With a wall-clock budget
+    (``budget.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
+    also ends when it is spent: no trial starts that its estimate says cannot finish in the
+    time left, and the running one stops at its next step. Without ``n_trials`` the budget
+    alone ends the run."""
+    budget = budget or Budget()
+    if n_trials is None and budget.wall_seconds is None:
+        raise ValueError("--trials N is needed unless a wall-clock budget is given (--budget 30m)")
+    if n_trials is not None and n_trials < 1:
+        raise ValueError(f"--trials must be >= 1, but got {n_trials}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
+    started = time.monotonic() if started is None else started
+    wall_end = started + budget.wall_seconds if budget.wall_seconds is not None else None
+    options = options or WorkerOptions()
+    optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
+    progress = progress or Progress()
+    storage, study = prepare_study(plan)
+    ckpt_dir = storage_mod.artifact_dir(plan.url, plan.spec.name) / "checkpoints"
+    objective = Objective(
+        space=plan.space,
+        base=plan.base,
+        fixed=plan.fixed,
+        checkpoint_dir=ckpt_dir,
+        progress=progress,
+        artifact_root=storage_mod.artifact_store_dir(plan.url),
+        budget=budget,
+        cost=CostModel(study, url=plan.url) if budget.costed else None,
+        deadline=wall_end,
+    )
+    progress.wanted = n_trials
+    progress.start(started=started, wall_seconds=budget.wall_seconds)
+    if not isinstance(study.sampler, TrialSeededSampler) and (
+        os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
+    ):
+        # An unseeded sampler: make sure workers started together do not share a stream.
+        study.sampler.reseed_rng()
+    claimer = SlotClaimer(
+        study,
+        storage=storage,
+        url=plan.url,
+        n_trials=n_trials if n_trials is not None else UNLIMITED,
+        options=options,
+        checkpoint_dir=ckpt_dir,
+        say=progress.message,
+    )
+    if announce:
+        done = claimer.finished(claimer.counts())
+        wanted = f"{done} of {n_trials}" if n_trials is not None else f"{done}"
+        wall = budget.wall_seconds
+        progress.message(
+            f"study {plan.spec.name!r}: {wanted} trials finished"
+            + (f"; wall-clock budget {fmt_duration(wall)}" if wall is not None else "")
+            + f"; storage {storage_mod.mask_url(plan.url)}"
+        )
+    deadline = time.monotonic() + timeout if timeout else None
+    failures, misfits, waiting = 0, 0, False
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            done = claimer.finished(claimer.counts())
+            if n_trials is None or done < n_trials:  # a full study is simply done
+                progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
+            break
+        if wall_end is not None and time.monotonic() >= wall_end:
+            done = claimer.finished(claimer.counts())
+            progress.message(
+                f"budget: {fmt_duration(budget.wall_seconds)} spent with {_of(done, n_trials)} "
+                "trials finished; rerun with a new --budget to go on"
+            )
+            break
+        claimed = claimer.claim()
+        if claimed == "done":
+            break
+        if claimed == "wait":
+            if not waiting:
+                progress.message(
+                    "waiting: the rest of the budget is running in other workers (a trial "
+                    f"without heartbeat for {options.grace_period:g} s is retried here)"
+                )
+            waiting = True
+            time.sleep(options.poll)
+            continue
+        waiting = False
+        try:
+            last = _run_claimed(study, claimed, objective, storage, claimer, options, progress)
+        finally:
+            claimer.release(claimer.trial_id(claimed))
+        if last is None:  # a late result, discarded
+            continue
+        if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
+            misfits += 1
+            progress.message(f"trial {last.number} {last.user_attrs['reason']}")
+            cheapest = objective.cheapest_expected
+            room = cheapest is not None and cheapest <= wall_end - time.monotonic()
+            if misfits >= (MAX_MISFITS_WITH_ROOM if room else MAX_MISFITS):
+                progress.message(
+                    f"budget: {misfits} configurations in a row cannot finish in the "
+                    f"{fmt_duration(wall_end - time.monotonic())} left; rerun with a new "
+                    "--budget to go on"
+                )
+                break
+            continue
+        misfits = 0
+        failures = failures + 1 if last.state == TrialState.FAIL else 0
+        done = claimer.finished(claimer.counts())
+        progress.trial_end(done, describe_trial(last), describe_best(study))
+        _prune_checkpoints(study)
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(
+                f"{failures} trials in a row failed; last: {last.user_attrs.get('reason', '?')}"
+            )
+    return study
+
+
+def _run_claimed(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    objective: Objective,
+    storage: optuna.storages.BaseStorage,
+    claimer: SlotClaimer,
+    options: WorkerOptions,
+    progress: Progress,
+) -> optuna.trial.FrozenTrial | None:
+    """Run one claimed trial with a heartbeat and tell its outcome. None: the trial had been
+    failed by another worker meanwhile (this one was paused), and its result is dropped."""
+    tid, number = claimer.trial_id(trial), trial.number
+    resume_from = trial.user_attrs.get("resume_from")
+    retry_of = trial.user_attrs.get("retry_of")
+    if retry_of is not None:
+        progress.message(
+            f"trial {number} retries trial {retry_of}"
+            + (" from its last finished epoch" if resume_from else "")
+        )
+    value: float | None = None
+    with Heartbeat(storage, tid, options.heartbeat):
+        try:
+            trial.set_user_attr("worker", worker_name())
+            value = objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return _discard(number, objective, options, progress)
+        except NoTimeLeft:
+            state = TrialState.FAIL  # not run; FAIL is what samplers ignore (neither good nor bad)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, wherever in the trial it landed
+            with signals_ignored():
+                mark_interrupted(trial, exc)  # also after training, over its status and reason
+                _tell(study, trial, TrialState.FAIL, None, storage, tid)
+                if objective.checkpoint_dir is not None:  # a rerun starts new trials
+                    (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(
+                        missing_ok=True
+                    )
+            raise
+        except Exception:
+            state = TrialState.FAIL  # the objective stored the reason and traceback
+    if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("reason", f"non-finite objective value {value}")
+        state, value = TrialState.PRUNED, None  # never a COMPLETE trial with a NaN value
+    if not _tell(study, trial, state, value, storage, tid):
+        return _discard(number, objective, options, progress)
+    if resume_from and objective.checkpoint_dir is not None:
+        path = Path(resume_from)
+        if path.parent == objective.checkpoint_dir:  # the retry is done with it
+            path.unlink(missing_ok=True)
+    return storage.get_trial(tid)
+
+
+def _tell(study, trial, state: TrialState, value: float | None, storage, tid: int) -> bool:
+    """Store the outcome; False when the trial was already failed by a sweep."""
+    try:
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+        return True
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        stored = storage.get_trial(tid)
+        if stored.state == state:  # our write had landed before a dropped connection
+            return True
+        if stored.state.is_finished():
+            return False
+        raise
+
+
+def _discard(number: int, objective: Objective, options: WorkerOptions, progress: Progress):
+    progress.message(
+        f"trial {number}: this worker sent no heartbeat for over {options.grace_period:g} s "
+        "(paused or cut off), so another worker marked the trial failed and retried it; "
+        "the late result is discarded"
+    )
+    if objective.checkpoint_dir is not None:  # not moved aside for a retry: nobody needs it
+        (objective.checkpoint_dir / f"trial-{number}.last.safetensors").unlink(missing_ok=True)
+    return None
+
+
+def _of(done: int, wanted: int | None) -> str:
+    return f"{done} of {wanted}" if wanted is not None else str(done)
+
+
+def describe_trial(t: optuna.trial.FrozenTrial) -> str:
+    attrs = t.user_attrs
+    epochs = attrs.get("epochs_run", len(t.intermediate_values))
+    secs = t.duration.total_seconds() if t.duration else 0.0
+    if t.state == TrialState.COMPLETE:
+        return f"trial {t.number} complete val_acc {t.value:.4f} ({epochs} epochs, {secs:.1f}s)"
+    if t.state == TrialState.PRUNED:
+        return f"trial {t.number} pruned: {attrs.get('reason', '')} ({secs:.1f}s)"
+    return f"trial {t.number} {t.state.name.lower()}: {attrs.get('reason', '')}"
+
+
+def describe_best(study: optuna.Study) -> str:
+    try:
+        best = study.best_trial
+    except ValueError:
+        return "none yet"
+    return f"{best.value:.4f} (trial {best.number})"
+
+
+def _prune_checkpoints(study: optuna.Study) -> None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
+    for t in ranked[KEEP_CHECKPOINTS:]:
+        path = t.user_attrs.get("checkpoint")
+        if path:
+            Path(path).unlink(missing_ok=True)  # another local worker may have been first
+
+
+def dry_run(plan: Plan, n: int = 3) -> list[dict[str, Any]]:
+    """The parameters of the first ``n`` trials of a fresh study (the queue first), drawn in
+    memory: nothing is trained and no storage is touched."""
+    optuna.logging.set_verbosity(logging.ERROR)
+    study = optuna.create_study(
+        sampler=create_sampler(plan.spec.sampler), direction=plan.spec.direction
+    )
+    for params in plan.enqueue:
+        study.enqueue_trial(params, user_attrs={"enqueued": params})
+    drawn = []
+    for _ in range(n):
+        trial = study.ask()
+        _, params = spaces.build_config(plan.space, trial, base=plan.base, fixed=plan.fixed)
+        enqueued = trial.user_attrs.get("enqueued", {})
+        drawn.append({**params, **{k: v for k, v in enqueued.items() if k not in params}})
+        study.tell(trial, state=TrialState.FAIL)
+    return drawn

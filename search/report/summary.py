@@ -1,0 +1,131 @@
+"""Read-only views of a study: the best trial, the study list, the end-of-run summary."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+
+from search.store import storage as storage_mod
+from search.study.studyfile import list_study_files
+
+
+def best_record(study: optuna.Study) -> dict[str, Any]:
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise ValueError(f"study {study.study_name!r} has no complete trial yet") from None
+    attrs = best.user_attrs
+    return {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": best.value,
+        "metric": (study.metric_names or ["value"])[0],
+        "params": best.params,
+        "config": attrs.get("config", {}),
+        "best_epoch": attrs.get("best_epoch"),
+        "epochs_run": attrs.get("epochs_run"),
+        "max_train_acc": attrs.get("max_train_acc"),
+        "train_seconds": attrs.get("train_seconds"),
+        "param_count": attrs.get("param_count"),
+        "trainable_param_count": attrs.get("trainable_param_count"),
+        "checkpoint": attrs.get("checkpoint"),
+        "trials": _state_counts(study),
+    }
+
+
+def _state_counts(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def print_best(study: optuna.Study, url: str) -> None:
+    rec = best_record(study)
+    print(f"study      {rec['study']}  ({_fmt_counts(rec['trials'])})")
+    print(f"best       trial {rec['trial']}: {rec['metric']} = {rec['value']:.4f}")
+    print(
+        f"epochs     best {rec['best_epoch']} of {rec['epochs_run']}, "
+        f"{(rec['train_seconds'] or 0):.1f}s training"
+    )
+    if rec["param_count"]:
+        from search.report.tables import fmt_params
+
+        print(f"model      {fmt_params(rec['param_count'], rec['trainable_param_count'])}")
+    width = max((len(k) for k in rec["params"]), default=0)
+    for key, value in rec["params"].items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    if rec["checkpoint"]:
+        print(f"checkpoint {rec['checkpoint']}")
+
+
+def print_summary(study: optuna.Study, url: str) -> None:
+    print()
+    try:
+        print_best(study, url)
+    except ValueError as exc:
+        print(str(exc))
+    print()
+    print("browse it:  " + storage_mod.dashboard_command(url))
+    print(f"      or:  search dashboard --study {study.study_name}")
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+def print_list(storage: str | None) -> None:
+    from search.study.studyfile import load_study
+
+    rows: list[tuple[str, str, str, tuple[str, ...]]] = []  # name, space, description, profiles
+    for name in list_study_files():
+        try:
+            spec = load_study(name)
+        except (ValueError, TypeError) as exc:
+            rows.append((name, "", f"(invalid: {exc})", ()))
+            continue
+        desc = spec.description.splitlines()[0] if spec.description else ""
+        rows.append((name, f"space={spec.search_space.name}", desc, spec.profiles))
+    w_name = max((len(r[0]) for r in rows), default=0)
+    w_space = max((len(r[1]) for r in rows), default=0)
+    print("study files:")
+    for name, space, desc, profiles in rows:
+        print(f"  {name:<{w_name}}  {space:<{w_space}}  {desc}".rstrip())
+        if profiles:
+            pad = " " * (w_name + w_space + 4)
+            print(f"  {pad}profiles: {', '.join(profiles)} (--profile NAME)")
+    url = storage_mod.resolve_url(storage)
+    path = storage_mod.sqlite_path(url)
+    print(f"studies in {storage_mod.mask_url(url)}:")
+    if path is not None and not path.exists():
+        print("  (none yet)")
+        return
+    optuna.logging.set_verbosity(logging.WARNING)
+    summaries = optuna.get_all_study_summaries(storage_mod.open_storage(url))
+    if not summaries:
+        print("  (none yet)")
+    for s in summaries:
+        best = f"best {s.best_trial.value:.4f}" if s.best_trial else "no complete trial"
+        print(f"  {s.study_name:<18} {s.n_trials:>4} trials  {best}")
+
+
+__all__ = ["best_record", "print_best", "print_list", "print_summary"]
+
+
+def print_dry_run(plan, drawn: list[dict[str, Any]]) -> None:
+    """What ``search run --dry-run`` shows: the first configurations, nothing trained."""
+    print(
+        f"dry run of study {plan.spec.name!r} (space {plan.space.name}): the first "
+        f"{len(drawn)} configurations a new study would train; nothing was trained or written"
+    )
+    for i, params in enumerate(drawn):
+        print(f"  trial {i}:")
+        for key, value in params.items():
+            print(
+                f"    {key:<22} {value:.4g}"
+                if isinstance(value, float)
+                else f"    {key:<22} {value}"
+            )

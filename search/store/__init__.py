@@ -1,0 +1,13 @@
+"""The study storage: one object per storage URL (``search.store.storage``), trial claims,
+heartbeat and liveness (``search.store.workers``), the lookup of an existing study
+(``search.store.lookup``), and the one module that touches Optuna's internals."""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+# Trials that count towards ``--trials N``: complete, or pruned (stopped early by the pruner,
+# a diverged loss, a budget). FAIL and RUNNING do not.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+__all__ = ["FINISHED"]
