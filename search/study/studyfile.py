@@ -16,6 +16,7 @@ top level's ``[params]`` and vice versa. A profile's trials live in the study
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import re
@@ -28,7 +29,9 @@ import spaces
 from trainer import DataConfig, TrainConfig, check_key
 from trainer._registry import unknown_name_error
 
-PACKAGE_STUDIES = Path(__file__).resolve().parents[2] / "studies"
+# The shipped studies, as package data: found the same way from a source checkout, an
+# editable install and a wheel.
+PACKAGE_STUDIES = Path(str(importlib.resources.files("studies")))
 
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,

@@ -1,0 +1,1 @@
+"""The shipped study files (TOML), read as package data (``search.study.studyfile``)."""
