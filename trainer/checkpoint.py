@@ -8,14 +8,14 @@ model, replacing the head when the class count differs (seed 001's transfer).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from trainer._files import atomic_write
 
 META_KEY = "hpsearch"
 
@@ -39,14 +39,8 @@ def save_checkpoint(
             in_chans=data.in_chans,
         )
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:  # never a half-written checkpoint under the real name
         save_file(state, tmp, metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

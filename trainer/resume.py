@@ -10,13 +10,13 @@ from epoch 1".
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer._files import atomic_write
 
 STATE_KEY = "hpsearch_state"
 VERSION = 1
@@ -94,14 +94,8 @@ def save_state(
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={STATE_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 import trainer
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits, require_test
+from trainer._files import atomic_write
 from trainer.data import load_test
 from trainer.evaluate import TTA, confusion_matrix, per_class_accuracy, predict_logits, tta_views
 
@@ -183,11 +184,9 @@ def predict_folder(
         x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
     logits = predict_logits(model, x, mean=meta["mean"], std=meta["std"], tta=views)
     names = meta["class_names"]
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(out_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "label"])
         for name, k in zip(files, logits.argmax(1).tolist(), strict=True):
             writer.writerow([name, names[k]])
-    tmp.replace(out_path)
     return len(files)

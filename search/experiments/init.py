@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -30,6 +29,7 @@ import torch
 from search.experiments.cost import trial_seconds
 from search.study.budget import parse_duration
 from trainer import DataConfig, TrainConfig, load_data, measure_throughput, select_device
+from trainer._files import atomic_write
 from trainer.data.loaders import FolderScan, cache_dir, detect_layout, scan_folder, unreadable_files
 from trainer.throughput import device_label
 
@@ -252,9 +252,8 @@ class Prober:
             return {}
 
     def _write(self) -> None:
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
-        os.replace(tmp, self._path)
+        with atomic_write(self._path) as tmp:
+            tmp.write_text(json.dumps(self._cache, indent=0, sort_keys=True))
 
 
 def _trial_minutes(ips: float, *, n_train: int, n_val: int, epochs: int) -> float:
@@ -674,9 +673,8 @@ def init_study(
         echo(line)
     text = render_study(plan)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     echo(f"wrote    {path}")
     echo(
         f"next     search space --study {plan.name}    then    "

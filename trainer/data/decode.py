@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from trainer._files import atomic_write
 from trainer.data.resize import draft_size, resize_pil
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Decoded:
             with _locked(out.with_suffix(".lock")):
                 if not out.exists():
                     src = np.load(self.path, mmap_mode="r")
-                    with _atomic(out) as tmp:
+                    with atomic_write(out) as tmp:
                         dst = np.lib.format.open_memmap(
                             tmp, mode="w+", dtype=np.uint8, shape=(len(order), *src.shape[1:])
                         )
@@ -150,7 +151,7 @@ def _build(
     )
     bad: dict[int, str] = {}
     digests: list[str | None] = []
-    with _atomic(npy) as tmp:
+    with atomic_write(npy) as tmp:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, size, size)
         )
@@ -173,7 +174,7 @@ def _build(
         "digests": digests,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    with _atomic(meta) as tmp:
+    with atomic_write(meta) as tmp:
         tmp.write_text(json.dumps(info))
     log.info("decoded %d images in %.1f s", len(files), info["seconds"])
 
@@ -260,18 +261,6 @@ def _prune(keep: Path, prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Write to a private temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock between processes, so concurrent workers decode a folder once."""
     try:
@@ -308,7 +297,7 @@ def write_stats(npy: Path, key: str, mean: Sequence[float], std: Sequence[float]
             except (OSError, ValueError):
                 table = {}
             table[key] = {"mean": list(mean), "std": list(std)}
-            with _atomic(path) as tmp:
+            with atomic_write(path) as tmp:
                 tmp.write_text(json.dumps(table))
     except OSError as exc:  # only a cache: training goes on without it
         log.warning("could not store the image statistics beside %s: %s", npy, exc)
