@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import optuna
 
 import trainer
+from search.store import FINISHED
 from search.store import storage as storage_mod
 from trainer.throughput import device_label
 
@@ -47,7 +48,9 @@ def cache_key(cfg: trainer.TrainConfig, device: str) -> str:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class TrialCost:
+    """What one trial of a configuration is expected to cost here."""
+
     seconds: float  # all epochs, training and evaluation, calibrated
     images_per_second: float
     key: str  # the throughput cache entry it used
@@ -103,18 +106,17 @@ class CostModel:
             )
         return got.images_per_second, key, True
 
-    def estimate(self, cfg: trainer.TrainConfig, data: trainer.ImageData) -> Estimate:
+    def estimate(self, cfg: trainer.TrainConfig, data: trainer.ImageData) -> TrialCost:
         ips, key, measured = self.images_per_second(cfg, data)
         raw = estimate_seconds(cfg, data, ips)
         factor, share = self.calibration()
-        return Estimate(raw * factor, ips, key, measured, raw, factor, share)
+        return TrialCost(raw * factor, ips, key, measured, raw, factor, share)
 
     def calibration(self) -> tuple[float, float]:
         """(measured / estimated seconds per epoch, epochs run / epoch budget): medians over
         the study's latest trained trials; (1, 1) before any."""
         ratios, shares = [], []
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        for t in self.study.get_trials(deepcopy=False, states=finished)[-CALIBRATION_TRIALS:]:
+        for t in self.study.get_trials(deepcopy=False, states=FINISHED)[-CALIBRATION_TRIALS:]:
             a = t.user_attrs
             raw, run, secs = (
                 a.get("raw_estimated_seconds"),
@@ -155,7 +157,7 @@ def trial_seconds(
 
 __all__ = [
     "CostModel",
-    "Estimate",
+    "TrialCost",
     "cache_key",
     "estimate_seconds",
     "trial_seconds",

@@ -58,7 +58,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
-class Estimate:
+class BackboneCost:
     """What one backbone costs per trial here, or why it cannot run."""
 
     backbone: str
@@ -66,7 +66,7 @@ class Estimate:
     images_per_second: float | None
     minutes: float | None  # per trial: epochs x (train + eval images) / images per second
     error: str | None = None
-    deeper_than: Estimate | None = None  # left out unprobed: a shallower sibling is too slow
+    deeper_than: BackboneCost | None = None  # left out unprobed: a shallower sibling is too slow
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class InitPlan:
     epochs: int
     patience: int
     batch_sizes: list[int]
-    estimates: list[Estimate]
+    estimates: list[BackboneCost]
     backbones: list[str]
     losses: list[str]
     notes: list[str]
@@ -265,13 +265,13 @@ def _trial_minutes(ips: float, *, n_train: int, n_val: int, epochs: int) -> floa
 
 def _estimate(
     prober: Prober, backbone: str, *, size: int, batch: int, n_train: int, n_val: int, epochs: int
-) -> Estimate:
+) -> BackboneCost:
     try:
         ips = prober.images_per_second(backbone, size, batch)
     except (ValueError, RuntimeError) as exc:  # cannot take this size, out of memory, ...
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        return Estimate(backbone, size, None, None, error=first)
-    return Estimate(
+        return BackboneCost(backbone, size, None, None, error=first)
+    return BackboneCost(
         backbone, size, ips, _trial_minutes(ips, n_train=n_train, n_val=n_val, epochs=epochs)
     )
 
@@ -333,13 +333,12 @@ def plan_study(
         if same_size == image_size:
             size_reason = reason
     size_reason += f"; the images' short side is ~{int(median(sides))} px"
-    estimates: list[Estimate] = []
+    estimates: list[BackboneCost] = []
     for b in CANDIDATES:
         shallower = next((e for e in estimates if e.backbone == SHALLOWER.get(b)), None)
         if shallower is not None and _over(shallower, limit):
-            estimates.append(
-                Estimate(b, image_size, None, None, deeper_than=shallower.deeper_than or shallower)
-            )
+            too_slow = shallower.deeper_than or shallower
+            estimates.append(BackboneCost(b, image_size, None, None, deeper_than=too_slow))
         else:
             estimates.append(
                 _estimate(prober, b, size=image_size, batch=batches[0], **counts, epochs=epochs)
@@ -394,7 +393,7 @@ def plan_study(
     )
 
 
-def _over(e: Estimate, limit: float) -> bool:
+def _over(e: BackboneCost, limit: float) -> bool:
     return e.deeper_than is not None or (e.minutes is not None and e.minutes > limit)
 
 
@@ -405,7 +404,7 @@ def _batch_sizes(*, gpu: bool, n_train: int) -> list[int]:
     return [b for b in options if 4 * b <= n_train] or [max(2, n_train // 4)]
 
 
-def _choose_size(ref: Estimate, *, cap: int, floor: int, limit: float) -> tuple[int, str]:
+def _choose_size(ref: BackboneCost, *, cap: int, floor: int, limit: float) -> tuple[int, str]:
     """The largest size (up to the images' own) at which the reference backbone finishes a
     trial within the limit; cost grows with the pixel count."""
     options = [s for s in SIZES if floor <= s <= cap]
@@ -627,7 +626,7 @@ def _kv(key: str, value: Any, comment: str = "") -> str:
     return f"{text:<30} # {comment}" if comment else text
 
 
-def _coarse(e: Estimate) -> str:
+def _coarse(e: BackboneCost) -> str:
     """Whole minutes in the file, so that probe noise rarely changes it."""
     if e.deeper_than is not None:
         return f"{e.backbone} (deeper than {e.deeper_than.backbone})"
