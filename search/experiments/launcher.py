@@ -1,8 +1,9 @@
 """``search run --workers K``: start K local worker processes and wait for them.
 
 Each worker runs the loop of ``search.store.workers`` against the same storage; this module
-only places them (a GPU each when there are GPUs, an equal share of the CPU threads) and passes
-Ctrl-C and SIGTERM on.
+creates the study first, places the workers (a GPU each when there are GPUs, an equal share of
+the CPU threads), passes Ctrl-C and SIGTERM on, and says whether the study got full. A worker's
+command line comes from the CLI (``search.cli.run.child_argv``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
+from search import exit_codes
+from search.experiments.run import UNLIMITED, Plan, prepare_study
+from search.report.summary import print_summary
 from search.store import storage as storage_mod
-from search.store.workers import CHILD_ENV
+from search.store.workers import CHILD_ENV, SlotClaimer, WorkerOptions
+from search.study.budget import Budget
 
 
 def gpu_ids() -> list[str]:
@@ -38,43 +43,67 @@ def gpu_ids() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def child_argv(args: Any, *, threads: int) -> list[str]:
-    """The ``search run`` command line of a worker process. The storage URL travels in the
-    environment, never on a command line that ``ps`` shows to every user."""
-    argv = ["run", "--study", args.study, "--worker-child"]
-    if getattr(args, "profile", None):
-        argv += ["--profile", args.profile]
-    if args.trials is not None:
-        argv += ["--trials", str(args.trials)]
-    if args.timeout is not None:
-        argv += ["--timeout", str(args.timeout)]
-    if getattr(args, "budget", None) is not None:
-        argv += ["--budget", str(args.budget)]
-    if getattr(args, "max_trial_minutes", None) is not None:
-        argv += ["--max-trial-minutes", str(args.max_trial_minutes)]
-    for item in args.set or []:
-        argv += ["--set", item]
-    for item in args.enqueue or []:
-        argv += ["--enqueue", item]
-    if args.data:
-        argv += ["--data", str(Path(args.data).expanduser().resolve())]
-    if args.quiet:
-        argv.append("--quiet")
-    argv += ["--heartbeat", str(args.heartbeat), "--retries", str(args.retries)]
-    if args.grace is not None:
-        argv += ["--grace", str(args.grace)]
-    argv += ["--threads", str(threads)]
-    return argv
+def run_workers(
+    plan: Plan,
+    *,
+    workers: int,
+    trials: int | None,
+    timeout: float | None,
+    budget: Budget,
+    started: float,
+    threads: int | None,
+    worker_argv: Callable[..., list[str]],
+) -> int:
+    """``search run --workers K``: create the study here, then K worker processes fill it.
+
+    ``worker_argv(threads=N, budget=...)`` is a worker's ``search run`` command line, given
+    the values that differ from this command's: each worker's share of the CPU threads, and
+    what is left of the wall-clock budget (when there is one) by the time they start.
+    ``started`` is when the budget began (``time.monotonic()``). The exit code as the CLI's.
+    """
+    storage, study = prepare_study(plan)
+    claimer = SlotClaimer(
+        study,
+        storage=storage,
+        url=plan.url,
+        n_trials=trials if trials is not None else UNLIMITED,
+        options=WorkerOptions(),
+    )
+    done = claimer.finished(claimer.counts())
+    print(
+        f"study {plan.spec.name!r}: {done}"
+        + (f" of {trials}" if trials is not None else "")
+        + f" trials finished; storage {storage_mod.mask_url(plan.url)}",
+        file=sys.stderr,
+    )
+    overrides: dict[str, Any] = {"threads": threads or max(1, (os.cpu_count() or 1) // workers)}
+    if budget.wall_seconds is not None:  # the workers get what is left of this command's
+        overrides["budget"] = f"{max(1.0, budget.wall_seconds - (time.monotonic() - started)):.1f}"
+    argv = worker_argv(**overrides)
+    code = launch(argv, url=plan.url, workers=workers, threads=overrides["threads"])
+    if code in (exit_codes.USAGE, exit_codes.INTERRUPTED, exit_codes.TERMINATED):
+        if code != exit_codes.USAGE:
+            print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
+        return code
+    done = claimer.finished(claimer.counts())
+    if trials is not None and done < trials and timeout is None and not budget.wall_seconds:
+        msg = f"error: the study holds {done} of {trials} finished trials; rerun to go on"
+        print(msg, file=sys.stderr)
+        return 1
+    print_summary(study, plan.url)
+    return 0
 
 
-def launch(args: Any, *, url: str, workers: int, stream: TextIO | None = None) -> int:
-    """Start ``workers`` worker processes on this machine and wait for them. Each gets a GPU
-    of its own when there are GPUs (CUDA_VISIBLE_DEVICES), and an equal share of the CPU
-    threads. Ctrl-C and SIGTERM are passed on; the exit code is 130/143 then, 2 when a worker
-    refused its input, 1 when the study is not full for another reason, else 0."""
+def launch(
+    argv: list[str], *, url: str, workers: int, threads: int, stream: TextIO | None = None
+) -> int:
+    """Start ``workers`` processes of ``search <argv>`` on this machine and wait for them.
+    Each gets a GPU of its own when there are GPUs (CUDA_VISIBLE_DEVICES), ``threads`` CPU
+    threads, and the storage URL in its environment. Ctrl-C and SIGTERM are passed on; the
+    exit code is 130/143 then, 2 when a worker refused its input, 1 when the study is not
+    full for another reason, else 0."""
     stream = stream or sys.stderr
     gpus = gpu_ids()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
     if gpus and workers > len(gpus):
         print(f"note: {workers} workers share {len(gpus)} GPU(s)", file=stream)
     procs: list[subprocess.Popen] = []
@@ -106,7 +135,7 @@ def launch(args: Any, *, url: str, workers: int, stream: TextIO | None = None) -
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "search.cli", *child_argv(args, threads=threads)],
+                [sys.executable, "-m", "search.cli", *argv],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -128,9 +157,9 @@ def launch(args: Any, *, url: str, workers: int, stream: TextIO | None = None) -
         for s, handler in old.items():
             signal.signal(s, handler)
     if received:
-        return 130 if received[0] == signal.SIGINT else 143
-    if any(c == 2 for c in codes):
-        return 2
+        return exit_codes.INTERRUPTED if received[0] == signal.SIGINT else exit_codes.TERMINATED
+    if any(c == exit_codes.USAGE for c in codes):
+        return exit_codes.USAGE
     bad = {i: c for i, c in enumerate(codes) if c != 0}
     if bad:
         text = ", ".join(

@@ -12,7 +12,7 @@ from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.experiments.launcher import child_argv
+from search.cli.run import child_argv
 from search.study.studyfile import load_study, merge_profile
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

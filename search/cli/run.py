@@ -1,0 +1,247 @@
+"""``search run``, and the command line of a worker process it starts (``child_argv``)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from search.cli.command import Command, add_storage, add_study
+from search.study.values import parse_assignments
+
+
+def _absolute(path: str) -> str:
+    # a worker may run in another directory than the one the user typed the path in
+    return str(Path(path).expanduser().resolve())
+
+
+class Run(Command):
+    help = "create or resume a study and run it to N finished trials"
+
+    def __init__(self) -> None:
+        # the options a worker process is given as the user gave them, in the order declared,
+        # each with how its value is written on the worker's command line (child_argv)
+        self.passed_on: list[tuple[argparse.Action, Callable[[Any], str]]] = []
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        def option(
+            *flags: str, worker: bool, as_text: Callable[[Any], str] = str, **kwargs: Any
+        ) -> None:
+            action = parser.add_argument(*flags, **kwargs)
+            if worker:
+                self.passed_on.append((action, as_text))
+
+        study, profile = add_study(parser, help="study file name (see `search list`)")
+        self.passed_on += [(study, str), (profile, str)]
+        option(
+            "--trials",
+            worker=True,
+            type=int,
+            help="finished trials the study should hold (optional with a wall-clock budget)",
+        )
+        add_storage(parser)  # never passed on: the URL travels in the environment, not in `ps`
+        option(
+            "--timeout",
+            worker=True,
+            type=float,
+            help="stop starting trials after this many seconds",
+        )
+        option(
+            "--budget",
+            worker=True,
+            metavar="DURATION",
+            help="wall-clock budget of this command, e.g. 30m, 2h, 45s or seconds: no trial "
+            "starts that cannot finish in the time left, and the running one stops at the deadline",
+        )
+        option(
+            "--max-trial-minutes",
+            worker=True,
+            type=float,
+            metavar="M",
+            help="configurations estimated to take longer are not trained (pruned, over_budget)",
+        )
+        option("--set", worker=True, action="append", metavar="KEY=VALUE", help="fix a parameter")
+        option(
+            "--enqueue",
+            worker=True,
+            action="append",
+            metavar="K=V[,K=V...]",
+            help="run this configuration first (a known baseline)",
+        )
+        option(
+            "--data",
+            worker=True,
+            as_text=_absolute,
+            help="data root (overrides the study file and its env variable)",
+        )
+        option("-q", "--quiet", worker=True, action="store_true", help="no per-epoch lines")
+        option(
+            "--workers",
+            worker=False,  # a worker is one process
+            type=int,
+            default=1,
+            help="worker processes on this machine (one per GPU when there are GPUs); needs "
+            "PostgreSQL when > 1. Run the same command on other machines to add theirs",
+        )
+        option(
+            "--threads",
+            worker=True,  # each worker is given its share (child_argv's threads)
+            type=int,
+            help="CPU threads per worker (default: the cores / workers)",
+        )
+        option(
+            "--heartbeat",
+            worker=True,
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="a running trial's heartbeat interval (default 30)",
+        )
+        option(
+            "--grace",
+            worker=True,
+            type=float,
+            metavar="SECONDS",
+            help="a trial without heartbeat this long is failed and retried (default 4 heartbeats)",
+        )
+        option(
+            "--retries",
+            worker=True,
+            type=int,
+            default=2,
+            help="times a lost trial's parameters are run again (default 2)",
+        )
+        option(
+            "--dry-run",
+            worker=False,  # the launcher never starts workers on a dry run
+            action="store_true",
+            help="check everything and print the first 3 configurations; train and write nothing",
+        )
+        option(
+            "--force",
+            "--force-space",
+            worker=False,  # the launcher records the change before any worker starts
+            dest="force",
+            action="store_true",
+            help="go on although the study's settings or space changed since it was created "
+            "(the change is recorded in the study's note)",
+        )
+        option("--worker-child", worker=False, action="store_true", help=argparse.SUPPRESS)
+
+    def worker_argv(self, args: argparse.Namespace, *, threads: int, **overrides: Any) -> list[str]:
+        """The ``search run`` command line of a worker process: the passed-on options the user
+        gave, ``--data`` made absolute, ``--worker-child``, and ``--threads`` (with any other
+        ``overrides`` of a passed-on option's value, by its dest)."""
+        values = {action.dest: getattr(args, action.dest, None) for action, _ in self.passed_on}
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise TypeError(f"not options a worker is given: {sorted(unknown)}")
+        values.update(overrides, threads=threads)
+        argv = ["run", "--worker-child"]
+        for action, as_text in self.passed_on:
+            value = values[action.dest]
+            if value is None or value is False or value == "":
+                continue  # not given
+            flag = next(s for s in action.option_strings if s.startswith("--"))
+            if action.nargs == 0:  # a switch
+                argv.append(flag)
+            elif isinstance(value, list):  # given more than once (action="append")
+                for item in value:
+                    argv += [flag, as_text(item)]
+            else:
+                argv += [flag, as_text(value)]
+        return argv
+
+    def take_action(self, args: argparse.Namespace) -> int:
+        import time
+
+        started = time.monotonic()  # the wall-clock budget counts from here
+        from search.experiments.run import plan_run, run_study
+        from search.report.summary import print_summary
+        from search.store.workers import WorkerOptions
+        from search.study.budget import resolve_budget
+        from search.study.studyfile import load_study
+
+        options = WorkerOptions(
+            heartbeat=args.heartbeat, grace=args.grace, max_retries=args.retries
+        )
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, but got {args.threads}")
+        spec = load_study(args.study, profile=args.profile)
+        budget = resolve_budget(
+            spec.budget,
+            where=str(spec.path),
+            wall=args.budget,
+            max_trial_minutes=args.max_trial_minutes,
+        )
+        if args.trials is None and budget.wall_seconds is None:
+            raise ValueError(
+                "--trials N is needed unless a wall-clock budget is given "
+                "(--budget 30m, or budget.wall in the study file)"
+            )
+        enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
+        plan = plan_run(
+            spec,
+            storage=args.storage,
+            fixed=parse_assignments(args.set),
+            enqueue=enqueue,
+            data_root=args.data,
+            force=args.force,
+        )
+        if args.dry_run:
+            from search.experiments.run import dry_run
+            from search.report.summary import print_dry_run
+
+            print_dry_run(plan, dry_run(plan))
+            return 0
+        if args.trials is not None and args.trials < 1:
+            raise ValueError(f"--trials must be >= 1, but got {args.trials}")
+        from search.report.progress import Progress
+        from search.store import storage as storage_mod
+
+        storage_mod.check_workers(plan.url, args.workers)
+        if args.workers > 1:
+            from search.experiments.launcher import run_workers
+
+            return run_workers(
+                plan,
+                workers=args.workers,
+                trials=args.trials,
+                timeout=args.timeout,
+                budget=budget,
+                started=started,
+                threads=args.threads,
+                worker_argv=functools.partial(self.worker_argv, args),
+            )
+        if args.worker_child:
+            from search.experiments.launcher import watch_parent
+
+            watch_parent()
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        study = run_study(
+            plan,
+            n_trials=args.trials,
+            timeout=args.timeout,
+            progress=Progress(quiet=args.quiet),
+            options=options,
+            announce=not args.worker_child,
+            budget=budget,
+            started=started,
+        )
+        if not args.worker_child:
+            print_summary(study, plan.url)
+        return 0
+
+
+def child_argv(args: argparse.Namespace, *, threads: int, **overrides: Any) -> list[str]:
+    """The ``search run`` command line of a worker process, from ``search run``'s parsed
+    ``args`` (``Run.worker_argv``). The storage URL travels in the environment, never on a
+    command line that ``ps`` shows to every user."""
+    command = Run()
+    command.add_arguments(argparse.ArgumentParser(add_help=False))
+    return command.worker_argv(args, threads=threads, **overrides)
