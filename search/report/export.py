@@ -21,7 +21,7 @@ from search.report.tables import (
     expected_max_table,
     factor_table,
     final_results_table,
-    fmt_params,
+    fmt_param_count,
     loss_table,
     slugify,
     write_tables,
@@ -91,7 +91,7 @@ def trials_table(study: optuna.Study) -> Table:
             "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in values
         ]
         if counted and a.get("param_count"):  # as the best summary and the ablation tables
-            cells[-2] = fmt_params(a["param_count"], a.get("trainable_param_count"))
+            cells[-2] = fmt_param_count(a["param_count"], a.get("trainable_param_count"))
         rows.append(cells)
     return Table(title=f"{study.study_name}: trials", headers=headers, rows=rows, raw=raw)
 

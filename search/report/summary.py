@@ -51,9 +51,9 @@ def print_best(study: optuna.Study, url: str) -> None:
         f"{(rec['train_seconds'] or 0):.1f}s training"
     )
     if rec["param_count"]:
-        from search.report.tables import fmt_params
+        from search.report.tables import fmt_param_count
 
-        print(f"model      {fmt_params(rec['param_count'], rec['trainable_param_count'])}")
+        print(f"model      {fmt_param_count(rec['param_count'], rec['trainable_param_count'])}")
     width = max((len(k) for k in rec["params"]), default=0)
     for key, value in rec["params"].items():
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -57,7 +57,7 @@ PARAMS_LABEL = "Parameters (trainable)"
 TEST_METRIC = ("Test accuracy (held out)", 100.0, 2)
 
 
-def fmt_params(total: int, trainable: int | None = None) -> str:
+def fmt_param_count(total: int, trainable: int | None = None) -> str:
     """``23.51 M`` or, when some are frozen, ``23.51 M (8,195 trainable)``: 4 significant
     figures from 10 k on, exact below (seed 004 compared its networks by parameter count)."""
 
@@ -489,7 +489,7 @@ def factor_table(
             counts = (
                 (run.get("param_count"), run.get("trainable_param_count")) if run else (None,) * 2
             )
-            row.append(fmt_params(*counts) if run else "n/a")
+            row.append(fmt_param_count(*counts) if run else "n/a")
             raw_row.append({"param_count": counts[0], "trainable_param_count": counts[1]})
         rows.append(row)
         raw.append(raw_row)

@@ -207,11 +207,11 @@ def test_fruit3_quick_ablation_is_its_own_companion_with_parameter_counts(
 
 def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, storage_url, capsys):
     from search.report.export import trials_table
-    from search.report.tables import fmt_params
+    from search.report.tables import fmt_param_count
 
-    assert fmt_params(9_966_691) == "9.967 M"
-    assert fmt_params(68_851_023, 68_851_023) == "68.85 M"
-    assert fmt_params(23_512_130, 8_195) == "23.51 M (8,195 trainable)"
+    assert fmt_param_count(9_966_691) == "9.967 M"
+    assert fmt_param_count(68_851_023, 68_851_023) == "68.85 M"
+    assert fmt_param_count(23_512_130, 8_195) == "23.51 M (8,195 trainable)"
     data = class_folders(tmp_path / "fruit3", 3)
     study = run_quick("fruit3", data, storage_url)
     assert "model      337.9 k" in capsys.readouterr().out
