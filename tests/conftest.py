@@ -113,3 +113,16 @@ def pytest_runtest_makereport(item, call):
                 report.outcome = "failed"
                 report.longrepr = f"output shows a source path with a line number ({title}): {line}"
                 return
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replace ``trainer.train`` (as every search command calls it) by a ``FakeTrain``; for
+    tests of search policy whose outcome does not depend on real training. Returns it."""
+    from faketrain import FakeTrain
+
+    import trainer
+
+    fake = FakeTrain()
+    monkeypatch.setattr(trainer, "train", fake)
+    return fake

@@ -1,0 +1,98 @@
+"""``search run``'s own decisions, with training faked (faketrain.FakeTrain): which trials
+keep their weights, and when ``--timeout`` stops starting trials."""
+
+from __future__ import annotations
+
+import time
+import types
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY_DIGITS
+from optuna.trial import TrialState
+
+import search.experiments.run as run_mod
+from search.cli import main
+
+# trial k ends at VALUES[k]: the best three by the end are trials 1, 3 and 5
+VALUES = [0.5, 0.9, 0.6, 0.95, 0.4, 0.8]
+
+
+def _checkpoints(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("trial-*.safetensors")}
+
+
+def search_run(url: str, *args: str) -> int:
+    return main(["run", "--study", "tiny", "-q", "--storage", url, *args])
+
+
+def test_only_the_best_three_trials_keep_their_checkpoints(write_study, storage_url, fake_train):
+    write_study("tiny", TINY_DIGITS)
+    on_disk: list[set[str]] = []  # what each trial found when it started
+
+    def curve(cfg):
+        on_disk.append(_checkpoints(fake_train.checkpoint_path.parent))
+        return [VALUES[len(on_disk) - 1]]
+
+    fake_train.curve = curve
+    assert search_run(storage_url, "--trials", "6") == 0
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    folder = fake_train.checkpoint_path.parent
+    assert [t.value for t in study.trials] == VALUES
+    # before each trial, the weights on disk are those of the best three so far
+    assert on_disk == [
+        set(),
+        {"trial-0.safetensors"},
+        {"trial-0.safetensors", "trial-1.safetensors"},
+        {"trial-0.safetensors", "trial-1.safetensors", "trial-2.safetensors"},
+        {"trial-1.safetensors", "trial-2.safetensors", "trial-3.safetensors"},
+        {"trial-1.safetensors", "trial-2.safetensors", "trial-3.safetensors"},
+    ]
+    assert _checkpoints(folder) == {
+        "trial-1.safetensors", "trial-3.safetensors", "trial-5.safetensors"
+    }  # fmt: skip
+    for t in study.trials:  # the user attribute still names the file, kept or not
+        assert t.user_attrs["checkpoint"] == str(folder / f"trial-{t.number}.safetensors")
+
+
+def test_a_minimizing_study_keeps_the_lowest_three(write_study, storage_url, fake_train):
+    write_study("tiny", 'direction = "minimize"\n' + TINY_DIGITS)
+    values = iter(VALUES)
+    fake_train.curve = lambda cfg: [next(values)]
+    assert search_run(storage_url, "--trials", "6") == 0
+    assert _checkpoints(fake_train.checkpoint_path.parent) == {
+        "trial-0.safetensors", "trial-2.safetensors", "trial-4.safetensors"
+    }  # fmt: skip
+
+
+@pytest.fixture
+def clock(monkeypatch, fake_train) -> list[float]:
+    """``search run``'s clock, moved 10 s by every trained epoch (one epoch per trial)."""
+    now = [0.0]
+    fake_train.curve = lambda cfg: [0.5]
+    fake_train.tick = lambda: now.__setitem__(0, now[0] + 10.0)
+    monkeypatch.setattr(
+        run_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep)
+    )
+    return now
+
+
+def test_timeout_stops_starting_new_trials(write_study, storage_url, clock, capsys):
+    # trials start at 0, 10 and 20 s; none at 30 s, long before the 10 trials
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "10", "--timeout", "25") == 0
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert len(study.trials) == 3
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert "timeout reached with 3 of 10 trials finished" in capsys.readouterr().err
+
+
+def test_a_study_full_before_the_timeout_does_not_report_one(
+    write_study, storage_url, clock, capsys
+):
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "1", "--timeout", "5") == 0
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # started at 0 s
+    assert "timeout" not in capsys.readouterr().err
