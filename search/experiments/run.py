@@ -31,6 +31,7 @@ from search.store import FINISHED
 from search.store import storage as storage_mod
 from search.store.workers import (
     CHILD_ENV,
+    Claim,
     Heartbeat,
     SlotClaimer,
     WorkerOptions,
@@ -246,9 +247,9 @@ def run_study(
             )
             break
         claimed = claimer.claim()
-        if claimed == "done":
+        if claimed == Claim.FULL:
             break
-        if claimed == "wait":
+        if claimed == Claim.WAIT:
             if not waiting:
                 progress.message(
                     "waiting: the rest of the budget is running in other workers (a trial "

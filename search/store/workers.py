@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from search.store import FINISHED
 from search.store import _optuna_internals as _internals
 from search.store import storage as storage_mod
 
@@ -43,7 +45,13 @@ log = logging.getLogger("hpsearch")
 DEFAULT_HEARTBEAT = 30.0  # seconds between heartbeats of a running trial
 DEFAULT_RETRIES = 2  # times a lost trial's parameters are run again
 CHILD_ENV = "HPSEARCH_WORKER"  # "i/K" in a worker process started by --workers K
-DONE, WAIT = "done", "wait"
+
+
+class Claim(StrEnum):
+    """What ``SlotClaimer.claim`` answers when it starts no trial."""
+
+    FULL = "done"  # the study holds its N finished trials: this worker is done
+    WAIT = "wait"  # the rest of the N is running elsewhere; one of those may still fail
 
 
 @dataclass(frozen=True)
@@ -253,12 +261,12 @@ class SlotClaimer:
 
     @staticmethod
     def finished(counts: dict[TrialState, int]) -> int:
-        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        return sum(counts[state] for state in FINISHED)
 
     # -- claiming -------------------------------------------------------------------------
-    def claim(self) -> optuna.Trial | str:
-        """A new RUNNING trial (a re-enqueued one first), or DONE (N finished), or WAIT (the
-        rest of the budget is running elsewhere; one of those may still fail)."""
+    def claim(self) -> optuna.Trial | Claim:
+        """A new RUNNING trial (a re-enqueued one first), or ``Claim.FULL`` (N finished), or
+        ``Claim.WAIT`` (the rest of the N trials is running elsewhere)."""
         self.sweep()
         trial = None
         server = not storage_mod.is_sqlite(self.url)
@@ -273,9 +281,9 @@ class SlotClaimer:
                 counts = self._count(conn) if conn is not None else self.counts()
                 done = self.finished(counts)
                 if done >= self.n_trials:
-                    return DONE
+                    return Claim.FULL
                 if done + counts[TrialState.RUNNING] >= self.n_trials:
-                    return WAIT
+                    return Claim.WAIT
                 trial = self.study.ask()
                 tid = self.trial_id(trial)
                 _CLAIMED_HERE.add((self.url, tid))
@@ -293,7 +301,7 @@ class SlotClaimer:
         except Exception as exc:
             if trial is None:
                 if storage_mod._transient(exc, self.url):
-                    return WAIT  # the database went away while we counted: look again
+                    return Claim.WAIT  # the database went away while we counted: look again
                 raise
             # The lock connection died while we created the trial, so another worker may
             # have claimed concurrently: give ours back if the budget is now overdrawn.
@@ -301,7 +309,7 @@ class SlotClaimer:
             if self.finished(counts) + counts[TrialState.RUNNING] > self.n_trials:
                 self._fail(self.trial_id(trial), "lost", "claimed while the database "
                            "restarted; over the trial budget, so not run")  # fmt: skip
-                return WAIT
+                return Claim.WAIT
         return trial
 
     # -- lost workers ---------------------------------------------------------------------
