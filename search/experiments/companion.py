@@ -23,6 +23,7 @@ from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
 from search.store import FINISHED
 from search.store import storage as storage_mod
+from search.store.workers import interruption_reason
 
 # After training, before the trial is told: extra evaluations stored as user attributes.
 AfterRun = Callable[[optuna.Trial, trainer.TrainResult], None]
@@ -81,7 +82,7 @@ def run_fixed(
         if after is not None and not diverged and result.model is not None:
             after(trial, result)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
-        set_status(trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)"))
+        set_status(trial, "interrupted", interruption_reason(exc))
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:

@@ -15,6 +15,7 @@ import trainer
 from search.experiments.cost import CostModel
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
+from search.store.workers import interruption_reason
 from search.study.budget import Budget, fmt_duration
 
 
@@ -112,9 +113,7 @@ class Objective:
                 last_checkpoint_path=last,
             )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
-            set_status(
-                trial, "interrupted", getattr(exc, "reason", "interrupted by the user (Ctrl-C)")
-            )
+            set_status(trial, "interrupted", interruption_reason(exc))
             raise
         except optuna.exceptions.UpdateFinishedTrialError:
             raise  # another worker failed this trial meanwhile: nothing of ours to store
