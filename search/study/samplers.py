@@ -13,11 +13,21 @@ from optuna.trial import FrozenTrial
 
 from trainer._registry import unknown_name_error
 
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` once every point has run: that call
+    only works inside ``study.optimize``, and ``search run`` asks and tells, so it raised from
+    ``study.tell`` on the grid's last trial. The run counts its trials itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
-    "grid": optuna.samplers.GridSampler,
+    "grid": _AskTellGridSampler,
 }
 PRUNERS = {
     "median": optuna.pruners.MedianPruner,
@@ -38,7 +48,9 @@ def create_sampler(table: dict[str, Any]) -> optuna.samplers.BaseSampler:
     name = kwargs.pop("name", "tpe")
     sampler = _build("sampler", SAMPLERS, name, kwargs)
     seed = kwargs.get("seed")
-    if seed is None:
+    if seed is None or name == "grid":
+        # A seeded grid sampler shuffles the whole grid once and trial k takes point k, so it
+        # resumes exactly as it is; made anew per trial it would reshuffle and repeat points.
         return sampler
     return TrialSeededSampler(
         lambda s: _build("sampler", SAMPLERS, name, {**kwargs, "seed": s}), seed
@@ -58,7 +70,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     Seeding by trial number instead makes trial k's draw depend only on the study seed, k and
     the trials before it: 3 + 3 trials draw what 6 in one go draw, and workers running side by
     side (different trial numbers) draw different configurations. Only the public sampler
-    interface is used; the samplers keep their state in the study (TPE, CMA-ES, grid).
+    interface is used; the samplers keep their state in the study (TPE, CMA-ES).
     """
 
     def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:

@@ -37,11 +37,50 @@ def key(params: dict) -> tuple:
     )
 
 
+# Grid: two listed parameters, everything else pinned; the grid is the six combinations.
+GRID = """
+description = "grid"
+
+[data]
+name = "digits"
+image_size = 8
+
+[budget]
+epochs = 3
+
+[sampler]
+name = "grid"
+seed = 0
+search_space = { "optim.lr" = [0.001, 0.003, 0.01], "model.dropout" = [0.0, 0.5] }
+
+[pruner]
+name = "none"
+
+[fixed]
+"model.backbone" = "small_cnn"
+"model.width" = 8
+"optim.name" = "adam"
+"data.batch_size" = 128
+
+[params]
+"optim.lr" = [0.001, 0.003, 0.01]
+"model.dropout" = [0.0, 0.5]
+"""
+
+SAMPLERS = {
+    "random": FREE,
+    # two random start-up draws, then TPE's own model-based draws, seeded per trial
+    "tpe": FREE.replace('name = "random"', 'name = "tpe"\nn_startup_trials = 2'),
+    "cmaes": FREE.replace('name = "random"', 'name = "cmaes"\nwarn_independent_sampling = false'),
+    "grid": GRID,
+}
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_three_plus_three_trials_draw_six_distinct_configurations(
-    write_study, storage_url, sampler
+    write_study, storage_url, sampler, fake_train
 ):
-    write_study("free", FREE.replace('name = "random"', f'name = "{sampler}"'))
+    write_study("free", SAMPLERS[sampler])
     assert run(storage_url, 3) == 0
     assert run(storage_url, 6) == 0
     drawn = params_of(storage_url)
@@ -49,18 +88,43 @@ def test_three_plus_three_trials_draw_six_distinct_configurations(
     assert len({key(p) for p in drawn}) == 6
 
 
-def test_random_sampling_in_one_go_and_in_two_runs_draws_the_same_six(write_study, tmp_path):
-    write_study("free", FREE)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampling_in_one_go_and_in_two_runs_draws_the_same_six(
+    write_study, tmp_path, sampler, fake_train
+):
+    # The results depend only on the configuration (fake training), so the finished trials
+    # are the same either way, and a seeded sampler must then draw the same six.
+    write_study("free", SAMPLERS[sampler])
     one, two = f"sqlite:///{tmp_path / 'one.db'}", f"sqlite:///{tmp_path / 'two.db'}"
     assert run(one, 6) == 0
     assert run(two, 3) == 0 and run(two, 6) == 0
-    assert [key(p) for p in params_of(one)] == [key(p) for p in params_of(two)]
+    first, second = [key(p) for p in params_of(one)], [key(p) for p in params_of(two)]
+    assert len(first) == 6 and first == second
+    assert len(set(first)) == 6
+    # and a third study with the same seed draws them again: the draws come from the seed
+    three = f"sqlite:///{tmp_path / 'three.db'}"
+    assert run(three, 2) == 0 and run(three, 6) == 0
+    assert [key(p) for p in params_of(three)] == first
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_another_study_seed_draws_other_configurations(write_study, tmp_path, sampler, fake_train):
+    # what makes the test above able to fail: unseeded or differently seeded, draws differ
+    write_study("free", SAMPLERS[sampler])
+    write_study("other", SAMPLERS[sampler].replace("seed = 0", "seed = 1"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert run(url, 6) == 0 and run(url, 6, study="other") == 0
+    assert [key(p) for p in params_of(url)] != [key(p) for p in params_of(url, "other")]
 
 
 def test_trial_seeds_differ_by_trial_and_by_study_seed():
     seeds = {trial_seed(s, n) for s in range(3) for n in range(50)}
     assert len(seeds) == 150
-    assert trial_seed(0, 7) == trial_seed(0, 7)
+    assert all(0 <= s < 2**32 for s in seeds)
+    # pinned values: the seed of a trial must not change between versions, or a resumed
+    # study would draw other configurations than its first run promised
+    assert trial_seed(0, 7) == int(np.random.SeedSequence([0, 7]).generate_state(1)[0])
+    assert trial_seed(0, 7) != trial_seed(7, 0)
 
 
 # -- a study keeps its problem -----------------------------------------------------------
