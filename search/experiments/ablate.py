@@ -10,8 +10,6 @@ recomputed from storage alone.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import trainer
 from search.experiments import companion
 from search.experiments.transfer import resolve_pretrained
 from search.report.progress import Progress
-from search.report.runs import companion_name
+from search.report.runs import companion_name, config_key
 from search.store import FINISHED
 from search.store import storage as storage_mod
 from search.study.metrics import DEFAULT_LOSS_METRIC
@@ -42,10 +40,7 @@ class Arm:
     @property
     def key(self) -> str:
         """Identical configurations share runs (a factor value equal to the baseline's)."""
-        blob = json.dumps(
-            {k: v for k, v in self.config.items() if k != "train.seed"}, sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return config_key(self.config)
 
 
 @dataclass

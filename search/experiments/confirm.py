@@ -15,7 +15,6 @@ with only the missing runs, and the final-results table is recomputed from stora
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -27,19 +26,13 @@ from optuna.trial import TrialState
 import trainer
 from search.experiments import companion
 from search.report.progress import Progress, fmt_params
-from search.report.runs import ABLATION_SUFFIX, CONFIRM_SUFFIX, confirm_name
+from search.report.runs import ABLATION_SUFFIX, CONFIRM_SUFFIX, config_key, confirm_name
 from search.store import storage as storage_mod
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits
 
 DEFAULT_TOP = 3
 DEFAULT_REPEATS = 5
-
-
-def config_key(config: dict[str, Any]) -> str:
-    """Configurations equal up to the seed are one configuration."""
-    blob = json.dumps({k: v for k, v in config.items() if k != "train.seed"}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ with the same functions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import optuna
@@ -25,6 +27,13 @@ CONFIRM_SUFFIX = ".confirm"
 
 def confirm_name(study: str) -> str:
     return study + CONFIRM_SUFFIX
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """The key runs are stored under (an ablation's ``arm``, a confirmation's ``config_key``):
+    flat configurations equal up to ``train.seed`` are one configuration and share runs."""
+    blob = json.dumps({k: v for k, v in config.items() if k != "train.seed"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
