@@ -48,6 +48,22 @@ def test_a_backbone_that_cannot_take_the_image_size_is_named_before_any_trial(
 
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "seed_cnn", "mlp", "resnet18"])
-def test_backbones_that_fit_pass_the_check(backbone):
+def test_backbones_that_fit_pass_the_check(backbone, monkeypatch):
+    import trainer.preflight as preflight
+
+    ran: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # (input, output) shapes
+    real_build = preflight.build_model
+
+    def build_model(cfg, data, device):
+        model = real_build(cfg, data, device)
+        model.register_forward_hook(
+            lambda m, args, out: ran.append((tuple(args[0].shape), tuple(out.shape)))
+        )
+        return model
+
+    monkeypatch.setattr(preflight, "build_model", build_model)
     cfg = trainer.TrainConfig.from_flat({"model.backbone": backbone, "data.image_size": 16})
-    trainer.check_model(cfg, trainer.load_data(cfg.data))  # raises if the model cannot run
+    data = trainer.load_data(cfg.data)
+    assert trainer.check_model(cfg, data) is None  # no error
+    # it built the model and ran two images of the study's size through it to class logits
+    assert ran == [((2, data.in_chans, 16, 16), (2, data.num_classes))]
