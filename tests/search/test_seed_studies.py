@@ -4,6 +4,7 @@ miniature of its data layout (offline: local weights where the study is pretrain
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def test_search_space_resolves(name, profile, capsys):
     out = capsys.readouterr().out
     shown = f"{name}.{profile}" if profile else name
     assert out.startswith(f"search space of study {shown!r}")
+    # rows: parameter, distribution, source[, condition], columns apart by two spaces or more
+    rows = [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[2:]]
+    searched = {r[0]: r[1] for r in rows if not r[1].startswith("fixed ")}
+    pinned = {r[0] for r in rows if r[1].startswith("fixed ")}
+    spec = load_study(name, profile=profile)
+    assert pinned == set(spec.fixed)
+    assert all(re.match(r"(categorical|float|int) ", d) for d in searched.values()), searched
+    # every parameter that draws of the space produce is listed as searched
+    space = spaces.resolve_space(spec.search_space)
+    fixed = {k: v for k, v in spec.fixed.items() if not str(v).startswith("study:")}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn: set[str] = set()
+    for _ in range(30):
+        trial = study.ask()
+        drawn |= set(spaces.build_config(space, trial, base=spec.base_config(), fixed=fixed)[1])
+        study.tell(trial, 0.0)
+    drawn -= set(spec.fixed)  # a pin is recorded with each trial, as a parameter
+    assert drawn and drawn <= set(searched), drawn - set(searched)
 
 
 @pytest.mark.parametrize(("name", "profile"), VARIANTS)
