@@ -247,7 +247,7 @@ def test_enqueue_between_the_steps_of_a_range_is_refused(
     assert message in one_error_line(capsys)
 
 
-def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys):
+def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys, fake_train, tmp_path):
     study = TINY_DIGITS.replace('"model.width" = 8\n', "")
     write_study(
         "tiny",
@@ -256,6 +256,13 @@ def test_enqueue_on_the_steps_of_a_range_is_accepted(write_study, capsys):
         '[[enqueue]]\n"model.dropout" = 0.3\n"model.width" = 24\n',
     )
     assert main(["space", "--study", "tiny"]) == 0
+    url = f"sqlite:///{tmp_path / 'steps.db'}"
+    assert main(["run", "--study", "tiny", "--trials", "1", "-q", "--storage", url]) == 0
+    assert "warning" not in capsys.readouterr().err  # Optuna warns of a value off the grid
+    (trial,) = optuna.load_study(study_name="tiny", storage=url).trials
+    # the first trial is the enqueued configuration, drawn as written
+    assert trial.params["model.dropout"] == 0.3 and trial.params["model.width"] == 24
+    assert fake_train.calls[0].model.dropout == 0.3 and fake_train.calls[0].model.width == 24
 
 
 def test_enqueue_outside_a_one_value_params_entry_is_refused(write_study, capsys):
