@@ -115,8 +115,17 @@ def test_given_test_folder_is_the_test_split(tmp_path, make_classes):
     x_test, y_test = load_test(cfg)
     assert (len(data.x_train), len(data.x_val)) == (9, 3)  # val still split from train/
     assert y_test.tolist() == [0, 0, 1, 1, 1]
-    assert data.splits["test"] == {"count": 5, "hash": data.splits["test"]["hash"],
-                                   "source": "test/ folder"}  # fmt: skip
+    # the record is the hash of the sorted (file#content digest, label) list of test/'s
+    # images, computed here from the files themselves
+    files = sorted((tmp_path / "d" / "test").glob("*/*.png"))
+    listed = sorted(
+        (f"{f.relative_to(tmp_path / 'd').as_posix()}#"
+         f"{hashlib.blake2b(f.read_bytes(), digest_size=16).hexdigest()}", f.parent.name)
+        for f in files
+    )  # fmt: skip
+    expected = hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+    assert len(files) == 5
+    assert data.splits["test"] == {"count": 5, "hash": expected, "source": "test/ folder"}
     with pytest.raises(ValueError, match="test/ folder and data.test_fraction=0.2"):
         _fresh(_folder(tmp_path / "d", test_fraction=0.2))
 
