@@ -30,7 +30,7 @@ from torch import nn
 
 from search.experiments.run import plan_run, run_study
 from search.report.progress import Progress
-from search.study.budget import Budget
+from search.study.budget import RunLimits
 from search.study.studyfile import load_study
 from trainer import DataConfig, load_data
 
@@ -112,7 +112,7 @@ def demo(seconds: float) -> tuple[float, float, int, int]:
         study = run_study(
             plan,
             n_trials=None,
-            budget=Budget(wall_seconds=seconds),
+            limits=RunLimits(wall_seconds=seconds),
             started=started,
             progress=Progress(quiet=True),
         )

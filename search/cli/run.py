@@ -161,7 +161,7 @@ class Run(Command):
         from search.experiments.run import plan_run, run_study
         from search.report.summary import print_summary
         from search.store.workers import WorkerOptions
-        from search.study.budget import resolve_budget
+        from search.study.budget import resolve_run_limits
         from search.study.studyfile import load_study
 
         options = WorkerOptions(
@@ -170,13 +170,13 @@ class Run(Command):
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, but got {args.threads}")
         spec = load_study(args.study, profile=args.profile)
-        budget = resolve_budget(
+        limits = resolve_run_limits(
             spec.budget,
             where=str(spec.path),
             wall=args.budget,
             max_trial_minutes=args.max_trial_minutes,
         )
-        if args.trials is None and budget.wall_seconds is None:
+        if args.trials is None and limits.wall_seconds is None:
             raise ValueError(
                 "--trials N is needed unless a wall-clock budget is given "
                 "(--budget 30m, or budget.wall in the study file)"
@@ -210,7 +210,7 @@ class Run(Command):
                 workers=args.workers,
                 trials=args.trials,
                 timeout=args.timeout,
-                budget=budget,
+                limits=limits,
                 started=started,
                 threads=args.threads,
                 worker_argv=functools.partial(self.worker_argv, args),
@@ -230,7 +230,7 @@ class Run(Command):
             progress=Progress(quiet=args.quiet),
             options=options,
             announce=not args.worker_child,
-            budget=budget,
+            limits=limits,
             started=started,
         )
         if not args.worker_child:

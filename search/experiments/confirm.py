@@ -4,8 +4,8 @@ once on the held-out test split.
 The best of N trials on one validation set is an optimistic number, and one run of it says
 nothing of its spread. Confirmation retrains the top K distinct configurations R times each
 with seeds the search never used (weight init, batch order, augmentation), on the same train
-split with the same budget and early stopping on validation, then evaluates each run once on
-validation and once on test. Seed r is shared by every configuration (a paired design, as in
+split with the same training length and early stopping on validation, then evaluates each run
+once on validation and once on test. Seed r is shared by every configuration (a paired design, as in
 ``search ablate``).
 
 Every run is a trial of the companion study ``<study>.confirm`` in the same storage, tagged

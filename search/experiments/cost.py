@@ -57,7 +57,7 @@ class TrialCost:
     measured: bool  # this call measured it (else it came from the study)
     raw_seconds: float = 0.0  # before calibration: what the probe alone predicts
     calibration: float = 1.0  # measured / predicted per-epoch seconds of earlier trials
-    epoch_share: float = 1.0  # epochs earlier trials ran / their budget (pruning, stopping)
+    epoch_share: float = 1.0  # epochs earlier trials ran / their train.epochs (pruning, stopping)
 
 
 class CostModel:
@@ -113,7 +113,7 @@ class CostModel:
         return TrialCost(raw * factor, ips, key, measured, raw, factor, share)
 
     def calibration(self) -> tuple[float, float]:
-        """(measured / estimated seconds per epoch, epochs run / epoch budget): medians over
+        """(measured / estimated seconds per epoch, epochs run / train.epochs): medians over
         the study's latest trained trials; (1, 1) before any."""
         ratios, shares = [], []
         for t in self.study.get_trials(deepcopy=False, states=FINISHED)[-CALIBRATION_TRIALS:]:

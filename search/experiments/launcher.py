@@ -23,7 +23,7 @@ from search.experiments.run import UNLIMITED, Plan, prepare_study
 from search.report.summary import print_summary
 from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, SlotClaimer, WorkerOptions
-from search.study.budget import Budget
+from search.study.budget import RunLimits
 
 
 def gpu_ids() -> list[str]:
@@ -49,7 +49,7 @@ def run_workers(
     workers: int,
     trials: int | None,
     timeout: float | None,
-    budget: Budget,
+    limits: RunLimits,
     started: float,
     threads: int | None,
     worker_argv: Callable[..., list[str]],
@@ -58,8 +58,9 @@ def run_workers(
 
     ``worker_argv(threads=N, budget=...)`` is a worker's ``search run`` command line, given
     the values that differ from this command's: each worker's share of the CPU threads, and
-    what is left of the wall-clock budget (when there is one) by the time they start.
-    ``started`` is when the budget began (``time.monotonic()``). The exit code as the CLI's.
+    what is left of the wall clock (``limits.wall_seconds``, when there is one) by the time
+    they start. ``started`` is when the wall clock began (``time.monotonic()``). The exit code
+    as the CLI's.
     """
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
@@ -77,8 +78,8 @@ def run_workers(
         file=sys.stderr,
     )
     overrides: dict[str, Any] = {"threads": threads or max(1, (os.cpu_count() or 1) // workers)}
-    if budget.wall_seconds is not None:  # the workers get what is left of this command's
-        overrides["budget"] = f"{max(1.0, budget.wall_seconds - (time.monotonic() - started)):.1f}"
+    if limits.wall_seconds is not None:  # the workers get what is left of this command's
+        overrides["budget"] = f"{max(1.0, limits.wall_seconds - (time.monotonic() - started)):.1f}"
     argv = worker_argv(**overrides)
     code = launch(argv, url=plan.url, workers=workers, threads=overrides["threads"])
     if code in (exit_codes.USAGE, exit_codes.INTERRUPTED, exit_codes.TERMINATED):
@@ -86,7 +87,7 @@ def run_workers(
             print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
         return code
     done = claimer.finished(claimer.counts())
-    if trials is not None and done < trials and timeout is None and not budget.wall_seconds:
+    if trials is not None and done < trials and timeout is None and not limits.wall_seconds:
         msg = f"error: the study holds {done} of {trials} finished trials; rerun to go on"
         print(msg, file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from search.experiments.cost import CostModel
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
 from search.store.workers import interruption_reason
-from search.study.budget import Budget, fmt_duration
+from search.study.budget import RunLimits, fmt_duration
 
 
 class NoTimeLeft(Exception):
@@ -63,7 +63,7 @@ class Objective:
         checkpoint_dir: Path | None,
         progress: Progress | None = None,
         artifact_root: Path | None = None,
-        budget: Budget | None = None,
+        limits: RunLimits | None = None,
         cost: CostModel | None = None,
         deadline: float | None = None,
     ) -> None:
@@ -71,8 +71,8 @@ class Objective:
         self.checkpoint_dir = checkpoint_dir
         self.artifact_root = artifact_root
         self.progress = progress
-        self.budget = budget or Budget()
-        self.cost = cost  # needed when the budget is costed
+        self.limits = limits or RunLimits()
+        self.cost = cost  # needed when the limits are costed
         self.deadline = deadline  # time.monotonic() at which the wall-clock budget runs out
         # the least expected seconds of any configuration estimated so far: while it fits in
         # the time left, a drawn configuration that does not is no reason to end the run
@@ -145,7 +145,7 @@ class Objective:
         trial.set_user_attr("estimated_seconds", round(est.seconds, 2))
         trial.set_user_attr("raw_estimated_seconds", round(est.raw_seconds, 2))
         trial.set_user_attr("images_per_second", round(est.images_per_second, 2))
-        limit = self.budget.max_trial_seconds
+        limit = self.limits.max_trial_seconds
         if limit is not None and est.seconds > limit:
             reason = (
                 f"over_budget: estimated {fmt_duration(est.seconds)} per trial here "

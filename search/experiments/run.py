@@ -39,7 +39,7 @@ from search.store.workers import (
     signals_ignored,
     worker_name,
 )
-from search.study.budget import Budget, fmt_duration
+from search.study.budget import RunLimits, fmt_duration
 from search.study.problem import check_problem, describe_problem, record_problem, stored_problem
 from search.study.samplers import TrialSeededSampler, create_pruner, create_sampler
 from search.study.splits import record_splits
@@ -172,24 +172,24 @@ def run_study(
     progress: Progress | None = None,
     options: WorkerOptions | None = None,
     announce: bool = True,
-    budget: Budget | None = None,
+    limits: RunLimits | None = None,
     started: float | None = None,
 ) -> optuna.Study:
     """Run until the study holds ``n_trials`` finished (complete + pruned) trials, counting
-    those of every other worker on the same storage; never more. With a wall-clock budget
-    (``budget.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
+    those of every other worker on the same storage; never more. With a wall clock
+    (``limits.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
     also ends when it is spent: no trial starts that its estimate says cannot finish in the
-    time left, and the running one stops at its next step. Without ``n_trials`` the budget
-    alone ends the run."""
-    budget = budget or Budget()
-    if n_trials is None and budget.wall_seconds is None:
+    time left, and the running one stops at its next step. Without ``n_trials`` the wall
+    clock alone ends the run."""
+    limits = limits or RunLimits()
+    if n_trials is None and limits.wall_seconds is None:
         raise ValueError("--trials N is needed unless a wall-clock budget is given (--budget 30m)")
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"--trials must be >= 1, but got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
     started = time.monotonic() if started is None else started
-    wall_end = started + budget.wall_seconds if budget.wall_seconds is not None else None
+    wall_end = started + limits.wall_seconds if limits.wall_seconds is not None else None
     options = options or WorkerOptions()
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
@@ -202,12 +202,12 @@ def run_study(
         checkpoint_dir=ckpt_dir,
         progress=progress,
         artifact_root=storage_mod.artifact_store_dir(plan.url),
-        budget=budget,
-        cost=CostModel(study, url=plan.url) if budget.costed else None,
+        limits=limits,
+        cost=CostModel(study, url=plan.url) if limits.costed else None,
         deadline=wall_end,
     )
     progress.wanted = n_trials
-    progress.start(started=started, wall_seconds=budget.wall_seconds)
+    progress.start(started=started, wall_seconds=limits.wall_seconds)
     if not isinstance(study.sampler, TrialSeededSampler) and (
         os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
     ):
@@ -225,7 +225,7 @@ def run_study(
     if announce:
         done = claimer.finished(claimer.counts())
         wanted = f"{done} of {n_trials}" if n_trials is not None else f"{done}"
-        wall = budget.wall_seconds
+        wall = limits.wall_seconds
         progress.message(
             f"study {plan.spec.name!r}: {wanted} trials finished"
             + (f"; wall-clock budget {fmt_duration(wall)}" if wall is not None else "")
@@ -242,7 +242,7 @@ def run_study(
         if wall_end is not None and time.monotonic() >= wall_end:
             done = claimer.finished(claimer.counts())
             progress.message(
-                f"budget: {fmt_duration(budget.wall_seconds)} spent with {_of(done, n_trials)} "
+                f"budget: {fmt_duration(limits.wall_seconds)} spent with {_of(done, n_trials)} "
                 "trials finished; rerun with a new --budget to go on"
             )
             break

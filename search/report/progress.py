@@ -47,7 +47,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.tty = self.stream.isatty()
-        self.wanted: int | None = 0  # trials the study should hold; None: the budget decides
+        self.wanted: int | None = 0  # trials the study should hold; None: the wall clock decides
         self.started = time.monotonic()
         self.wall_seconds: float | None = None
         self._first_done: int | None = None  # finished trials at this run's first trial end

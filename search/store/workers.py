@@ -304,7 +304,7 @@ class SlotClaimer:
                     return Claim.WAIT  # the database went away while we counted: look again
                 raise
             # The lock connection died while we created the trial, so another worker may
-            # have claimed concurrently: give ours back if the budget is now overdrawn.
+            # have claimed concurrently: give ours back if the trial count is now overdrawn.
             counts = self.counts()
             if self.finished(counts) + counts[TrialState.RUNNING] > self.n_trials:
                 self._fail(self.trial_id(trial), "lost", "claimed while the database "

@@ -1,9 +1,14 @@
-"""The budgets of a run, and the durations they are written in.
+"""The limits of a run, and the durations they are written in.
 
-- ``Budget``: the wall-clock budget of one ``search run`` (``--budget 30m``, ``budget.wall``)
-  and the per-trial limit (``--max-trial-minutes``, ``budget.max_trial_minutes``).
+The study file's ``[budget]`` section holds two things, named apart in the code:
 
-What a trial costs is ``search.experiments.cost``.
+- ``RunLimits``: the wall clock of one ``search run`` (``--budget 30m``, ``budget.wall``) and
+  the per-trial limit (``--max-trial-minutes``, ``budget.max_trial_minutes``), read here.
+- The training length: ``budget.epochs`` and ``budget.patience`` become ``train.epochs`` and
+  ``train.patience`` of every trial (``search.study.studyfile.TRAINING_LENGTH``).
+
+How many trials a study holds is a third thing, the trial count (``--trials N``,
+``n_trials``). What a trial costs is ``search.experiments.cost``.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ def parse_minutes(value: Any, *, key: str = "--max-trial-minutes") -> float:
 
 
 @dataclass(frozen=True)
-class Budget:
-    wall_seconds: float | None = None  # this command's wall-clock budget
+class RunLimits:
+    """When a run stops starting trials, and which configurations it does not train."""
+
+    wall_seconds: float | None = None  # this command's wall clock (--budget)
     max_trial_seconds: float | None = None  # a configuration estimated longer is not trained
 
     @property
@@ -56,13 +63,13 @@ class Budget:
         return self.wall_seconds is not None or self.max_trial_seconds is not None
 
 
-def resolve_budget(
+def resolve_run_limits(
     section: dict[str, Any],
     *,
     where: str = "study file",
     wall: str | float | None = None,
     max_trial_minutes: float | None = None,
-) -> Budget:
+) -> RunLimits:
     """The study file's ``[budget]`` wall / max_trial_minutes, overridden by the flags."""
     if wall is not None:
         wall_s = parse_duration(wall, key="--budget")
@@ -77,7 +84,7 @@ def resolve_budget(
         trial_s = parse_minutes(section["max_trial_minutes"], key=key)
     else:
         trial_s = None
-    return Budget(wall_seconds=wall_s, max_trial_seconds=trial_s)
+    return RunLimits(wall_seconds=wall_s, max_trial_seconds=trial_s)
 
 
 def fmt_duration(seconds: float) -> str:
@@ -90,4 +97,4 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-__all__ = ["Budget", "fmt_duration", "parse_duration", "parse_minutes", "resolve_budget"]
+__all__ = ["RunLimits", "fmt_duration", "parse_duration", "parse_minutes", "resolve_run_limits"]

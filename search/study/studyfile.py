@@ -67,6 +67,9 @@ _BUDGET_KEYS = {
     "max_trial_minutes": (int, float),
     "wall": (str, int, float),
 }
+# The [budget] keys that set how long every trial trains (the training length), and the
+# settings they become; wall and max_trial_minutes are the run's limits (search.study.budget).
+TRAINING_LENGTH = {"epochs": "train.epochs", "patience": "train.patience"}
 # data keys beyond DataConfig's fields: an environment variable that overrides root
 _DATA_EXTRA_KEYS = {"root_env": str}
 
@@ -82,7 +85,8 @@ class StudySpec:
     storage: str | None = None
     data: dict[str, Any] = field(default_factory=dict)  # data.* keys
     root_env: str | None = None
-    budget: dict[str, int] = field(default_factory=dict)  # epochs, patience
+    # the [budget] section as written: the training length and the run limits
+    budget: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
     fixed: dict[str, Any] = field(default_factory=dict)  # dotted keys pinned for every trial
@@ -98,7 +102,8 @@ class StudySpec:
         return spaces.SearchSpace(self.space, self.params)
 
     def base_config(self, *, data_root: str | None = None) -> dict[str, Any]:
-        """The study's dotted settings: data section and budget (before the space draws)."""
+        """The study's dotted settings: the data section and the training length (before the
+        space draws)."""
         base = {f"data.{k}": v for k, v in self.data.items()}
         root = data_root or (os.environ.get(self.root_env) if self.root_env else None)
         if root:
@@ -107,10 +112,9 @@ class StudySpec:
             base["data.root"] = str(_resolve_relative(base["data.root"], self.path))
         if "data.classes" in base:
             base["data.classes"] = list(base["data.classes"])
-        if "epochs" in self.budget:
-            base["train.epochs"] = self.budget["epochs"]
-        if "patience" in self.budget:
-            base["train.patience"] = self.budget["patience"]
+        for key, setting in TRAINING_LENGTH.items():
+            if key in self.budget:
+                base[setting] = self.budget[key]
         return base
 
     def check_data_root(self, base: dict[str, Any]) -> None:

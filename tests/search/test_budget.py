@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 import trainer
 from search.cli import main
 from search.experiments.cost import CostModel, cache_key, estimate_seconds
-from search.study.budget import Budget, parse_duration, resolve_budget
+from search.study.budget import RunLimits, parse_duration, resolve_run_limits
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -78,10 +78,10 @@ def test_bad_durations_name_the_key_and_an_example(bad):
 
 def test_flags_override_the_study_file_budget():
     section = {"wall": "10m", "max_trial_minutes": 2}
-    assert resolve_budget(section) == Budget(wall_seconds=600.0, max_trial_seconds=120.0)
-    got = resolve_budget(section, wall="1h", max_trial_minutes=0.5)
-    assert got == Budget(wall_seconds=3600.0, max_trial_seconds=30.0)
-    assert not resolve_budget({}).costed
+    assert resolve_run_limits(section) == RunLimits(wall_seconds=600.0, max_trial_seconds=120.0)
+    got = resolve_run_limits(section, wall="1h", max_trial_minutes=0.5)
+    assert got == RunLimits(wall_seconds=3600.0, max_trial_seconds=30.0)
+    assert not resolve_run_limits({}).costed
 
 
 @pytest.mark.parametrize(
