@@ -13,13 +13,14 @@ from trainer.config import (
     config_keys,
 )
 from trainer.data import ImageData, list_datasets, load_data, register_dataset
-from trainer.loop import NullReporter, Reporter, TrainResult, build_model, select_device, train
+from trainer.device import gpu_share, select_device, set_gpu_share
+from trainer.loop import NullReporter, Reporter, TrainResult, build_model, train
 from trainer.losses import create_loss, list_losses
 from trainer.models import check_backbone, create_model, list_models
 from trainer.optim import create_optimizer, list_optimizers
 from trainer.preflight import check_model, check_names
 from trainer.schedulers import create_scheduler, list_schedulers
-from trainer.throughput import Throughput, measure_throughput
+from trainer.throughput import ProbeOutOfMemory, Throughput, measure_throughput
 
 __all__ = [
     "DataConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "NullReporter",
     "OptimConfig",
+    "ProbeOutOfMemory",
     "Reporter",
     "RunConfig",
     "SchedConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "create_model",
     "create_optimizer",
     "create_scheduler",
+    "gpu_share",
     "list_datasets",
     "list_losses",
     "list_models",
@@ -56,5 +59,6 @@ __all__ = [
     "register_dataset",
     "save_checkpoint",
     "select_device",
+    "set_gpu_share",
     "train",
 ]

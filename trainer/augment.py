@@ -19,6 +19,7 @@ mixing weight for ``loss = lam * loss(y_a) + (1 - lam) * loss(y_b)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -215,7 +216,7 @@ def _color_jitter(x: torch.Tensor, generator: torch.Generator, *, strength: floa
     bright, contrast = factor(), factor()
     sat = factor()  # drawn for 1-channel images too, so the random stream does not depend on C
     if c == 3:
-        wts = torch.tensor(_GRAY, device=x.device, dtype=x.dtype)
+        wts = _gray_weights(x.device, x.dtype)
     else:  # saturation is meaningless for one channel (or any non-RGB layout)
         wts, sat = torch.full((c,), 1.0 / c, device=x.device, dtype=x.dtype), torch.ones_like(sat)
     eye = torch.eye(c, device=x.device, dtype=x.dtype)
@@ -223,6 +224,13 @@ def _color_jitter(x: torch.Tensor, generator: torch.Generator, *, strength: floa
     mean = (x.mean(dim=(2, 3)) @ wts).view(b, 1, 1) * bright  # mean gray after brightness
     out = torch.bmm(mix.to(x.dtype), x.reshape(b, c, -1)) + (1 - contrast) * mean
     return out.view_as(x).clamp_(0, 1)
+
+
+@functools.cache
+def _gray_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The luma weights on ``device``, made once: a tensor built from a Python list is a
+    blocking host-to-device copy, which would stall every training step on a GPU."""
+    return torch.tensor(_GRAY, device=device, dtype=dtype)
 
 
 def _gaussian_blur(

@@ -202,6 +202,9 @@ class RunConfig:
     device: str = "auto"  # auto (cuda, mps, cpu) or an explicit torch device
     channels_last: bool = True  # memory format for conv nets (faster on CPU and GPU)
     ema_decay: float = 0.0  # weight EMA (timm's ModelEmaV3), evaluated and kept; 0 turns it off
+    # torch.compile the model in place (same weights and checkpoints): pays for long trials on
+    # a GPU, after a compilation of about a minute per model and process
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, but got {self.epochs}")

@@ -10,9 +10,12 @@ status ``budget`` and the finished epochs kept.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,15 +29,16 @@ from trainer import augment as _augment
 from trainer.checkpoint import load_pretrained, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import ImageData, load_data
+from trainer.data.prefetch import HostBatches
+from trainer.device import amp_dtype, configure, free_bytes, precision_name, select_device
 from trainer.losses import create_loss
 from trainer.models import Classifier, create_model
 from trainer.optim import create_optimizer
-from trainer.resume import TrainState, load_state, restore, save_state
+from trainer.resume import TrainState, load_state, restore, snapshot_state, write_state
 from trainer.schedulers import create_scheduler
-from trainer.steps import Batch, make_step
+from trainer.steps import MIN_MICRO_BATCH, Batch, halved, make_step
 
 EVAL_BATCH = 512
-MIN_MICRO_BATCH = 2  # out of memory below this micro-batch: the trial ends with status "oom"
 CHECK_EVERY = 8  # training steps between host reads of the loss (non-finite check)
 DEVICE_CACHE_SHARE = 0.5  # data.device_cache=auto: the images may take this share of free memory
 
@@ -73,8 +77,12 @@ class TrainResult:
     param_count: int = 0  # parameters of the model, head included
     trainable_param_count: int = 0  # of those, the ones the optimizer updates (transfer)
     # what the run had to change or reuse: oom_retries, micro_batch, accum_steps,
-    # effective_batch (out of memory), resumed_from_epoch / resume_skipped (a resumed run)
+    # effective_batch (out of memory), resumed_from_epoch / resume_skipped (a resumed run),
+    # device_cache (the images went to host memory), precision (bf16 | fp16 | fp32 on CUDA)
     adjustments: dict[str, Any] = field(default_factory=dict)
+    # the returned model's predicted class of each validation image (CPU), from the evaluation
+    # that chose it: a confusion matrix needs no second pass over the validation set
+    val_predictions: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def best_val_acc(self) -> float:
@@ -106,16 +114,6 @@ class TrainResult:
                 else {}
             ),
         }
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> Classifier:
@@ -185,23 +183,55 @@ def train(
     """Train ``cfg``; see the module docstring for the reporter protocol.
 
     ``last_checkpoint_path``: after every epoch that is not the last, the whole run state
-    (weights, optimizer, scheduler, EMA, RNG, history) is written there, and removed when the
+    (weights, optimizer, scheduler, EMA, RNGs, history) is written there, and removed when the
     run ends; ``resume_from`` continues a run from such a file (a killed trial's), replaying its
     epochs to the reporter. A file that is missing, damaged, or for another configuration is
-    noted in ``adjustments["resume_skipped"]`` and the run starts from epoch 1.
+    noted in ``adjustments["resume_skipped"]`` and the run starts from epoch 1. On a GPU the
+    file is written on a background thread while the next epoch trains.
 
-    Out of memory (a CUDA OOM): the micro-batch is halved and gradient accumulation doubled.
-    A step still sees the same images, augmented the same way, and its gradient is still their
-    mean (see ``trainer.steps``), so the update is the same; the run continues from its last
-    finished epoch (or restarts) and ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the
-    result has status ``oom``.
+    Out of memory (a CUDA OOM) while the images are put on the device: they stay in host
+    memory instead, each batch copied over (the same run, slower). Out of memory in a step:
+    the micro-batch is halved and gradient accumulation doubled. A step still sees the same
+    images, augmented the same way, and its gradient is still their mean (see
+    ``trainer.steps``), so for a model without batch statistics the update is the same; with
+    BatchNorm each micro-batch is normalised by its own statistics, so the update differs
+    slightly. The run continues from its last finished epoch (or restarts) and
+    ``adjustments`` records it. Below ``MIN_MICRO_BATCH`` the result has status ``oom``.
     """
     reporter = reporter or NullReporter()
     on_step: StepHook | None = getattr(reporter, "step", None)  # optional: looked up once
     reporter = _ReportOnce(reporter)
+    data = data or load_data(cfg.data)
+    writer = _StateWriter(background=_write_in_background(cfg))
+    try:
+        result = _train_retrying(
+            cfg, reporter=reporter, on_step=on_step, checkpoint_path=checkpoint_path, data=data,
+            resume_from=resume_from, last_checkpoint_path=last_checkpoint_path, writer=writer,
+        )  # fmt: skip
+    except BaseException:
+        writer.close(check=False)  # the error on its way says more than a failed write
+        raise
+    writer.close()
+    if last_checkpoint_path is not None:
+        Path(last_checkpoint_path).unlink(missing_ok=True)  # only a killed run needs it
+    return result
+
+
+def _train_retrying(
+    cfg: TrainConfig,
+    *,
+    reporter: _ReportOnce,
+    on_step: StepHook | None,
+    checkpoint_path: str | Path | None,
+    data: ImageData,
+    resume_from: str | Path | None,
+    last_checkpoint_path: str | Path | None,
+    writer: _StateWriter,
+) -> TrainResult:
+    """``_train_once``, again from the last finished epoch with half the micro-batch after
+    each out-of-memory error, or from epoch 1 when the resume state does not fit."""
     faults = _faults.installed()  # None outside tests; read once, never per step
     oom_error = _faults.out_of_memory_error()
-    data = data or load_data(cfg.data)
     notes: dict[str, Any] = {}
     resume = _read_resume(resume_from, cfg, notes)
     if resume is not None:
@@ -214,6 +244,7 @@ def train(
                 cfg, reporter=reporter, checkpoint_path=checkpoint_path, data=data,
                 micro_batch=micro, eval_batch=max(1, EVAL_BATCH >> ooms), resume=resume,
                 last_checkpoint_path=last_checkpoint_path, faults=faults, on_step=on_step,
+                writer=writer,
             )  # fmt: skip
             break
         except _ResumeFailed as exc:
@@ -223,10 +254,11 @@ def train(
             continue
         except oom_error as exc:
             error = str(exc).splitlines()[0] if str(exc) else "out of memory"
-        _free_memory()
+        _free_memory()  # outside the except block: its traceback held the step's tensors
         ooms += 1
         accum = -(-batch // micro)
-        if (micro + 1) // 2 < MIN_MICRO_BATCH or micro == 1:
+        smaller = halved(micro)
+        if smaller is None:
             history = [reporter.seen[e] for e in sorted(reporter.seen)]
             result = TrainResult(
                 status="oom",
@@ -237,9 +269,10 @@ def train(
                 history=history,
             )
             break
-        micro = (micro + 1) // 2
+        micro = smaller
         resume = None
         if last_checkpoint_path is not None:  # continue from the last finished epoch
+            writer.wait()
             resume = _read_resume(last_checkpoint_path, cfg, {})
     if ooms:
         notes.update(
@@ -247,8 +280,6 @@ def train(
             effective_batch=batch,
         )  # fmt: skip
     result.adjustments.update(notes)
-    if last_checkpoint_path is not None:
-        Path(last_checkpoint_path).unlink(missing_ok=True)  # only a killed run needs it
     return result
 
 
@@ -263,11 +294,46 @@ def _read_resume(path: str | Path | None, cfg: TrainConfig, notes: dict[str, Any
 
 
 def _free_memory() -> None:
-    import gc
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _write_in_background(cfg: TrainConfig) -> bool:
+    """Resume states are written on a thread where a GPU trains meanwhile; on a CPU the
+    writing would take the cores the training uses, so it stays in line."""
+    return select_device(cfg.train.device).type == "cuda"
+
+
+class _StateWriter:
+    """Writes resume states one at a time, in order, on a background thread or in line;
+    ``wait`` returns once the last one is on disk (before the file is read or deleted)."""
+
+    def __init__(self, *, background: bool) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="resume-state") if background else None
+        self.pending: Future | None = None
+
+    def write(self, path: str | Path, snapshot: tuple[dict[str, torch.Tensor], dict]) -> None:
+        if self.pool is None:
+            write_state(path, snapshot)
+            return
+        self.wait()
+        self.pending = self.pool.submit(write_state, path, snapshot)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()  # a failed write raises here
+
+    def close(self, *, check: bool = True) -> None:
+        try:
+            if check:
+                self.wait()
+            elif self.pending is not None:
+                self.pending.exception()  # wait for it, and leave its error aside
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
 
 def _train_once(
@@ -282,6 +348,7 @@ def _train_once(
     last_checkpoint_path: str | Path | None,
     faults: _faults.Faults | None,
     on_step: StepHook | None,
+    writer: _StateWriter,
 ) -> TrainResult:
     """The epoch loop: train an epoch, evaluate, keep the best, schedule, report, stop."""
     t_setup = time.perf_counter()
@@ -289,8 +356,10 @@ def _train_once(
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
     result.param_count = sum(p.numel() for p in run.model.parameters())
     result.trainable_param_count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    if run.data_on == "host" and cfg.data.device_cache == "auto":
+    if run.data_on == "host" and (cfg.data.device_cache == "auto" or run.placement_oom):
         result.adjustments["device_cache"] = "host"  # the images did not fit the device
+    if run.device.type == "cuda":
+        result.adjustments["precision"] = precision_name(run.amp_dtype)
     first_epoch = 1 if resume is None else run.resume(resume, result, reporter)
     result.setup_seconds = time.perf_counter() - t_setup
     t_train = time.perf_counter()
@@ -304,9 +373,10 @@ def _train_once(
         if stop is not None:  # a non-finite loss, or the caller's deadline
             result.status, result.reason = stop
             break
+        predictions: list[torch.Tensor] = []
         val_loss, val_acc = evaluate(
             run.eval_model, run.x_val, run.y_val, run.criterion, run.prepare, amp=run.amp,
-            batch=eval_batch,
+            amp_dtype=run.amp_dtype, batch=eval_batch, predictions=predictions,
         )  # fmt: skip
         metrics = {
             "epoch": epoch,
@@ -318,7 +388,7 @@ def _train_once(
             "seconds": time.perf_counter() - t_epoch,
         }
         result.history.append(metrics)
-        run.keep_if_best(epoch, val_acc)
+        run.keep_if_best(epoch, val_acc, predictions)
         run.scheduler.epoch_end(epoch, val_acc)
         reporter.report(epoch, metrics)
         if reporter.should_stop():
@@ -331,11 +401,13 @@ def _train_once(
             )
             break
         if last_checkpoint_path is not None and epoch < cfg.train.epochs:
-            run.save(last_checkpoint_path, epoch=epoch, history=result.history)
+            run.save(last_checkpoint_path, epoch=epoch, history=result.history, writer=writer)
 
     result.train_seconds = time.perf_counter() - t_train + run.resumed_seconds
     result.best_epoch = run.best_epoch
     result.model = run.best_model()  # early stopping keeps the best state (seed 004)
+    if run.best_pred is not None:
+        result.val_predictions = run.best_pred.cpu()
     keep = result.status not in ("pruned", "budget")  # a stopped trial keeps no weights
     if checkpoint_path is not None and run.best_state is not None and keep:
         result.checkpoint = str(
@@ -344,6 +416,41 @@ def _train_once(
             )
         )
     return result
+
+
+class _ResidentImages:
+    """The last image set placed on a device, kept there between the trials of this process
+    that train on the same images (``load_data`` hands a worker's trials one ``ImageData``):
+    it is uploaded once per worker, not once per trial."""
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, Any, torch.device] | None = None
+        self.images: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, data: ImageData, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+        if self.key is None:
+            return None
+        train_ref, val_ref, on = self.key
+        if train_ref() is data.x_train and val_ref() is data.x_val and on == device:
+            return self.images
+        return None
+
+    def put(self, data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        self.clear()
+        images = _to_device(data.x_train, device), _to_device(data.x_val, device)
+        self.key = (weakref.ref(data.x_train), weakref.ref(data.x_val), device)
+        self.images = images
+        return images
+
+    def clear(self) -> None:
+        self.key = self.images = None
+
+
+_RESIDENT = _ResidentImages()
+
+
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device)
 
 
 class _Run:
@@ -355,30 +462,32 @@ class _Run:
     ) -> None:
         self.cfg, self.micro = cfg, micro_batch
         self.device = device = select_device(cfg.train.device)
+        configure(device)  # CUDA: this process's memory share, cuDNN autotuning, TF32
         self.model = build_model(cfg, data, device)
         self.dtype = next(self.model.parameters()).dtype  # float32 (float64 in exactness tests)
         fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
         self.fmt = fmt or torch.contiguous_format
-        self.data_on = data_placement(
-            cfg.data.device_cache, device=device,
-            needed=data.x_train.nbytes + data.x_val.nbytes, free=_free_bytes(device),
-        )  # fmt: skip
+        self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
+        n = len(data.x_train)
+        self.steps_per_epoch = max(1, n // self.batch)  # the ragged last batch is dropped
         # images: the whole uint8 set on the device when it fits, else in host memory with
-        # each batch copied over (``gather``); labels are small and always live on the device
-        place = device if self.data_on == "device" else torch.device("cpu")
-        self.x_train, self.x_val = data.x_train.to(place), data.x_val.to(place)
+        # each batch gathered and copied over ahead of its step; labels always on the device
+        self.placement_oom = False
+        self.x_train, self.x_val = self._place_images(data)
+        self.host = None
+        if self.data_on == "host":
+            self.host = HostBatches(self.x_train, device, self.batch)
         self.y_train, self.y_val = data.y_train.to(device), data.y_val.to(device)
-        self.pin = self.data_on == "host" and device.type == "cuda"
         self.mean = torch.tensor(data.mean, device=device, dtype=self.dtype).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device, dtype=self.dtype).view(1, -1, 1, 1)
-        self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
-        n = len(self.x_train)
-        self.steps_per_epoch = max(1, n // self.batch)  # the ragged last batch is dropped
         self.aug = _augment.make_augment(
             cfg.data.augment, image_size=cfg.data.image_size, **cfg.data.augment_settings()
         )
         self.mixing = cfg.data.cutmix > 0 or cfg.data.mixup > 0
-        self.amp = cfg.train.amp and device.type == "cuda"
+        # bf16 from compute capability 8.0, fp16 with loss scaling below; None off CUDA
+        self.amp_dtype = amp_dtype(device) if cfg.train.amp else None
+        self.amp = self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # order, aug
 
         self.criterion = create_loss(cfg.loss)
@@ -390,16 +499,44 @@ class _Run:
         self.ema = (
             ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
         )
+        if cfg.train.compile:  # in place, after the EMA's copy: state-dict keys stay the same
+            self.model.compile()
         self.step = make_step(
             self.model, self.optimizer, self.criterion, grad_clip=cfg.train.grad_clip,
-            amp=self.amp, mixing=self.mixing,
+            amp=self.amp, amp_dtype=self.amp_dtype or torch.bfloat16, scaler=self.scaler,
+            mixing=self.mixing,
         )  # fmt: skip
         if faults is not None:  # tests only: the step with fault points around it
             self.step = _faults.wrap_step(self.step, faults, steps_per_epoch=self.steps_per_epoch)
 
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_pred: torch.Tensor | None = None
         self.best_acc, self.best_epoch, self.since_best = -1.0, -1, 0
         self.resumed_seconds = 0.0
+
+    def _place_images(self, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training, validation) images where they live while training; sets ``data_on``."""
+        device = self.device
+        if device.type == "cpu":  # its own host: no copy (host is forced only by tests)
+            self.data_on = "host" if self.cfg.data.device_cache == "host" else "device"
+            return data.x_train, data.x_val
+        resident = _RESIDENT.get(data, device)
+        if resident is None:
+            _RESIDENT.clear()  # another set's images: their memory counts as free below
+        needed = 0 if resident is not None else data.x_train.nbytes + data.x_val.nbytes
+        self.data_on = data_placement(
+            self.cfg.data.device_cache, device=device, needed=needed, free=free_bytes(device)
+        )
+        if self.data_on == "device":
+            try:
+                return resident or _RESIDENT.put(data, device)
+            except _faults.out_of_memory_error():
+                self.placement_oom = True
+            _RESIDENT.clear()
+            _free_memory()  # outside the except block, whose traceback held the copies
+            self.data_on = "host"
+        _RESIDENT.clear()  # nothing of ours left on the device for a trial that needs it all
+        return data.x_train, data.x_val
 
     @property
     def eval_model(self) -> nn.Module:
@@ -423,7 +560,7 @@ class _Run:
         step is split into micro-batches."""
         perm = torch.randperm(len(self.y_train), device=self.device, generator=self.gen)
         for xb, yb in self.gather(perm):
-            xb = xb.to(self.dtype) / 255.0
+            xb = xb.to(self.dtype) / 255.0  # a new tensor: a host buffer is free again
             if self.aug is not None:
                 xb = self.aug(xb, self.gen)
             y_mix, lam = yb, 1.0
@@ -440,23 +577,17 @@ class _Run:
     def gather(self, perm: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels) of each step, on the device, in ``perm``'s order."""
         b, steps = self.batch, self.steps_per_epoch
-        if self.data_on == "device":  # index the resident set: no copies, no sync
+        if self.host is None:  # index the resident set: no copies, no sync
             for i in range(steps):
                 idx = perm[i * b : (i + 1) * b]
                 yield self.x_train[idx], self.y_train[idx]
             return
-        # Host memory: gather a batch there and copy it without blocking, one batch ahead,
-        # so the copy overlaps the step before it. The order is the device path's (one read
-        # of the permutation per epoch), so the run is the same as with the set on the device.
+        # Host memory: a background thread gathers each step's images into reused (pinned)
+        # buffers and each is copied over on a side stream one step ahead, overlapping the
+        # step before it (trainer.data.prefetch). The order is the device path's (one read of
+        # the permutation per epoch), so the run is the same as with the set on the device.
         host_perm = perm.cpu()
-
-        def fetch(i: int) -> torch.Tensor:
-            xb = self.x_train[host_perm[i * b : (i + 1) * b]]
-            return (xb.pin_memory() if self.pin else xb).to(self.device, non_blocking=True)
-
-        upcoming = fetch(0)
-        for i in range(steps):
-            xb, upcoming = upcoming, fetch(i + 1) if i + 1 < steps else None
+        for i, xb in enumerate(self.host.epoch(host_perm, steps)):
             yield xb, self.y_train[perm[i * b : (i + 1) * b]]
 
     def train_epoch(
@@ -494,12 +625,13 @@ class _Run:
                 return math.nan, math.nan, ("budget", reason)
         return step_loss.mean().item(), (correct / seen).item(), None
 
-    def keep_if_best(self, epoch: int, val_acc: float) -> None:
+    def keep_if_best(self, epoch: int, val_acc: float, predictions: list[torch.Tensor]) -> None:
         if val_acc > self.best_acc:
             self.best_acc, self.since_best, self.best_epoch = val_acc, 0, epoch
             self.best_state = {
                 k: v.detach().clone() for k, v in self.eval_model.state_dict().items()
             }
+            self.best_pred = torch.cat(predictions) if predictions else None
         else:
             self.since_best += 1
 
@@ -530,33 +662,33 @@ class _Run:
             reporter.report(int(metrics["epoch"]), metrics)
         return state.epoch + 1
 
-    def save(self, path: str | Path, *, epoch: int, history: list[dict[str, float]]) -> None:
-        save_state(
-            path, config=self.cfg.to_flat(), epoch=epoch, history=history,
+    def save(
+        self, path: str | Path, *, epoch: int, history: list[dict[str, float]], writer: _StateWriter
+    ) -> None:
+        """Copy the run's state to the host now (between two steps) and hand it to ``writer``."""
+        snapshot = snapshot_state(
+            config=self.cfg.to_flat(), epoch=epoch, history=[dict(h) for h in history],
             best_epoch=self.best_epoch, best_acc=self.best_acc, since_best=self.since_best,
             model=self.model, best_state=self.best_state, optimizer=self.optimizer,
             scheduler=self.scheduler, generator=self.gen,
             ema=self.eval_model if self.ema is not None else None,
         )  # fmt: skip
+        writer.write(path, snapshot)
 
 
 def data_placement(setting: str, *, device: torch.device, needed: int, free: int | None) -> str:
     """Where the decoded images live while training: ``"device"`` or ``"host"``.
 
-    ``auto`` keeps them on the device when they take at most ``DEVICE_CACHE_SHARE`` of its
-    free memory (the rest is for activations), else in host memory; a CPU is its own host.
+    ``auto`` keeps them on the device when they take at most ``DEVICE_CACHE_SHARE`` of the
+    memory this process may still allocate there (``free``: ``trainer.device.free_bytes``,
+    within its GPU share; the rest is for activations), else in host memory; a CPU is its own
+    host.
     """
     if setting != "auto":
         return setting
     if device.type == "cpu" or free is None:
         return "device"
     return "device" if needed <= DEVICE_CACHE_SHARE * free else "host"
-
-
-def _free_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return None
 
 
 def _first_nonfinite(step_loss: torch.Tensor) -> tuple[int, float] | None:
@@ -577,18 +709,24 @@ def evaluate(
     prepare: Callable[[torch.Tensor], torch.Tensor],
     *,
     amp: bool = False,
+    amp_dtype: torch.dtype | None = torch.bfloat16,
     batch: int = EVAL_BATCH,
+    predictions: list[torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over a labelled uint8 image set, in large batches; the sums stay
-    on the device until the end (one host read)."""
+    on the device until the end (one host read). ``predictions``: a list that receives each
+    batch's predicted classes (device tensors)."""
     model.eval()
     loss_sum = torch.zeros((), device=y.device)
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for i in range(0, len(x), batch):
         xb, yb = prepare(x[i : i + batch]), y[i : i + batch]
-        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(xb.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp):
             logits = model(xb)
         logits = logits.float() if amp else logits
         loss_sum += criterion(logits, yb) * len(yb)
-        correct += (logits.argmax(1) == yb).sum()
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum()
+        if predictions is not None:
+            predictions.append(pred)
     return loss_sum.item() / len(x), correct.item() / len(x)

@@ -7,6 +7,7 @@ import torch
 from trainer._registry import unknown_name_error
 from trainer.config import TrainConfig
 from trainer.data import ImageData
+from trainer.device import select_device
 from trainer.loop import build_model
 from trainer.losses import list_losses
 from trainer.models import check_backbone
@@ -27,10 +28,11 @@ def check_names(cfg: TrainConfig) -> None:
 def check_model(cfg: TrainConfig, data: ImageData) -> None:
     """Build ``cfg``'s model on the CPU (weights, freezing) and run two images through it.
 
-    Missing ImageNet weights offline, an unreadable pretrained file, or a backbone that cannot
-    take the image size would otherwise fail every trial that draws it; here they are one
-    ValueError naming the backbone and the fix.
+    Missing ImageNet weights offline, an unreadable pretrained file, a backbone that cannot
+    take the image size, or a ``train.device`` this machine does not have would otherwise fail
+    every trial; here they are one ValueError naming the backbone (or device) and the fix.
     """
+    select_device(cfg.train.device)  # train.device = "cuda" where CUDA is not usable: the fix
     name, size = cfg.model.backbone, cfg.data.image_size
     try:
         model = build_model(cfg, data, torch.device("cpu"))

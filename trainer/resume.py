@@ -1,8 +1,10 @@
 """The state of a training run after an epoch, so a killed run resumes where it stopped.
 
 ``save_state`` writes, after every finished epoch, the weights, the best weights so far, the
-weight EMA where on, the optimizer and scheduler state, the batch-order RNG and the history;
-``load_state`` reads it back. The format is safetensors plus a JSON block: no pickle, nothing
+weight EMA where on, the optimizer and scheduler state, the batch-order RNG, the global CPU
+and CUDA RNGs (dropout) and the history; ``load_state`` reads it back. ``snapshot_state``
+takes one host copy of it and ``write_state`` writes that, so the training loop can write the
+file while the next epoch trains. The format is safetensors plus a JSON block: no pickle, nothing
 executes on load, and a damaged or foreign file is a ValueError the caller turns into "start
 from epoch 1".
 """
@@ -36,6 +38,8 @@ class TrainState:
     rng: torch.Tensor
     path: str
     ema: dict[str, torch.Tensor] | None = None
+    cpu_rng: torch.Tensor | None = None  # torch's global generators (dropout draws from them)
+    cuda_rng: torch.Tensor | None = None
 
 
 def _base(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -43,8 +47,20 @@ def _base(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "base_optimizer", optimizer)
 
 
-def save_state(
-    path: str | Path,
+def save_state(path: str | Path, **state: Any) -> Path:
+    """Atomically write the run's state after an epoch to ``path``; the keywords are
+    ``snapshot_state``'s."""
+    return write_state(path, snapshot_state(**state))
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    # One copy, contiguous, in host memory: a device tensor is copied over once (no second
+    # clone, no third copy for a channels-last weight), a CPU one cloned so that training can
+    # go on while the file is written.
+    return t.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+
+
+def snapshot_state(
     *,
     config: dict[str, Any],
     epoch: int,
@@ -58,28 +74,28 @@ def save_state(
     scheduler: Any,
     generator: torch.Generator,
     ema: torch.nn.Module | None = None,
-) -> Path:
-    """Atomically write the run's state after ``epoch`` to ``path``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of the run's state after ``epoch``: one host copy of each tensor,
+    taken between two training steps, for ``write_state``."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
-        tensors[f"model/{k}"] = v.detach().to("cpu").clone().contiguous()
+        tensors[f"model/{k}"] = _host_copy(v)
     for k, v in (best_state or {}).items():
-        tensors[f"best/{k}"] = v.detach().to("cpu").clone().contiguous()
+        tensors[f"best/{k}"] = _host_copy(v)
     for k, v in (ema.state_dict() if ema is not None else {}).items():
-        tensors[f"ema/{k}"] = v.detach().to("cpu").clone().contiguous()
+        tensors[f"ema/{k}"] = _host_copy(v)
     opt = _base(optimizer).state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for pid, entry in opt["state"].items():
         for k, v in entry.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim/{pid}/{k}"] = v.detach().to("cpu").clone().contiguous()
+                tensors[f"optim/{pid}/{k}"] = _host_copy(v)
             else:
                 scalars.setdefault(str(pid), {})[k] = v
-    tensors["rng"] = generator.get_state().to("cpu").clone()
+    tensors["rng"] = _host_copy(generator.get_state())
+    tensors["rng_cpu"] = torch.get_rng_state()  # a fresh tensor each call
+    if generator.device.type == "cuda":
+        tensors["rng_cuda"] = torch.cuda.get_rng_state(generator.device)
     meta = {
         "version": VERSION,
         "config": config,
@@ -94,6 +110,16 @@ def save_state(
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
+    return tensors, meta
+
+
+def write_state(path: str | Path, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> Path:
+    """Atomically write a ``snapshot_state`` to ``path`` (from any thread)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = snapshot
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata={STATE_KEY: json.dumps(meta)})
     return path
@@ -145,6 +171,8 @@ def load_state(path: str | Path, *, config: dict[str, Any]) -> TrainState:
             rng=tensors["rng"],
             path=str(path),
             ema={k[4:]: v for k, v in tensors.items() if k.startswith("ema/")} or None,
+            cpu_rng=tensors.get("rng_cpu"),  # absent from states written before they were kept
+            cuda_rng=tensors.get("rng_cuda"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is an incomplete resume state ({exc!r})") from None
@@ -173,5 +201,9 @@ def restore(
         if scheduler is not None and state.scheduler is not None:
             scheduler.load_state_dict(state.scheduler)
         generator.set_state(state.rng)
+        if state.cpu_rng is not None:
+            torch.set_rng_state(state.cpu_rng)
+        if state.cuda_rng is not None and generator.device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng, generator.device)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{state.path} does not fit this model ({exc})") from None

@@ -6,6 +6,17 @@ full batch's gradient however the batch is split (by ``train.accum_steps``, or h
 out-of-memory error). SAM climbs along that whole-batch gradient, and its second pass
 recomputes every micro-batch at the perturbed weights. Gradient clipping, where set, applies
 to the gradient the optimizer then steps with. Returns device tensors only (no host sync).
+
+Mixed precision: autocast in ``amp_dtype`` (bf16 from compute capability 8.0). fp16 (V100, T4)
+needs a ``torch.amp.GradScaler``: every micro-batch's loss is scaled before its backward pass,
+the gradient is unscaled before clipping and before SAM's ascent step, and a step whose
+gradient is not finite is skipped (the scaler then lowers its scale). With a fused optimizer
+(Adam, AdamW, SGD on CUDA) the scaler decides on the device; otherwise it reads one flag per step.
+
+Halving the micro-batch after an out-of-memory error keeps the update the same for models
+without batch statistics. BatchNorm normalises each micro-batch with that micro-batch's
+mean and variance, so there the gradient changes (slightly; more for very small micro-batches)
+and so do the running statistics, which are updated once per micro-batch.
 """
 
 from __future__ import annotations
@@ -36,6 +47,16 @@ class Batch:
 # step(micro_batches) -> (summed loss over the batch's images, correct predictions), on device
 StepFn = Callable[[list[Batch]], tuple[torch.Tensor, torch.Tensor]]
 
+MIN_MICRO_BATCH = 2  # out of memory below this micro-batch: the configuration does not fit
+
+
+def halved(micro: int) -> int | None:
+    """The micro-batch to try after ``micro`` ran out of memory, or None below
+    ``MIN_MICRO_BATCH`` (the training loop and the speed probe halve alike)."""
+    if micro == 1 or (micro + 1) // 2 < MIN_MICRO_BATCH:
+        return None
+    return (micro + 1) // 2
+
 
 def make_step(
     model: nn.Module,
@@ -45,15 +66,18 @@ def make_step(
     grad_clip: float = 0.0,
     amp: bool = False,
     mixing: bool = False,
+    amp_dtype: torch.dtype = torch.bfloat16,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepFn:
-    """The optimisation step for ``optimizer`` (SAM when it has ``is_sam``)."""
+    """The optimisation step for ``optimizer`` (SAM when it has ``is_sam``); ``amp``:
+    autocast in ``amp_dtype``; ``scaler``: loss scaling for fp16 (see the module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     sam = getattr(optimizer, "is_sam", False)
     device_type = next(model.parameters()).device.type
 
     def loss_of(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        # bf16 autocast on CUDA: no loss scaling needed, ~2x throughput on tensor cores
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        # bf16 needs no loss scaling and runs ~2x faster than fp32 on tensor cores
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
             logits = model(b.x)
         if amp:
             logits = logits.float()
@@ -67,7 +91,8 @@ def make_step(
         correct = torch.zeros((), device=micro[0].y.device, dtype=torch.long)
         for b in micro:
             logits, loss = loss_of(b)
-            (loss * (len(b.y) / total)).backward()  # the batch mean, whatever the split
+            share = loss * (len(b.y) / total)  # the batch mean, whatever the split
+            (share if scaler is None else scaler.scale(share)).backward()
             loss_sum = loss_sum + loss.detach() * len(b.y)
             correct = correct + (logits.detach().argmax(1) == b.y).sum()
         return loss_sum, correct
@@ -75,6 +100,8 @@ def make_step(
     def step(micro: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
         total = sum(len(b.y) for b in micro)
         loss_sum, correct = accumulate(micro, total)  # reported: the loss at the weights
+        if scaler is not None:
+            return scaled_step(micro, total, loss_sum, correct)
         if sam:
             # Clipping this gradient first would not change the ascent step (normalised to
             # length rho), so only the gradient that is stepped with is clipped, below.
@@ -88,6 +115,30 @@ def make_step(
             optimizer.second_step()
         else:
             optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_sum, correct
+
+    def scaled_step(
+        micro: list[Batch], total: int, loss_sum: torch.Tensor, correct: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        stepper = optimizer
+        if sam:
+            scaler.unscale_(optimizer)  # the ascent needs the true gradient
+            optimizer.first_step(skip_nonfinite=True)  # no climb along an overflowed gradient
+            optimizer.zero_grad(set_to_none=True)
+            with _frozen_batchnorm_stats(model):
+                accumulate(micro, total)
+            # A second unscale per step is refused for one optimizer; the base optimizer
+            # holds the same parameters and has a state of its own in the scaler.
+            stepper = optimizer.base_optimizer
+        if grad_clip > 0 or sam:
+            scaler.unscale_(stepper)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        if sam:
+            optimizer.restore()  # back to the weights before the climb, then step from there
+        scaler.step(stepper)  # skipped when the gradient (of either pass) is not finite
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss_sum, correct
 
@@ -108,4 +159,4 @@ def _frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-__all__ = ["Batch", "StepFn", "make_step"]
+__all__ = ["MIN_MICRO_BATCH", "Batch", "StepFn", "halved", "make_step"]
