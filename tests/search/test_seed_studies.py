@@ -128,11 +128,12 @@ def flat_folder(root: Path, n_classes: int, *, per_class: int = 3) -> Path:
 
 
 def backbone_weights(path: Path, backbone: str) -> Path:
-    """A local weights file (a bare timm backbone state dict): no download needed."""
+    """A local weights file (a bare timm backbone state dict): no download needed. Drawn from
+    a seed no trial uses, so a model that starts from these weights was loaded from it."""
     import timm
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
+    torch.manual_seed(12345)
     model = timm.create_model(backbone, num_classes=0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
@@ -189,10 +190,23 @@ def test_kfood_quick_scratch_then_transfer_from_its_best(tmp_path, storage_url):
     ],
 )
 def test_pretrained_quick_trains_from_a_local_weights_file(
-    name, backbone, classes, tmp_path, storage_url
+    name, backbone, classes, tmp_path, storage_url, monkeypatch
 ):
+    from safetensors.torch import load_file
+
+    import trainer.loop
+
     data = class_folders(tmp_path / name, classes)
     weights = backbone_weights(tmp_path / f"{backbone}.safetensors", backbone)
+    built: list[dict[str, torch.Tensor]] = []  # each trained model's weights as built
+    real_build = trainer.loop.build_model
+
+    def build_model(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(trainer.loop, "build_model", build_model)
     study = run_quick(
         name,
         data,
@@ -202,6 +216,10 @@ def test_pretrained_quick_trains_from_a_local_weights_file(
         "--set",
         f"model.pretrained={weights}",
     )
+    # the trained model started from the file: every backbone tensor of it, before training
+    (start,) = built
+    given = load_file(str(weights))
+    assert all(torch.equal(start[f"backbone.{k}"], v) for k, v in given.items())
     attrs = study.trials[0].user_attrs
     if name == "fruit3_transfer":  # frozen backbone: only the two-layer head trains
         head = 512 * 256 + 256 + 256 * classes + classes
