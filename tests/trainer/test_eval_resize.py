@@ -205,8 +205,16 @@ def test_a_center_crop_run_validates_on_the_crops_end_to_end(tmp_path):
     # the best epoch's weights are restored: its validation accuracy is the cropped images'
     assert accuracy(result.model, data.x_val, data.y_val, **kw) == best
     x_test, y_test = load_test(cfg.data)
-    acc = accuracy(result.model, x_test, y_test, **kw)
-    assert 0.0 <= acc <= 1.0 and len(y_test) == 15
+    assert len(y_test) == 15
+    # the held-out test images are cropped too: a model trained and validated on squashed
+    # images (edges in view) recognises the squashed test images and not the cropped ones
+    squash = cfg.replace({"data.eval_resize": "squash"})
+    seen = train(squash)
+    assert max(h["val_acc"] for h in seen.history) >= 0.9, seen.history
+    x_squashed, y_squashed = load_test(squash.data)
+    assert torch.equal(y_squashed, y_test)  # the same test images, resized otherwise
+    assert accuracy(seen.model, x_squashed, y_squashed, **kw) >= 0.9
+    assert accuracy(seen.model, x_test, y_test, **kw) <= 0.6
     _, meta = read_checkpoint(result.checkpoint)
     assert meta["config"]["data.eval_resize"] == "center_crop"  # what predict reads back
 
