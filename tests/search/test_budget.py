@@ -301,3 +301,30 @@ def test_a_run_draws_on_past_misfits_while_a_cheaper_configuration_fits(
     assert len(done) == 4 and all(t.params["data.batch_size"] == 128 for t in done)
     statuses = "".join("m" if t.user_attrs.get("status") == "no_time" else "." for t in trials)
     assert "mmm" in statuses  # what used to end the run
+
+
+def test_a_run_ends_after_25_misfits_in_a_row_even_while_a_cheaper_configuration_fits(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    # The enqueued batch 64 is estimated at a moment and trains; every other batch size of
+    # the range is estimated at hours, and the draws after it never hit 64 again. The cheap
+    # configuration still fits, so the run draws on past three misfits, but not past 25.
+    study = TINY_DIGITS.replace('"data.batch_size" = 128\n', "").replace(
+        "[fixed]", '[params]\n"data.batch_size" = { low = 16, high = 127 }\n\n[fixed]'
+    )
+    write_study("tiny", study + '\n[[enqueue]]\n"data.batch_size" = 64\n')
+
+    def measure(cfg, *, num_classes, in_chans=3, **kw) -> trainer.Throughput:
+        ips = 1e6 if cfg.data.batch_size == 64 else 1.0
+        return trainer.Throughput(ips, "cpu:test", cfg.data.batch_size, 3)
+
+    monkeypatch.setattr(trainer, "measure_throughput", measure)
+    rc = main(["run", "--study", "tiny", "--trials", "5", "--budget", "10m", "-q",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    first, *misfits = load(storage_url).trials
+    assert first.state == TrialState.COMPLETE and first.params["data.batch_size"] == 64
+    assert len(misfits) == 25
+    assert all(t.user_attrs["status"] == "no_time" for t in misfits)
+    assert len(fake_train.calls) == 1
+    assert "budget: 25 configurations in a row cannot finish" in capsys.readouterr().err
