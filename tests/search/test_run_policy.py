@@ -96,3 +96,33 @@ def test_a_study_full_before_the_timeout_does_not_report_one(
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # started at 0 s
     assert "timeout" not in capsys.readouterr().err
+
+
+# Trial 0 (enqueued lr 0.01) learns; trial 1 (lr 1e-4) stays low from the first epoch.
+STRONG, WEAK = [0.8, 0.9, 0.95], [0.1, 0.15, 0.2]
+ENQUEUE = '\n[[enqueue]]\n"optim.lr" = 0.01\n\n[[enqueue]]\n"optim.lr" = 0.0001\n'
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        'name = "median"\nn_startup_trials = 1\nn_warmup_steps = 0',
+        'name = "percentile"\npercentile = 25.0\nn_startup_trials = 1\nn_warmup_steps = 0',
+        'name = "successive_halving"\nmin_resource = 1\nreduction_factor = 2',
+        # max_resource defaults to the study's epochs; one bracket (log_4 of 3 epochs < 1)
+        'name = "hyperband"\nmin_resource = 1\nreduction_factor = 4',
+    ],
+    ids=["median", "percentile", "successive_halving", "hyperband"],
+)
+def test_each_pruner_stops_a_weak_trial_after_its_first_epoch(
+    write_study, storage_url, fake_train, pruner
+):
+    write_study("tiny", TINY_DIGITS.replace('name = "none"', pruner) + ENQUEUE)
+    fake_train.curve = lambda cfg: STRONG if cfg.optim.lr >= 0.01 else WEAK
+    assert search_run(storage_url, "--trials", "2") == 0
+    strong, weak = optuna.load_study(study_name="tiny", storage=storage_url).trials
+    assert strong.state == TrialState.COMPLETE and strong.value == 0.95
+    assert weak.params["optim.lr"] == 0.0001
+    assert weak.state == TrialState.PRUNED
+    assert weak.user_attrs["reason"] == "pruned after epoch 1"
+    assert weak.intermediate_values == {1: 0.1}
