@@ -164,6 +164,46 @@ def test_a_trial_that_runs_out_of_memory_ends_with_the_same_weights(float64, nam
     assert_same(weights(retried), weights(clean))
 
 
+def _evaluation_out_of_memory_above(limit: int, monkeypatch) -> list[int]:
+    """Make the loop's evaluation raise the out-of-memory error a GPU would for a batch over
+    ``limit`` images; returns the evaluation batch sizes asked, in order."""
+    import trainer.loop as loop
+    from trainer import _faults
+
+    real, asked = loop.evaluate, []
+
+    def evaluate(*args, batch, **kwargs):
+        asked.append(batch)
+        if batch > limit:
+            raise _faults.out_of_memory_error()(f"CUDA out of memory (evaluation batch {batch})")
+        return real(*args, batch=batch, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    return asked
+
+
+def test_out_of_memory_during_evaluation_is_retried_with_the_same_weights(float64, monkeypatch):
+    cfg = cfg_for("adam")
+    clean = trainer.train(cfg)
+    asked = _evaluation_out_of_memory_above(256, monkeypatch)
+    retried = trainer.train(cfg)
+    # the first evaluation (512 images at a time) ran out of memory; the run started again
+    # with half the evaluation batch (and half the micro-batch, the same update)
+    assert asked[0] == 512 and set(asked[1:]) == {256} and len(asked) == 1 + cfg.train.epochs
+    assert retried.status == clean.status == "complete"
+    assert retried.adjustments["oom_retries"] == 1
+    assert [h["val_acc"] for h in retried.history] == [h["val_acc"] for h in clean.history]
+    assert_same(weights(retried), weights(clean))
+
+
+def test_evaluation_that_never_fits_ends_with_status_oom(monkeypatch):
+    _evaluation_out_of_memory_above(0, monkeypatch)
+    result = trainer.train(cfg_for("adam"))
+    assert result.status == "oom" and result.history == []
+    assert result.reason.startswith("oom: out of memory at micro-batch 2")
+    assert "evaluation batch" in result.reason
+
+
 def test_accum_steps_two_equals_the_doubled_batch(float64):
     doubled = trainer.train(cfg_for("sam_sgd", **{"data.batch_size": 32}))
     accumulated = trainer.train(
