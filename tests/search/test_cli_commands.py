@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DIGITS
 
+from search.cli import main
 from search.cli.main import COMMANDS, build_parser
 from search.cli.run import Run, child_argv
 
@@ -69,3 +71,25 @@ def test_the_launcher_overrides_a_passed_on_value_and_refuses_other_names():
     assert argv[argv.index("--budget") + 1] == "12.5"
     with pytest.raises(TypeError, match="storage"):
         child_argv(args, threads=1, storage="sqlite:///x.db")
+
+
+def test_workers_get_what_is_left_of_the_wall_clock_and_their_share_of_threads(
+    write_study, storage_url, monkeypatch
+):
+    write_study("tiny", TINY_DIGITS)
+    seen: dict = {}
+
+    def launch(argv, *, url, workers, threads, stream=None):
+        seen.update(argv=argv, url=url, workers=workers, threads=threads)
+        return 0
+
+    monkeypatch.setattr("search.experiments.launcher.launch", launch)
+    # SQLite refuses several workers; this test stops where the workers would start
+    monkeypatch.setattr("search.store.storage.check_workers", lambda storage, workers: None)
+    run = ["run", "--study", "tiny", "--budget", "1h", "--workers", "2", "--threads", "3", "-q"]
+    assert main([*run, "--storage", storage_url]) == 0
+    argv = seen["argv"]
+    assert 3000 < float(argv[argv.index("--budget") + 1]) <= 3600
+    assert argv[argv.index("--threads") + 1] == "3" and seen["threads"] == 3
+    assert seen["workers"] == 2 and "--workers" not in argv
+    assert "--storage" not in argv and seen["url"].endswith(storage_url.split("///")[-1])
