@@ -3,6 +3,7 @@ input (one ``error:`` line, exit code 2, storage untouched) and Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -215,18 +216,40 @@ def test_unwritable_storage_path(studies, tmp_path, capsys):
     assert not (tmp_path / "no").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """``folder`` unwritable for this process: without write bits, or, for root (who writes
+    anywhere, as CI runs), a read-only bind mount of it onto itself; skips where mounting is
+    refused (a container without the right)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mount = ["mount", "--bind", str(folder), str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("root, and mount --bind is refused here")
+    try:
+        remount = ["mount", "-o", "remount,ro,bind", str(folder)]
+        if subprocess.run(remount, capture_output=True).returncode != 0:
+            pytest.skip("root, and a read-only remount is refused here")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_read_only_storage_directory(studies, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    try:
+    with _read_only(ro):
+        with pytest.raises(OSError):  # really unwritable, for root too
+            (ro / "probe").touch()
         url = f"sqlite:///{ro / 'studies.db'}"
         assert main(["run", "--study", "tiny_digits", "--trials", "1", "--storage", url]) == 2
         one_error_line(capsys, "is not writable")
         assert list(ro.iterdir()) == []
-    finally:
-        ro.chmod(0o755)
 
 
 # --------------------------------------------------------------------------- Ctrl-C
