@@ -137,7 +137,10 @@ class Run(Command):
         values = {action.dest: getattr(args, action.dest, None) for action, _ in self.passed_on}
         unknown = set(overrides) - set(values)
         if unknown:
-            raise TypeError(f"not options a worker is given: {sorted(unknown)}")
+            raise TypeError(
+                f"worker_argv overrides only options a worker is given ({', '.join(values)}), "
+                f"but got {sorted(unknown)}"
+            )
         values.update(overrides, threads=threads)
         argv = ["run", "--worker-child"]
         for action, as_text in self.passed_on:
