@@ -33,6 +33,19 @@ def _isolated(tmp_path_factory, monkeypatch):
     yield work
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """On a GPU machine, tests not marked ``cuda`` train on the CPU all the same: the exact-
+    equality tests hold there only (cuDNN's autotuned kernels and scatter_add_'s atomics are
+    not bitwise reproducible on a GPU). Worker processes a test starts inherit the hidden GPUs."""
+    if request.node.get_closest_marker("cuda") is not None:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # hidden on purpose: no warning either
+    torch = sys.modules.get("torch")
+    if torch is not None:  # this process may have started CUDA already
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture
 def storage_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'studies.db'}"

@@ -60,6 +60,18 @@ class TrialCost:
     epoch_share: float = 1.0  # epochs earlier trials ran / their train.epochs (pruning, stopping)
 
 
+class DoesNotFit(Exception):
+    """The configuration runs out of device memory in the speed probe even at the smallest
+    micro-batch: its trial ends PRUNED with status ``oom`` and is not trained. The cache
+    remembers it, so the same key is not probed again."""
+
+
+def _cached_speed(entry: dict) -> float:
+    if entry.get("oom"):
+        raise DoesNotFit(f"oom: the speed probe ran {entry['oom']} (an earlier trial's probe)")
+    return float(entry["images_per_second"])
+
+
 class CostModel:
     """Estimates a trial's seconds from a per-study throughput cache.
 
@@ -83,19 +95,29 @@ class CostModel:
         self, cfg: trainer.TrainConfig, data: trainer.ImageData
     ) -> tuple[float, str, bool]:
         """(images/s, cache key, measured now?). Measured once per key for all workers: the
-        first one measures under a storage-wide lock while the others wait and then read."""
+        first one measures under a storage-wide lock while the others wait and then read.
+        ``DoesNotFit`` when the probe ran out of memory (now or before, for this key)."""
         key = cache_key(cfg, device_label(trainer.select_device(cfg.train.device)))
         cached = self.study.user_attrs.get(key)
         if cached:
-            return float(cached["images_per_second"]), key, False
+            return _cached_speed(cached), key, False
         # hold_limit: the measurement runs while the lock's transaction sits idle
         lock = storage_mod.exclusive(self.url, key, hold_limit=600.0) if self.url else nullcontext()
         with lock:
             cached = self.study.user_attrs.get(key)  # another worker was first
             if cached:
-                return float(cached["images_per_second"]), key, False
+                return _cached_speed(cached), key, False
             t0 = time.perf_counter()
-            got = self.measure(cfg, num_classes=data.num_classes, in_chans=data.in_chans)
+            try:
+                got = self.measure(cfg, num_classes=data.num_classes, in_chans=data.in_chans)
+            except trainer.ProbeOutOfMemory as exc:
+                # remembered like a speed: samplers ignore FAIL, so an unremembered
+                # configuration that does not fit would be drawn and probed again and again
+                reason = str(exc)
+                self.study.set_user_attr(
+                    key, {"oom": reason, "seconds": round(time.perf_counter() - t0, 2)}
+                )
+                raise DoesNotFit(f"oom: the speed probe ran {reason}") from None
             self.study.set_user_attr(
                 key,
                 {
@@ -157,6 +179,7 @@ def trial_seconds(
 
 __all__ = [
     "CostModel",
+    "DoesNotFit",
     "TrialCost",
     "cache_key",
     "estimate_seconds",

@@ -12,7 +12,7 @@ import optuna
 
 import spaces
 import trainer
-from search.experiments.cost import CostModel
+from search.experiments.cost import CostModel, DoesNotFit
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
 from search.store.workers import interruption_reason
@@ -135,8 +135,18 @@ class Objective:
     def _check_cost(
         self, trial: optuna.Trial, cfg: trainer.TrainConfig, params: dict[str, Any], cost: CostModel
     ) -> float:
-        """Estimate the trial's seconds; prune it (over_budget) or refuse it (NoTimeLeft)."""
-        est = cost.estimate(cfg, trainer.load_data(cfg.data))
+        """Estimate the trial's seconds; prune it (over_budget, or oom when the speed probe
+        ran out of memory) or refuse it (NoTimeLeft)."""
+        try:
+            est = cost.estimate(cfg, trainer.load_data(cfg.data))
+        except DoesNotFit as exc:
+            # PRUNED, as a trained trial that runs out of memory: samplers learn to avoid it
+            reason = str(exc)
+            set_status(trial, "oom", reason)
+            if self.progress:
+                self.progress.trial_start(trial.number, params, pinned=self.fixed, estimate=None)
+            note_failure(trial, cfg, status="oom", reason=reason)
+            raise optuna.TrialPruned(reason) from None
         if est.measured and self.progress and not self.progress.quiet:
             self.progress.message(
                 f"measured {est.key.removeprefix('throughput:')}: "

@@ -124,10 +124,13 @@ def _confusion_csv(
     if result.model is None:
         return None
     data = trainer.load_data(cfg.data)
-    logits = predict_logits(result.model, data.x_val, mean=data.mean, std=data.std)
-    if logits.numel() == 0 or not math.isfinite(float(logits.sum())):
-        return None
-    cm = confusion_matrix(data.y_val, logits.argmax(1), data.num_classes)
+    pred = result.val_predictions  # from the evaluation that chose the model: no second pass
+    if pred is None or len(pred) != len(data.y_val):
+        logits = predict_logits(result.model, data.x_val, mean=data.mean, std=data.std)
+        if logits.numel() == 0 or not math.isfinite(float(logits.sum())):
+            return None
+        pred = logits.argmax(1)
+    cm = confusion_matrix(data.y_val, pred, data.num_classes)
     path = tmp / f"confusion-matrix-trial-{number}.csv"
     names = data.class_names
     rows = ["true\\predicted," + ",".join(names)]

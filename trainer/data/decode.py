@@ -187,11 +187,22 @@ def _decode_all(
         for p in paths:
             yield _decode_file(p, size, cap, resize)
         return
-    # fork (Linux) starts workers in milliseconds; they only touch PIL and numpy.
-    method = "fork" if sys.platform == "linux" else None
+    method = _start_method()
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         args = (repeat(size), repeat(cap), repeat(resize))
         yield from pool.map(_decode_file, paths, *args, chunksize=16)
+
+
+def _start_method() -> str | None:
+    """fork (Linux) starts workers in milliseconds, and they only touch PIL and numpy. A
+    process with a CUDA context (a worker between trials) has driver threads, and a forked
+    child can hang on a lock one of them held: there the workers start from a fresh server."""
+    if sys.platform != "linux":
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "forkserver"
+    return "fork"
 
 
 def _workers() -> int:
