@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,8 +22,8 @@ from search.experiments import companion
 from search.experiments.transfer import resolve_pretrained
 from search.report.progress import Progress
 from search.report.runs import companion_name, config_key
-from search.store import FINISHED
-from search.store import storage as storage_mod
+from search.store import FINISHED, Storage
+from search.store.lookup import stored_user_attrs
 from search.study.metrics import DEFAULT_LOSS_METRIC
 from search.study.splits import check_splits
 from search.study.studyfile import StudySpec
@@ -46,7 +45,7 @@ class Arm:
 @dataclass
 class AblationPlan:
     spec: StudySpec
-    url: str
+    storage: Storage
     baseline: dict[str, Any]
     arms: list[Arm]
     repeats: int
@@ -72,12 +71,13 @@ def plan_ablation(
     factors: dict[str, list[Any]] | None = None,
     repeats: int | None = None,
     baseline: str | dict[str, Any] | None = None,
-    storage: str | None = None,
+    storage: Storage | str | None = None,
     data_root: str | None = None,
     fixed: dict[str, Any] | None = None,
     test: bool = False,
 ) -> AblationPlan:
-    """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation])."""
+    """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation]).
+    ``storage``: a ``Storage``, or the URL ``--storage`` (resolved here once)."""
     section = spec.ablation
     factors = factors or {k: list(v) for k, v in section.get("factors", {}).items()}
     if not factors:
@@ -87,16 +87,16 @@ def plan_ablation(
     repeats = repeats if repeats is not None else int(section.get("repeats", 3))
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, but got {repeats}")
-    url = storage_mod.resolve_url(storage, spec.storage)
-    storage_mod.check_url(url)
+    store = Storage.open(storage, study_url=spec.storage)
+    store.check()
     base = spec.base_config(data_root=data_root)
     spec.check_data_root(base)
     pinned = {**spec.fixed, **section.get("fixed", {}), **(fixed or {})}
-    pinned = resolve_pretrained(pinned, url)
+    pinned = resolve_pretrained(pinned, store)
     baseline = baseline if baseline is not None else section.get("baseline", "defaults")
     source = baseline if isinstance(baseline, str) else "given values"
     if baseline == "best":
-        cfg = _best_config(spec.name, url)
+        cfg = _best_config(spec.name, store)
         cfg = cfg.replace({k: v for k, v in {**base, **pinned}.items() if k.startswith("train.")})
     else:
         given = baseline if isinstance(baseline, dict) else {}
@@ -117,28 +117,24 @@ def plan_ablation(
             arms.append(Arm(key, value, arm_cfg.to_flat()))
     trainer.load_data(cfg.data)
     if test:  # no test split, or one that changed since an earlier --test: refuse now
-        earlier = _earlier_splits(spec.name, url)
+        earlier = _earlier_splits(spec.name, store)
         check_splits(earlier, cfg.data, study=companion_name(spec.name), need_test=True)
-    return AblationPlan(spec, url, flat, arms, repeats, source, test)
+    return AblationPlan(spec, store, flat, arms, repeats, source, test)
 
 
-def _earlier_splits(name: str, url: str) -> dict[str, Any] | None:
+def _earlier_splits(name: str, storage: Storage) -> dict[str, Any] | None:
     """The split recorded by the search study, else by an earlier ``--test`` ablation."""
-    store = storage_mod.open_storage(url)
-    attrs = {
-        s.study_name: s.user_attrs
-        for s in optuna.get_all_study_summaries(store, include_best_trial=False)
-    }
     for study in (name, companion_name(name)):
-        if attrs.get(study, {}).get("data_splits"):
-            return attrs[study]["data_splits"]
+        splits = (stored_user_attrs(storage, study) or {}).get("data_splits")
+        if splits:
+            return splits
     return None
 
 
-def _best_config(study_name: str, url: str) -> trainer.TrainConfig:
+def _best_config(study_name: str, storage: Storage) -> trainer.TrainConfig:
     from search.study.lookup import load_stored
 
-    study, _ = load_stored(study_name, url)
+    study, _ = load_stored(study_name, storage)
     try:
         best = study.best_trial
     except ValueError:
@@ -163,7 +159,7 @@ def open_companion(plan: AblationPlan) -> optuna.Study:
         attrs["data_splits"] = trainer.data.split_record(
             trainer.TrainConfig.from_flat(plan.baseline).data
         )
-    return companion.open_companion(companion_name(plan.spec.name), plan.url, attrs)
+    return companion.open_companion(companion_name(plan.spec.name), plan.storage, attrs)
 
 
 def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> optuna.Study:
@@ -187,13 +183,11 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     progress.message(
         f"ablation {companion_name(plan.spec.name)!r}: {len(unique)} configurations x "
         f"{plan.repeats} repeats, {total - len(todo)} already done; "
-        f"storage {storage_mod.mask_url(plan.url)}"
+        f"storage {plan.storage.masked}"
     )
     finished = total - len(todo)
     for arm, repeat in todo:
-        last = _run_one(
-            study, arm, repeat, progress, storage_mod.artifact_store_dir(plan.url), test=plan.test
-        )
+        last = _run_one(study, arm, repeat, progress, plan.storage, test=plan.test)
         finished += 1
         value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
         progress.trial_end(finished, f"{_label(arm)} repeat {repeat}: {value}", "")
@@ -209,13 +203,13 @@ def _run_one(
     arm: Arm,
     repeat: int,
     progress: Progress,
-    store_root: Path,
+    storage: Storage,
     *,
     test: bool = False,
 ) -> optuna.trial.FrozenTrial:
     cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
     tags = {"arm": arm.key, "factor": arm.factor, "value": arm.value, "repeat": repeat}
     return companion.run_fixed(
-        study, cfg, tags=tags, label=_label(arm), progress=progress, store_root=store_root,
+        study, cfg, tags=tags, label=_label(arm), progress=progress, storage=storage,
         after=companion.split_evaluator(cfg.data) if test else None,
     )  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,19 +20,18 @@ import trainer
 from search.experiments.objective import OptunaReporter, record_result, set_status
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
-from search.store import FINISHED
-from search.store import storage as storage_mod
+from search.store import FINISHED, Storage
 from search.store.workers import interruption_reason
 
 # After training, before the trial is told: extra evaluations stored as user attributes.
 AfterRun = Callable[[optuna.Trial, trainer.TrainResult], None]
 
 
-def open_companion(name: str, url: str, attrs: dict[str, Any]) -> optuna.Study:
+def open_companion(name: str, storage: Storage, attrs: dict[str, Any]) -> optuna.Study:
     """Create or load the companion study ``name`` and (re)write its user attributes."""
     study = optuna.create_study(
         study_name=name,
-        storage=storage_mod.open_storage(url),
+        storage=storage.rdb,
         sampler=optuna.samplers.RandomSampler(seed=0),  # never consulted: every run is fixed
         pruner=optuna.pruners.NopPruner(),
         direction="maximize",
@@ -59,10 +57,11 @@ def run_fixed(
     tags: dict[str, Any],
     label: str,
     progress: Progress,
-    store_root: Path | None,
+    storage: Storage | None,
     after: AfterRun | None = None,
 ) -> optuna.trial.FrozenTrial:
-    """Train ``cfg`` as a new trial tagged with ``tags``; return the finished trial.
+    """Train ``cfg`` as a new trial tagged with ``tags``; return the finished trial. Its
+    dashboard artifacts go to ``storage``'s artifact store (None: none are kept).
 
     Ctrl-C/SIGTERM fail the trial (with the reason) and propagate; any other error fails it
     and the next run goes on. A diverged run is pruned, never complete with a NaN value."""
@@ -92,7 +91,7 @@ def run_fixed(
         study.tell(trial, state=TrialState.FAIL)
         return _frozen(study, trial.number)
     record_result(trial, result)
-    annotate_trial(trial, cfg, result, store_root=store_root)
+    annotate_trial(trial, cfg, result, storage=storage)
     if diverged:
         study.tell(trial, state=TrialState.PRUNED)
     else:

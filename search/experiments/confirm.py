@@ -27,7 +27,8 @@ import trainer
 from search.experiments import companion
 from search.report.progress import Progress, fmt_params
 from search.report.runs import ABLATION_SUFFIX, CONFIRM_SUFFIX, config_key, confirm_name
-from search.store import storage as storage_mod
+from search.store import Storage
+from search.store.lookup import stored_user_attrs
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits
 
@@ -53,7 +54,7 @@ class Candidate:
 @dataclass
 class ConfirmPlan:
     source: str
-    url: str
+    storage: Storage
     candidates: list[Candidate]
     seeds: list[int]
     tta: bool | str  # False, True (seed 000's six views) or the views, comma-separated
@@ -69,14 +70,15 @@ def _check_count(name: str, value: int | None) -> None:
 def plan_confirm(
     name: str,
     *,
-    storage: str | None = None,
+    storage: Storage | str | None = None,
     top: int = DEFAULT_TOP,
     repeats: int | None = None,
     seeds: list[int] | None = None,
     tta: bool | str = False,
     data_root: str | None = None,
 ) -> ConfirmPlan:
-    """Check everything (study, counts, seeds, data and its test split) before any run."""
+    """Check everything (study, counts, seeds, data and its test split) before any run.
+    ``storage``: a ``Storage``, or the URL ``--storage`` (resolved here once)."""
     from search.study.lookup import load_stored
     from trainer.evaluate import tta_key
 
@@ -98,7 +100,7 @@ def plan_confirm(
                 f"{name!r} is a companion study; confirm the search study "
                 f"{name[: -len(suffix)]!r} instead"
             )
-    study, url = load_stored(name, storage)
+    study, store = load_stored(name, storage)
     candidates, n_complete = _top_configs(study, top)
     if data_root:
         root = str(trainer.TrainConfig.from_flat(candidates[0].config).data.root or "")
@@ -107,7 +109,7 @@ def plan_confirm(
             Candidate(c.rank, c.trial, c.search_value, c.params, {**c.config, **override}, c.key)
             for c in candidates
         ]
-    earlier = _existing(confirm_name(name), url)
+    earlier = stored_user_attrs(store, confirm_name(name))
     recorded = study.user_attrs.get(SPLITS_ATTR) or (earlier or {}).get(SPLITS_ATTR)
     data = trainer.TrainConfig.from_flat(candidates[0].config).data
     splits = check_splits(recorded, data, study=name, need_test=True)
@@ -126,16 +128,7 @@ def plan_confirm(
     else:
         stored = [s for s in (earlier or {}).get("seeds", []) if s not in used]
         seeds = _fresh_seeds(repeats or len(stored) or DEFAULT_REPEATS, used, stored)
-    return ConfirmPlan(name, url, candidates, list(seeds), tta, splits, n_complete)
-
-
-def _existing(name: str, url: str) -> dict[str, Any] | None:
-    """The user attributes of study ``name`` if it exists (nothing is created)."""
-    store = storage_mod.open_storage(url)
-    for summary in optuna.get_all_study_summaries(store, include_best_trial=False):
-        if summary.study_name == name:
-            return dict(summary.user_attrs)
-    return None
+    return ConfirmPlan(name, store, candidates, list(seeds), tta, splits, n_complete)
 
 
 def _fresh_seeds(n: int, used: set[int], stored: list[int]) -> list[int]:
@@ -190,7 +183,7 @@ def open_confirm(plan: ConfirmPlan) -> optuna.Study:
         SPLITS_ATTR: plan.splits,
         "candidates": [{**asdict(c), "label": c.label(shown)} for c in plan.candidates],
     }
-    return companion.open_companion(confirm_name(plan.source), plan.url, attrs)
+    return companion.open_companion(confirm_name(plan.source), plan.storage, attrs)
 
 
 def varying_params(params: list[dict[str, Any]]) -> list[str] | None:
@@ -220,10 +213,9 @@ def run_confirm(plan: ConfirmPlan, *, progress: Progress | None = None) -> optun
     progress.message(
         f"confirm {confirm_name(plan.source)!r}: top {len(plan.candidates)} configurations x "
         f"{len(plan.seeds)} seeds {plan.seeds}, {total - len(todo)} already done; "
-        f"storage {storage_mod.mask_url(plan.url)}"
+        f"storage {plan.storage.masked}"
     )
     finished = total - len(todo)
-    store_root = storage_mod.artifact_store_dir(plan.url)
     for repeat, seed, c in todo:
         cfg = trainer.TrainConfig.from_flat({**c.config, "train.seed": seed})
         tags = {
@@ -236,7 +228,7 @@ def run_confirm(plan: ConfirmPlan, *, progress: Progress | None = None) -> optun
         }
         last = companion.run_fixed(
             study, cfg, tags=tags, label=f"#{c.rank} trial {c.trial} seed {seed}",
-            progress=progress, store_root=store_root,
+            progress=progress, storage=plan.storage,
             after=companion.split_evaluator(cfg.data, tta=plan.tta),
         )  # fmt: skip
         finished += 1

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import optuna
 
 import trainer
-from search.store import FINISHED
-from search.store import storage as storage_mod
+from search.store import FINISHED, Storage
 from trainer.throughput import device_label
 
 THROUGHPUT_PREFIX = "throughput:"  # study user attribute keys of the throughput cache
@@ -85,10 +84,10 @@ class CostModel:
         self,
         study: optuna.Study,
         *,
-        url: str | None = None,
+        storage: Storage | None = None,
         measure: Callable[..., trainer.Throughput] | None = None,
     ) -> None:
-        self.study, self.url = study, url
+        self.study, self.storage = study, storage  # storage: whose lock serialises measuring
         self.measure = measure or (lambda *a, **k: trainer.measure_throughput(*a, **k))
 
     def images_per_second(
@@ -102,7 +101,7 @@ class CostModel:
         if cached:
             return _cached_speed(cached), key, False
         # hold_limit: the measurement runs while the lock's transaction sits idle
-        lock = storage_mod.exclusive(self.url, key, hold_limit=600.0) if self.url else nullcontext()
+        lock = self.storage.exclusive(key, hold_limit=600.0) if self.storage else nullcontext()
         with lock:
             cached = self.study.user_attrs.get(key)  # another worker was first
             if cached:

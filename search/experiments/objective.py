@@ -15,6 +15,7 @@ import trainer
 from search.experiments.cost import CostModel, DoesNotFit
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
+from search.store import Storage
 from search.store.workers import interruption_reason
 from search.study.budget import RunLimits, fmt_duration
 
@@ -62,14 +63,14 @@ class Objective:
         fixed: dict[str, Any],
         checkpoint_dir: Path | None,
         progress: Progress | None = None,
-        artifact_root: Path | None = None,
+        storage: Storage | None = None,
         limits: RunLimits | None = None,
         cost: CostModel | None = None,
         deadline: float | None = None,
     ) -> None:
         self.space, self.base, self.fixed = space, base, fixed
         self.checkpoint_dir = checkpoint_dir
-        self.artifact_root = artifact_root
+        self.storage = storage  # its artifact store gets each trial's dashboard artifacts
         self.progress = progress
         self.limits = limits or RunLimits()
         self.cost = cost  # needed when the limits are costed
@@ -121,7 +122,7 @@ class Objective:
             _store_error(trial, cfg, exc)
             raise
         record_result(trial, result)
-        annotate_trial(trial, cfg, result, store_root=self.artifact_root)
+        annotate_trial(trial, cfg, result, storage=self.storage)
         if result.status in ("pruned", "nonfinite_loss", "oom", "budget"):
             # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN;
             # so is one that does not fit in memory even at the smallest micro-batch. One

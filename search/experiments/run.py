@@ -27,8 +27,8 @@ from search.experiments.objective import NoTimeLeft, Objective
 from search.experiments.transfer import resolve_pretrained
 from search.report.notes import study_changes_note
 from search.report.progress import Progress
-from search.store import FINISHED
-from search.store import storage as storage_mod
+from search.store import FINISHED, Storage
+from search.store.storage import check_study_name
 from search.store.workers import (
     CHILD_ENV,
     Claim,
@@ -58,7 +58,7 @@ class Plan:
     """A checked run: nothing about it can fail for bad input once built."""
 
     spec: StudySpec
-    url: str
+    storage: Storage
     base: dict[str, Any]
     fixed: dict[str, Any]
     enqueue: list[dict[str, Any]]
@@ -67,11 +67,16 @@ class Plan:
     problem: dict[str, Any]  # what the study measures (search.study.problem)
     force: bool = False  # go on although the problem changed, recording the change
 
+    @property
+    def url(self) -> str:
+        """The storage's URL, for what leaves the process (a worker's environment)."""
+        return self.storage.url
+
 
 def plan_run(
     spec: StudySpec,
     *,
-    storage: str | None = None,
+    storage: Storage | str | None = None,
     fixed: dict[str, Any] | None = None,
     enqueue: list[dict[str, Any]] | None = None,
     data_root: str | None = None,
@@ -79,14 +84,15 @@ def plan_run(
 ) -> Plan:
     """Validate the study, overrides, storage and data before any trial or table is written:
     also that every backbone the space can draw builds and runs at the image size, and that an
-    existing study of this name measures the same problem."""
-    url = storage_mod.resolve_url(storage, spec.storage)
-    storage_mod.check_url(url)
-    storage_mod.check_study_name(spec.name)
+    existing study of this name measures the same problem. ``storage``: a ``Storage``, or
+    the URL ``--storage`` (resolved here once, with ``$SEARCH_STORAGE`` and the study file's)."""
+    store = Storage.open(storage, study_url=spec.storage)
+    store.check()
+    check_study_name(spec.name)
     space = spaces.resolve_space(spec.search_space)
     base = spec.base_config(data_root=data_root)
     spec.check_data_root(base)
-    pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, url)
+    pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, store)
     source = pinned.get("model.pretrained")
     if isinstance(source, str) and source != "imagenet":
         trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
@@ -102,8 +108,8 @@ def plan_run(
         params=spec.raw_params,
     )  # fmt: skip
     if not force:
-        check_problem(stored_problem(url, spec.name), problem, study=spec.name)
-    return Plan(spec, url, base, pinned, queue, cfg, space, problem, force)
+        check_problem(stored_problem(store, spec.name), problem, study=spec.name)
+    return Plan(spec, store, base, pinned, queue, cfg, space, problem, force)
 
 
 def study_backbones(
@@ -129,7 +135,7 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
     spec = plan.spec
     study = optuna.create_study(
         study_name=spec.name,
-        storage=storage or storage_mod.open_storage(plan.url),
+        storage=storage or plan.storage.rdb,
         sampler=create_sampler(spec.sampler),
         pruner=create_pruner(spec.pruner, max_epochs=plan.preview.train.epochs),
         direction=spec.direction,
@@ -148,13 +154,13 @@ def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None
     return study
 
 
-def prepare_study(plan: Plan) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+def prepare_study(plan: Plan) -> tuple[Storage, optuna.Study]:
     """Open the storage and create or load the study and its queue, all under one lock:
     workers starting together on a fresh database make one schema and one study."""
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
-    with storage_mod.exclusive(plan.url, "setup"):
-        storage = storage_mod.open_storage(plan.url)
-        study = open_study(plan, storage=storage)
+    storage = plan.storage
+    with storage.exclusive("setup"):
+        study = open_study(plan, storage=storage.rdb)
         for params in plan.enqueue:
             study.enqueue_trial(params, user_attrs={"enqueued": params}, skip_if_exists=True)
     return storage, study
@@ -194,29 +200,28 @@ def run_study(
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
     storage, study = prepare_study(plan)
-    ckpt_dir = storage_mod.artifact_dir(plan.url, plan.spec.name) / "checkpoints"
+    ckpt_dir = storage.artifact_dir(plan.spec.name) / "checkpoints"
     objective = Objective(
         space=plan.space,
         base=plan.base,
         fixed=plan.fixed,
         checkpoint_dir=ckpt_dir,
         progress=progress,
-        artifact_root=storage_mod.artifact_store_dir(plan.url),
+        storage=storage,
         limits=limits,
-        cost=CostModel(study, url=plan.url) if limits.costed else None,
+        cost=CostModel(study, storage=storage) if limits.costed else None,
         deadline=wall_end,
     )
     progress.wanted = n_trials
     progress.start(started=started, wall_seconds=limits.wall_seconds)
     if not isinstance(study.sampler, TrialSeededSampler) and (
-        os.environ.get(CHILD_ENV) or not storage_mod.is_sqlite(plan.url)
+        os.environ.get(CHILD_ENV) or not storage.is_sqlite
     ):
         # An unseeded sampler: make sure workers started together do not share a stream.
         study.sampler.reseed_rng()
     claimer = SlotClaimer(
         study,
         storage=storage,
-        url=plan.url,
         n_trials=n_trials if n_trials is not None else UNLIMITED,
         options=options,
         checkpoint_dir=ckpt_dir,
@@ -229,7 +234,7 @@ def run_study(
         progress.message(
             f"study {plan.spec.name!r}: {wanted} trials finished"
             + (f"; wall-clock budget {fmt_duration(wall)}" if wall is not None else "")
-            + f"; storage {storage_mod.mask_url(plan.url)}"
+            + f"; storage {storage.masked}"
         )
     deadline = time.monotonic() + timeout if timeout else None
     failures, misfits, waiting = 0, 0, False
@@ -294,7 +299,7 @@ def _run_claimed(
     study: optuna.Study,
     trial: optuna.Trial,
     objective: Objective,
-    storage: optuna.storages.BaseStorage,
+    storage: Storage,
     claimer: SlotClaimer,
     options: WorkerOptions,
     progress: Progress,
@@ -342,10 +347,10 @@ def _run_claimed(
         path = Path(resume_from)
         if path.parent == objective.checkpoint_dir:  # the retry is done with it
             path.unlink(missing_ok=True)
-    return storage.get_trial(tid)
+    return storage.rdb.get_trial(tid)
 
 
-def _tell(study, trial, state: TrialState, value: float | None, storage, tid: int) -> bool:
+def _tell(study, trial, state: TrialState, value: float | None, storage: Storage, tid: int) -> bool:
     """Store the outcome; False when the trial was already failed by a sweep."""
     try:
         if state == TrialState.COMPLETE:
@@ -354,7 +359,7 @@ def _tell(study, trial, state: TrialState, value: float | None, storage, tid: in
             study.tell(trial, state=state)
         return True
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-        stored = storage.get_trial(tid)
+        stored = storage.rdb.get_trial(tid)
         if stored.state == state:  # our write had landed before a dropped connection
             return True
         if stored.state.is_finished():

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from search.store import Storage
+
 PREFIX = "study:"
 
 
-def resolve_pretrained(pinned: dict[str, Any], url: str) -> dict[str, Any]:
+def resolve_pretrained(pinned: dict[str, Any], storage: Storage) -> dict[str, Any]:
     """Replace ``study:NAME`` by the path of that study's best checkpoint (same storage) and
     pin the backbone it was trained with (seed 001 transfers its own best ResNet)."""
     source = pinned.get("model.pretrained")
@@ -21,7 +23,7 @@ def resolve_pretrained(pinned: dict[str, Any], url: str) -> dict[str, Any]:
     if not name:
         raise ValueError("model.pretrained = 'study:' needs a study name, e.g. study:kfood_scratch")
     try:
-        study, _ = load_stored(name, url)
+        study, _ = load_stored(name, storage)
     except ValueError as exc:
         raise ValueError(f"pretrained source {source!r}: {exc}") from None
     best = pick_trial(study, None)

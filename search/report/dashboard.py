@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from search.store import storage as storage_mod
+from search.store import Storage
 
 
-def launch(*, study: str | None, storage: str | None, host: str, port: int) -> int:
+def launch(*, study: str | None, storage: Storage | str | None, host: str, port: int) -> int:
+    """Serve optuna-dashboard on ``study``'s storage, else on ``storage`` (a ``Storage``, or
+    the URL ``--storage``, resolved here once)."""
     from optuna_dashboard import run_server
 
     if study:
         from search.study.lookup import load_stored
 
-        _, url = load_stored(study, storage)
+        _, store = load_stored(study, storage)
     else:
-        url = storage_mod.resolve_url(storage)
+        store = Storage.open(storage)
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, but got {port}")
     _check_port_free(host, port)
@@ -24,13 +26,10 @@ def launch(*, study: str | None, storage: str | None, host: str, port: int) -> i
             f"warning: serving on {host}: anyone who can reach it sees the study", file=sys.stderr
         )
     print(
-        f"optuna-dashboard for {storage_mod.mask_url(url)} at http://{host}:{port}/",
+        f"optuna-dashboard for {store.masked} at http://{host}:{port}/",
         file=sys.stderr,
     )
-    from search.report.notes import artifact_store
-
-    store = artifact_store(storage_mod.artifact_store_dir(url))
-    run_server(storage_mod.open_storage(url), host=host, port=port, artifact_store=store)
+    run_server(store.rdb, host=host, port=port, artifact_store=store.artifact_store())
     return 0
 
 

@@ -26,6 +26,7 @@ from search.report.tables import (
     slugify,
     write_tables,
 )
+from search.store import Storage
 from search.store.lookup import find_study
 from search.study.metrics import DEFAULT_LOSS_METRIC
 
@@ -237,19 +238,23 @@ def confirm_figure(configs: list[dict[str, Any]], *, title: str = "Confirmed run
     return fig
 
 
-def export_study(name: str, *, storage: str | None, out_dir: str, formats: list[str]) -> list[Path]:
+def export_study(
+    name: str, *, storage: Storage | str | None, out_dir: str, formats: list[str]
+) -> list[Path]:
     """Write tables (in every format asked) and figures (standalone HTML) for a study and
-    its ablation companion, from storage alone."""
-    from search.study.lookup import load_stored
+    its ablation companion, from storage alone. ``storage``: a ``Storage``, or the URL
+    ``--storage`` (resolved here once)."""
+    from search.study.lookup import load_stored, storage_of
 
     optuna.logging.set_verbosity(logging.ERROR)
+    store = storage_of(name, storage)
     try:
-        study, url = load_stored(name, storage)
+        study, _ = load_stored(name, store)
     except ValueError:
         study = None  # an ablation without a search study of its own
-        _, url = load_stored(companion_name(name), storage)
-    companion = find_study(url, companion_name(name))
-    confirmed = find_study(url, confirm_name(name))
+        load_stored(companion_name(name), store)  # else: no such study, in the user's words
+    companion = find_study(store, companion_name(name))
+    confirmed = find_study(store, confirm_name(name))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a directory")

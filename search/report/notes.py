@@ -13,14 +13,10 @@ from typing import Any
 import optuna
 
 import trainer
+from search.store import Storage
 
 log = logging.getLogger("hpsearch")
 MAX_CHECKPOINT_ARTIFACT = 200 * 2**20  # bigger checkpoints stay in the checkpoint folder only
-
-
-def artifact_store(root: Path) -> optuna.artifacts.FileSystemArtifactStore:
-    root.mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(str(root))
 
 
 def trial_note(
@@ -62,16 +58,17 @@ def annotate_trial(
     cfg: trainer.TrainConfig,
     result: trainer.TrainResult,
     *,
-    store_root: Path | None,
+    storage: Storage | None,
 ) -> None:
-    """Best effort: a failure here is logged and never fails the trial."""
+    """Best effort: a failure here is logged and never fails the trial. The artifacts go to
+    ``storage``'s artifact store (None: only the note)."""
     try:
         from optuna_dashboard import save_note
 
         save_note(trial, trial_note(cfg, result, status=result.status, reason=result.reason))
-        if store_root is None or not result.history:
+        if storage is None or not result.history:
             return
-        store = artifact_store(store_root)
+        store = storage.artifact_store()
         with tempfile.TemporaryDirectory() as tmp:
             curve = Path(tmp) / f"learning-curve-trial-{trial.number}.html"
             curve_figure(result.history, f"trial {trial.number}").write_html(

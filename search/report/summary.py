@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from search.store import storage as storage_mod
+from search.store import Storage
 from search.study.studyfile import list_study_files
 
 
@@ -42,7 +42,8 @@ def _state_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def print_best(study: optuna.Study, url: str) -> None:
+def print_best(study: optuna.Study, storage: Storage | str | None = None) -> None:
+    """The best trial of ``study`` (``storage``, which callers pass along, is not needed)."""
     rec = best_record(study)
     print(f"study      {rec['study']}  ({_fmt_counts(rec['trials'])})")
     print(f"best       trial {rec['trial']}: {rec['metric']} = {rec['value']:.4f}")
@@ -62,14 +63,15 @@ def print_best(study: optuna.Study, url: str) -> None:
         print(f"checkpoint {rec['checkpoint']}")
 
 
-def print_summary(study: optuna.Study, url: str) -> None:
+def print_summary(study: optuna.Study, storage: Storage | str) -> None:
+    """The best trial and how to browse ``study`` in ``storage`` (a ``Storage`` or its URL)."""
     print()
     try:
-        print_best(study, url)
+        print_best(study)
     except ValueError as exc:
         print(str(exc))
     print()
-    print("browse it:  " + storage_mod.dashboard_command(url))
+    print("browse it:  " + Storage.open(storage).dashboard_command())
     print(f"      or:  search dashboard --study {study.study_name}")
 
 
@@ -77,7 +79,9 @@ def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
 
 
-def print_list(storage: str | None) -> None:
+def print_list(storage: Storage | str | None) -> None:
+    """The study files, then the studies in ``storage`` (a ``Storage``, or the URL
+    ``--storage``, resolved here once)."""
     from search.study.studyfile import load_study
 
     rows: list[tuple[str, str, str, tuple[str, ...]]] = []  # name, space, description, profiles
@@ -97,14 +101,13 @@ def print_list(storage: str | None) -> None:
         if profiles:
             pad = " " * (w_name + w_space + 4)
             print(f"  {pad}profiles: {', '.join(profiles)} (--profile NAME)")
-    url = storage_mod.resolve_url(storage)
-    path = storage_mod.sqlite_path(url)
-    print(f"studies in {storage_mod.mask_url(url)}:")
-    if path is not None and not path.exists():
+    store = Storage.open(storage)
+    print(f"studies in {store.masked}:")
+    if not store.exists:
         print("  (none yet)")
         return
     optuna.logging.set_verbosity(logging.WARNING)
-    summaries = optuna.get_all_study_summaries(storage_mod.open_storage(url))
+    summaries = optuna.get_all_study_summaries(store.rdb)
     if not summaries:
         print("  (none yet)")
     for s in summaries:

@@ -10,4 +10,6 @@ from optuna.trial import TrialState
 # a diverged loss, a budget). FAIL and RUNNING do not.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-__all__ = ["FINISHED"]
+from search.store.storage import Storage  # noqa: E402  (after FINISHED: nothing below needs it)
+
+__all__ = ["FINISHED", "Storage"]

@@ -3,41 +3,53 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import optuna
 
-from search.store import storage as storage_mod
+from search.store.storage import Storage
 
 
-def find_study(url: str, name: str) -> optuna.Study | None:
+def find_study(storage: Storage, name: str) -> optuna.Study | None:
     """The stored study ``name``, or None when the storage holds no such study."""
-    store = storage_mod.open_storage(url)
     try:
-        store.get_study_id_from_name(name)
+        storage.rdb.get_study_id_from_name(name)
     except KeyError:
         return None
-    return optuna.load_study(study_name=name, storage=store)
+    return optuna.load_study(study_name=name, storage=storage.rdb)
 
 
-def load_existing_study(name: str, url: str) -> optuna.Study:
+def stored_user_attrs(storage: Storage, name: str) -> dict[str, Any] | None:
+    """The user attributes of the stored study ``name``; None when there is no such study
+    (a missing SQLite file is not created)."""
+    if not storage.exists:
+        return None
+    try:
+        study_id = storage.rdb.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return storage.rdb.get_study_user_attrs(study_id)
+
+
+def load_existing_study(name: str, storage: Storage) -> optuna.Study:
     """The stored study ``name``; a ValueError naming the fix when the storage or the study
     is missing."""
     optuna.logging.set_verbosity(logging.WARNING)
-    path = storage_mod.sqlite_path(url)
-    if path is not None and not path.exists():
+    if not storage.exists:
         raise ValueError(
-            f"no storage at {path}; run `search run --study {name}` first or pass --storage"
+            f"no storage at {storage.sqlite_path}; run `search run --study {name}` first "
+            "or pass --storage"
         )
-    study = find_study(url, name)
+    study = find_study(storage, name)
     if study is None:
         from trainer._registry import unknown_name_error
 
-        store = storage_mod.open_storage(url)
         names = [
-            s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)
+            s.study_name
+            for s in optuna.get_all_study_summaries(storage.rdb, include_best_trial=False)
         ]
-        raise unknown_name_error(f"study in {storage_mod.mask_url(url)}", name, names)
+        raise unknown_name_error(f"study in {storage.masked}", name, names)
     return study
 
 
-__all__ = ["find_study", "load_existing_study"]
+__all__ = ["find_study", "load_existing_study", "stored_user_attrs"]

@@ -8,9 +8,12 @@ log line or an error: ``mask_url`` / ``redact``.
 PostgreSQL connections come from a pool that pings before use and a storage
 (``ResilientRDBStorage``, an importable ``RDBStorage`` subclass that pickles) that retries a
 call for ``SEARCH_DB_RETRY_SECONDS`` (120) when the connection drops (a server restart), so
-workers reconnect and go on. ``exclusive(url, key)`` is a lock shared by every process and
-machine on the storage (a PostgreSQL advisory lock; a lock file beside a SQLite database): it
-serialises schema and study creation and the claiming of trial slots.
+workers reconnect and go on.
+
+``Storage`` is the storage resolved once from its URL (parsed by SQLAlchemy's ``make_url``):
+every module gets that object, never the URL text. ``Storage.exclusive(key)`` is a lock shared
+by every process and machine on the storage (a PostgreSQL advisory lock; a file lock beside a
+SQLite database): it serialises schema and study creation and the claiming of trial slots.
 """
 
 from __future__ import annotations
@@ -29,28 +32,50 @@ from typing import Any
 from urllib.parse import unquote
 
 import optuna
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from search.store import _optuna_internals as _internals
 
 DEFAULT_SQLITE = "hpsearch.db"
+ARTIFACTS_DIR = "hpsearch-artifacts"  # without a SQLite file to put them beside
 MAX_NAME_LENGTH = 512  # Optuna's indexed string columns (study names, attribute keys)
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
 log = logging.getLogger("hpsearch")
 
 
 def resolve_url(cli_url: str | None = None, study_url: str | None = None) -> str:
+    """The storage URL to use: ``cli_url``, else ``$SEARCH_STORAGE``, else ``study_url``, else
+    ``hpsearch.db`` in the working directory; a relative SQLite path made absolute (so the
+    printed dashboard command works anywhere) and ``postgresql://`` given our driver."""
     url = cli_url or os.environ.get("SEARCH_STORAGE") or study_url
     if not url:
-        url = f"sqlite:///{Path.cwd() / DEFAULT_SQLITE}"
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        # make relative SQLite paths absolute, so the printed dashboard command works anywhere
-        rel = url[len("sqlite:///") :]
-        if rel and rel != ":memory:":
-            url = f"sqlite:///{(Path.cwd() / rel).resolve()}"
-    for plain in ("postgresql://", "postgres://"):
-        if url.startswith(plain):  # the driver we ship (psycopg 3), not SQLAlchemy's default
-            url = "postgresql+psycopg://" + url[len(plain) :]
+        return f"sqlite:///{Path.cwd() / DEFAULT_SQLITE}"
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:" and not Path(db).is_absolute():
+            absolute = str((Path.cwd() / db).resolve())
+            url = parsed.set(database=absolute).render_as_string(hide_password=False)
+    elif parsed.drivername in ("postgresql", "postgres"):
+        # the driver we ship (psycopg 3), not SQLAlchemy's default; the rest as it was written
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def _parse(url: str) -> URL:
+    """``url`` parsed by SQLAlchemy; a ValueError naming the URLs we take when it is none."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(_unsupported(url)) from None
+
+
+def _unsupported(url: str) -> str:
+    return (
+        f"unsupported storage URL {mask_url(url)!r}; use sqlite:///FILE or "
+        "postgresql+psycopg://USER@HOST:PORT/DB"
+    )
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<userinfo>[^/\s?#]*)@")
@@ -86,47 +111,20 @@ def redact(text: str, url: str | None = None) -> str:
     return text
 
 
-def sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url[len("sqlite:///") :].split("?", 1)[0])
-    return None
-
-
-def check_url(url: str) -> None:
-    """Refuse, before anything is written, a storage we cannot use."""
-    if url.startswith("sqlite"):
-        path = sqlite_path(url)
-        if path is None:
-            return
-        parent = path.parent
-        if not parent.is_dir():
-            raise ValueError(
-                f"cannot create the SQLite storage {path}: directory {parent} does not exist; "
-                "create it or pass another --storage"
-            )
-        target = path if path.exists() else parent
-        if not os.access(target, os.W_OK):
-            raise ValueError(
-                f"cannot write the SQLite storage {path}: {target} is not writable; "
-                "fix its permissions or pass another --storage"
-            )
-        return
-    if not url.startswith(("postgresql", "mysql")):
-        raise ValueError(
-            f"unsupported storage URL {mask_url(url)!r}; use sqlite:///FILE or "
-            "postgresql+psycopg://USER@HOST:PORT/DB"
-        )
-
-
 def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
+    """Whether the URL ``url`` names a SQLite database, for launchers that hold only the URL
+    (a worker's environment); everything else asks ``Storage.is_sqlite``."""
+    try:
+        return _parse(url).get_backend_name() == "sqlite"
+    except ValueError:
+        return False
 
 
-def check_workers(url: str, workers: int) -> None:
+def check_workers(storage: Storage | str, workers: int) -> None:
     """Several workers need a server database: refuse SQLite with the reason and the fix."""
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, but got {workers}")
-    if workers > 1 and is_sqlite(url):
+    if workers > 1 and Storage.open(storage).is_sqlite:
         raise ValueError(
             f"--workers {workers} needs PostgreSQL: SQLite lets one process write at a time, so "
             "parallel workers would stall on 'database is locked'; pass "
@@ -152,11 +150,11 @@ def check_study_name(name: str) -> None:
         )
 
 
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    if is_sqlite(url):
+def _engine_kwargs(backend: str) -> dict[str, Any]:
+    if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 300}
-    if url.startswith("postgresql"):
+    if backend == "postgresql":
         kwargs["connect_args"] = {
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": "hpsearch",
@@ -207,7 +205,7 @@ def _transient(exc: BaseException, url: str) -> bool:
         if isinstance(e, sa_exc.DisconnectionError | sa_exc.TimeoutError):
             return True
         if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError):
-            if not is_sqlite(url):
+            if _parse(url).get_backend_name() != "sqlite":
                 return True
             text = str(e.orig).lower()
             return "locked" in text or "busy" in text
@@ -310,28 +308,254 @@ def _wrap_methods(cls: type, names: tuple[str, ...]) -> None:
 _wrap_methods(ResilientRDBStorage, RETRIED_METHODS)
 
 
-def open_storage(
-    url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None
-) -> ResilientRDBStorage:
-    """An Optuna RDB storage with a pool that survives server restarts (pre-ping, retries).
-    An unreachable database is a ValueError naming host and port, never the password."""
-    import sqlalchemy.exc
+_BACKENDS = ("sqlite", "postgresql", "mysql")
 
-    check_url(url)
-    try:
-        return ResilientRDBStorage(
-            url,
-            engine_kwargs=_engine_kwargs(url),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
+
+class Storage:
+    """One study storage, resolved once from its URL and handed to every module that reads or
+    writes a study: the parsed URL and its backend, the masked URL for messages, the retrying
+    Optuna storage (``rdb``, opened on first use, once) and its engine, the lock every process
+    and machine respects (``exclusive``), and where checkpoints and artifacts go.
+
+    ``url`` is the text form, only for what leaves the process (a worker's environment).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = resolve_url(url)
+        self.parsed: URL = _parse(self.url)
+        self.backend = self.parsed.get_backend_name()
+        if self.backend not in _BACKENDS:
+            raise ValueError(_unsupported(self.url))
+        self.masked = mask_url(self.url)
+        self._rdb: ResilientRDBStorage | None = None
+        self._lock_engine: Any = None
+        self._opening = threading.Lock()  # threads asking at once still open it once
+        self._pid = os.getpid()
+
+    @classmethod
+    def open(cls, storage: Storage | str | None = None, *, study_url: str | None = None) -> Storage:
+        """A ``Storage`` as given, else the one ``resolve_url`` picks for the URL ``storage``
+        (``--storage``), ``$SEARCH_STORAGE`` and the study file's ``study_url``."""
+        if isinstance(storage, Storage):
+            return storage
+        return cls(resolve_url(storage, study_url))
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return Storage, (self.url,)  # the engines are rebuilt on first use
+
+    def __repr__(self) -> str:
+        return f"Storage({self.masked!r})"
+
+    # -- what the URL says -----------------------------------------------------------------
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file; None for a server or an in-memory database."""
+        db = self.parsed.database
+        return Path(db) if self.is_sqlite and db and db != ":memory:" else None
+
+    @property
+    def exists(self) -> bool:
+        """False only for a SQLite file not created yet (a server database always counts)."""
+        path = self.sqlite_path
+        return path is None or path.exists()
+
+    @property
+    def where(self) -> str:
+        """``host:port/db`` of a server (the password never), or the masked URL."""
+        return _where(self.url)
+
+    def check(self) -> None:
+        """Refuse, before anything is written, a SQLite file we cannot create or write."""
+        path = self.sqlite_path
+        if path is None:
+            return
+        parent = path.parent
+        if not parent.is_dir():
+            raise ValueError(
+                f"cannot create the SQLite storage {path}: directory {parent} does not exist; "
+                "create it or pass another --storage"
+            )
+        target = path if path.exists() else parent
+        if not os.access(target, os.W_OK):
+            raise ValueError(
+                f"cannot write the SQLite storage {path}: {target} is not writable; "
+                "fix its permissions or pass another --storage"
+            )
+
+    # -- the database ----------------------------------------------------------------------
+    @property
+    def rdb(self) -> ResilientRDBStorage:
+        """The Optuna storage, with a pool that survives server restarts (pre-ping, retries).
+        An unreachable database is a ValueError naming host and port, never the password."""
+        self._after_fork()
+        with self._opening:
+            if self._rdb is None:
+                self._rdb = self._open_rdb()
+        return self._rdb
+
+    def _after_fork(self) -> None:
+        """In a forked child (workers started with fork), let go of the parent's connections
+        without closing them (they are the parent's) and open this process's own."""
+        if self._pid == os.getpid():
+            return
+        for engine in (self._rdb.engine if self._rdb else None, self._lock_engine):
+            if engine is not None:
+                engine.dispose(close=False)
+        self._rdb = self._lock_engine = None
+        self._opening = threading.Lock()  # another thread may have held it at the fork
+        self._pid = os.getpid()
+
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of ``rdb``."""
+        return self.rdb.engine
+
+    def _open_rdb(self) -> ResilientRDBStorage:
+        import sqlalchemy.exc
+
+        self.check()
+        try:
+            return ResilientRDBStorage(self.url, engine_kwargs=_engine_kwargs(self.backend))
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise _connect_error(self.url, exc) from None
+        except ImportError as exc:
+            raise ValueError(
+                f"the storage {self.masked!r} needs a database driver ({exc.name}); "
+                "install hpsearch[postgres]"
+            ) from None
+
+    def transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a dropped connection or a busy database: worth retrying."""
+        return _transient(exc, self.url)
+
+    def error_line(self, exc: BaseException) -> str:
+        """``exc`` in one line, in the database's words, credentials masked."""
+        return error_line(exc, self.url)
+
+    # -- the lock --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(
+        self, key: str, *, hold_limit: float = 120.0, pooled: bool = False
+    ) -> Iterator[Any]:
+        """Hold a lock named ``key`` that every process and machine on this storage respects.
+
+        PostgreSQL: a transaction-level advisory lock on a connection of its own (``pooled``:
+        from ``engine``'s pool, else a fresh one; yielded, so the caller may query there). The
+        server drops it when the holder dies, and ends a holder's transaction that sits idle
+        for ``hold_limit`` seconds (a paused process), so no worker waits forever. SQLite: a
+        file lock on ``<db>.lock`` (one for every key). Yields the connection or None.
+        """
+        if self.is_sqlite:
+            with self._file_lock(key):
+                yield None
+        else:
+            with self._server_lock(key, hold_limit=hold_limit, pooled=pooled) as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _file_lock(self, key: str) -> Iterator[None]:
+        path = self.sqlite_path
+        if path is None:  # in-memory SQLite: one process
+            with _local_locks.setdefault(key, threading.Lock()):
+                yield
+            return
+        from filelock import FileLock
+
+        lock = FileLock(path.with_name(path.name + ".lock"))
+        try:
+            if not path.parent.is_dir():  # filelock would create it
+                raise FileNotFoundError(path.parent)
+            lock.acquire()
+        except OSError:  # a missing or read-only directory: nothing will be written there
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def _server_lock(self, key: str, *, hold_limit: float, pooled: bool) -> Iterator[Any]:
+        import sqlalchemy
+
+        engine = self.engine if pooled else self._own_lock_engine()
+        try:
+            conn = engine.connect()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            if not pooled:
+                raise _connect_error(self.url, exc) from None
+            raise
+        with conn, conn.begin():
+            if self.backend == "postgresql":
+                ms = int(hold_limit * 1000)
+                conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+                conn.execute(
+                    sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(key)}
+                )
+                yield conn
+            else:  # MySQL: a named lock, released explicitly
+                name = f"hpsearch:{_lock_key(key)}"
+                conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
+                try:
+                    yield conn
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+
+    def _own_lock_engine(self) -> Any:
+        """An engine without a pool for locks held apart from ``rdb``'s pool: before the
+        schema exists (creating ``rdb`` creates it), and for locks held for minutes."""
+        import sqlalchemy
+
+        self._after_fork()
+        with self._opening:
+            if self._lock_engine is None:
+                connect_args = _engine_kwargs(self.backend).get("connect_args", {})
+                self._lock_engine = sqlalchemy.create_engine(
+                    self.url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args
+                )
+        return self._lock_engine
+
+    # -- artifacts -------------------------------------------------------------------------
+    @property
+    def artifact_root(self) -> Path:
+        """``$SEARCH_ARTIFACTS``, else beside the SQLite file, else ./hpsearch-artifacts."""
+        base = os.environ.get("SEARCH_ARTIFACTS")
+        if base:
+            return Path(base)
+        path = self.sqlite_path
+        return path.with_name(path.name + ".artifacts") if path else Path.cwd() / ARTIFACTS_DIR
+
+    def artifact_dir(self, study_name: str) -> Path:
+        """Checkpoints and artifacts of a study. The study name is hashed into the path, so
+        any name is safe."""
+        return self.artifact_root / study_slug(study_name)
+
+    @property
+    def artifact_store_dir(self) -> Path:
+        """One artifact store per storage (optuna-dashboard's --artifact-dir)."""
+        return self.artifact_root / "artifact-store"
+
+    def artifact_store(self) -> optuna.artifacts.FileSystemArtifactStore:
+        """The artifact store the dashboard notes upload to (its folder made on first use)."""
+        root = self.artifact_store_dir
+        root.mkdir(parents=True, exist_ok=True)
+        return optuna.artifacts.FileSystemArtifactStore(str(root))
+
+    def dashboard_command(self) -> str:
+        return (
+            f"optuna-dashboard {self.masked} --host 127.0.0.1 "
+            f"--artifact-dir {self.artifact_store_dir}"
         )
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-        raise _connect_error(url, exc) from None
-    except ImportError as exc:
-        raise ValueError(
-            f"the storage {mask_url(url)!r} needs a database driver ({exc.name}); "
-            "install hpsearch[postgres]"
-        ) from None
+
+
+def open_storage(url: str | None = None) -> ResilientRDBStorage:
+    """The retrying Optuna storage of ``url`` (``Storage.open(url).rdb``), for scripts and
+    tests that want an Optuna storage and nothing else."""
+    return Storage.open(url).rdb
 
 
 def _lock_key(key: str) -> int:
@@ -344,114 +568,14 @@ def _lock_key(key: str) -> int:
 _local_locks: dict[str, threading.Lock] = {}
 
 
-@contextlib.contextmanager
-def exclusive(
-    url: str, key: str, *, engine: Any = None, hold_limit: float = 120.0
-) -> Iterator[Any]:
-    """Hold a lock named ``key`` that every process and machine on this storage respects.
-
-    PostgreSQL: a transaction-level advisory lock on its own connection (yielded, so the
-    caller may query there). The server drops it when the holder dies, and ends a holder's
-    transaction that sits idle for ``hold_limit`` seconds (a paused process), so no worker
-    waits forever. SQLite: ``flock`` on ``<db>.lock``. Yields the connection or None.
-    """
-    import sqlalchemy
-
-    if url.startswith("postgresql") or url.startswith("mysql"):
-        own = engine is None
-        if own:
-            engine = sqlalchemy.create_engine(
-                url,
-                poolclass=sqlalchemy.pool.NullPool,
-                **{k: v for k, v in _engine_kwargs(url).items() if k == "connect_args"},
-            )
-        try:
-            try:
-                conn = engine.connect()
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-                if own:
-                    raise _connect_error(url, exc) from None
-                raise
-            with conn:
-                with conn.begin():
-                    if url.startswith("postgresql"):
-                        ms = int(hold_limit * 1000)
-                        conn.exec_driver_sql(
-                            f"SET LOCAL idle_in_transaction_session_timeout = {ms}"
-                        )
-                        conn.execute(
-                            sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"),
-                            {"k": _lock_key(key)},
-                        )
-                        yield conn
-                    else:  # MySQL: a named lock, released explicitly
-                        name = f"hpsearch:{_lock_key(key)}"
-                        conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
-                        try:
-                            yield conn
-                        finally:
-                            conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-        finally:
-            if own:
-                engine.dispose()
-        return
-    path = sqlite_path(url)
-    if path is None:  # in-memory SQLite: one process
-        lock = _local_locks.setdefault(key, threading.Lock())
-        with lock:
-            yield None
-        return
-    import fcntl
-
-    lock_file = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only directory: nothing will be written there either
-        yield None
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield None
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def artifact_dir(url: str, study_name: str) -> Path:
-    """Checkpoints and artifacts of a study: beside the SQLite file, else ./hpsearch-artifacts
-    (or SEARCH_ARTIFACTS). The study name is hashed into the path, so any name is safe."""
-    base = os.environ.get("SEARCH_ARTIFACTS")
-    if base:
-        root = Path(base)
-    else:
-        path = sqlite_path(url)
-        root = (
-            path.with_name(path.name + ".artifacts") if path else Path.cwd() / "hpsearch-artifacts"
-        )
-    return root / study_slug(study_name)
-
-
-def artifact_store_dir(url: str) -> Path:
-    """One artifact store per storage (optuna-dashboard's --artifact-dir)."""
-    return artifact_dir(url, "_").parent / "artifact-store"
-
-
 def study_slug(name: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60].strip("._") or "study"
     return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def dashboard_command(url: str) -> str:
-    return (
-        f"optuna-dashboard {mask_url(url)} --host 127.0.0.1 "
-        f"--artifact-dir {artifact_store_dir(url)}"
-    )
-
-
 def _where(url: str) -> str:
     """``host:port/db`` of a server URL (the password never), or the masked URL."""
     try:
-        from sqlalchemy.engine import make_url
-
         u = make_url(url)
     except Exception:
         return mask_url(url)

@@ -7,7 +7,7 @@ Every worker, local or on another machine, runs the same loop against the same s
    whose heartbeat is older than the grace period (a worker elsewhere that died or froze), is
    lost. Mark it FAIL (status ``lost``) and enqueue its parameters again, at most
    ``max_retries`` times, pointing at its last epoch state so the retry resumes there.
-2. Claim: under a lock every worker respects (``storage.exclusive``), count finished (complete
+2. Claim: under a lock every worker respects (``Storage.exclusive``), count finished (complete
    + pruned) and running trials; start one only if finished + running < N. That makes
    ``--trials N`` exact: no worker can start the trial that would make N + 1.
 3. Run it with a heartbeat thread; a result for a trial that was meanwhile failed by a sweep
@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.store import FINISHED
 from search.store import _optuna_internals as _internals
 from search.store import storage as storage_mod
+from search.store.storage import Storage
 
 log = logging.getLogger("hpsearch")
 DEFAULT_HEARTBEAT = 30.0  # seconds between heartbeats of a running trial
@@ -159,7 +160,7 @@ class Heartbeat:
     """Records a trial's heartbeat every ``interval`` seconds in a thread, through database
     outages (an error is logged once and the next beat tries again)."""
 
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+    def __init__(self, storage: Storage, trial_id: int, interval: float) -> None:
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpsearch-heartbeat", daemon=True)
@@ -168,7 +169,7 @@ class Heartbeat:
         failing = False
         while not self._stop.wait(self.interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                self.storage.rdb.record_heartbeat(self.trial_id)
                 if failing:
                     log.warning("heartbeat of trial id %d recorded again", self.trial_id)
                 failing = False
@@ -177,7 +178,7 @@ class Heartbeat:
                     log.warning(
                         "could not record the heartbeat of trial id %d: %s",
                         self.trial_id,
-                        storage_mod.error_line(exc, getattr(self.storage, "url", None)),
+                        self.storage.error_line(exc),
                     )
                 failing = True
 
@@ -226,26 +227,34 @@ class SlotClaimer:
         self,
         study: optuna.Study,
         *,
-        storage: Any,
-        url: str,
+        storage: Storage,
         n_trials: int,
         options: WorkerOptions,
         checkpoint_dir: Path | None = None,
         say=None,
+        url: str | None = None,
     ) -> None:
-        self.study, self.storage, self.url = study, storage, url
+        # ``url``: what callers passed before the storage object carried it; must agree
+        if url is not None and storage_mod.resolve_url(url) != storage.url:
+            raise ValueError(f"SlotClaimer: url {storage_mod.mask_url(url)!r} is not {storage!r}")
+        self.study, self.storage, self.rdb = study, storage, storage.rdb
         self.n_trials, self.options = n_trials, options
         self.checkpoint_dir = checkpoint_dir
         self.say = say or (lambda text: log.warning(text))
-        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.study_id = self.rdb.get_study_id_from_name(study.study_name)
         self._ids: dict[int, int] = {}  # trial number -> trial id, of the trials claimed here
+
+    @property
+    def url(self) -> str:
+        """The storage's URL: with the trial id, what names a trial across storages."""
+        return self.storage.url
 
     def trial_id(self, trial: optuna.Trial) -> int:
         """The storage id of a trial (Optuna's ``Trial`` keeps it private; the storage has a
         public lookup by study and number)."""
         tid = self._ids.get(trial.number)
         if tid is None:
-            tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            tid = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             self._ids[trial.number] = tid
         return tid
 
@@ -269,14 +278,10 @@ class SlotClaimer:
         ``Claim.WAIT`` (the rest of the N trials is running elsewhere)."""
         self.sweep()
         trial = None
-        server = not storage_mod.is_sqlite(self.url)
         hold = max(30.0, 2 * self.options.grace_period)
         try:
-            with storage_mod.exclusive(
-                self.url,
-                f"claim:{self.study.study_name}",
-                engine=self.storage.engine if server else None,
-                hold_limit=hold,
+            with self.storage.exclusive(
+                f"claim:{self.study.study_name}", hold_limit=hold, pooled=True
             ) as conn:
                 counts = self._count(conn) if conn is not None else self.counts()
                 done = self.finished(counts)
@@ -287,10 +292,10 @@ class SlotClaimer:
                 trial = self.study.ask()
                 tid = self.trial_id(trial)
                 _CLAIMED_HERE.add((self.url, tid))
-                self.storage.record_heartbeat(tid)
+                self.rdb.record_heartbeat(tid)
                 # Who runs it, precisely enough that a worker on this machine can tell at once
                 # when that process is gone (a trial without it waits for the grace period).
-                self.storage.set_trial_system_attr(tid, WORKER_ATTR, this_process())
+                self.rdb.set_trial_system_attr(tid, WORKER_ATTR, this_process())
                 if conn is not None:
                     conn.execute(sqlalchemy.text("SELECT 1"))  # still holding the lock?
         except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while claiming
@@ -300,7 +305,7 @@ class SlotClaimer:
             raise
         except Exception as exc:
             if trial is None:
-                if storage_mod._transient(exc, self.url):
+                if self.storage.transient(exc):
                     return Claim.WAIT  # the database went away while we counted: look again
                 raise
             # The lock connection died while we created the trial, so another worker may
@@ -348,7 +353,7 @@ class SlotClaimer:
                          "the worker was killed, crashed or froze")
                     )  # fmt: skip
             else:  # left RUNNING by a run without heartbeat (an older version, a crash)
-                started = self.storage.get_trial(trial_id).datetime_start
+                started = self.rdb.get_trial(trial_id).datetime_start
                 # Optuna hands it out as naive local time (or aware): compare in UTC
                 if started is not None and datetime.now(UTC) - started.astimezone(UTC) > timedelta(
                     seconds=2 * grace + 60
@@ -364,7 +369,7 @@ class SlotClaimer:
         """Why the trial's worker is certainly dead, if it ran on this machine; else None."""
         if (self.url, trial_id) in _CLAIMED_HERE:
             return None  # ours (a thread of this process runs it)
-        info = self.storage.get_trial_system_attrs(trial_id).get(WORKER_ATTR)
+        info = self.rdb.get_trial_system_attrs(trial_id).get(WORKER_ATTR)
         if not isinstance(info, dict) or not process_gone(info):
             return None
         return f"worker {info.get('host')}:{info.get('pid')} is gone (process no longer exists)"
@@ -376,7 +381,7 @@ class SlotClaimer:
             reason = f"worker lost: {why}"
             if self._fail(trial_id, "lost", reason):
                 lost.append(number)
-                retry = self.retry(self.storage.get_trial(trial_id), reason)
+                retry = self.retry(self.rdb.get_trial(trial_id), reason)
                 self.say(
                     f"trial {number} {reason}"
                     + (f"; retrying its parameters{retry}" if retry is not None else "")
@@ -386,7 +391,7 @@ class SlotClaimer:
     def _fail(self, trial_id: int, status: str, reason: str) -> bool:
         """Move a RUNNING trial to FAIL and record why; False if it had already finished."""
         try:
-            if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            if not self.rdb.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return False
         except optuna.exceptions.UpdateFinishedTrialError:
             return False

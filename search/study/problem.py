@@ -17,7 +17,8 @@ from typing import Any
 import optuna
 
 import trainer
-from search.store import FINISHED
+from search.store import FINISHED, Storage
+from search.store.lookup import stored_user_attrs
 
 PROBLEM_ATTR = "problem"
 CHANGES_ATTR = "problem_changes"
@@ -103,20 +104,10 @@ def check_problem(
     return diff
 
 
-def stored_problem(url: str, name: str) -> dict[str, Any] | None:
-    """The problem recorded on study ``name`` in ``url``; None when there is no such study
+def stored_problem(storage: Storage, name: str) -> dict[str, Any] | None:
+    """The problem recorded on study ``name`` in ``storage``; None when there is no such study
     (a missing SQLite file is not created)."""
-    from search.store import storage as storage_mod
-
-    path = storage_mod.sqlite_path(url)
-    if path is not None and not path.exists():
-        return None
-    storage = storage_mod.open_storage(url)
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return None
-    return storage.get_study_user_attrs(study_id).get(PROBLEM_ATTR)
+    return (stored_user_attrs(storage, name) or {}).get(PROBLEM_ATTR)
 
 
 def record_problem(

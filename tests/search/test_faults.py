@@ -47,6 +47,7 @@ from PIL import Image
 import trainer
 from search.cli import main
 from search.experiments.run import plan_run, prepare_study, run_study
+from search.store import Storage
 from search.store import storage as storage_mod
 from search.store.workers import (
     WORKER_ATTR,
@@ -70,7 +71,7 @@ def run(name: str, url: str, n: int, **plan_kwargs) -> optuna.Study:
 
 
 def checkpoint_dir(url: str, name: str):
-    return storage_mod.artifact_dir(url, name) / "checkpoints"
+    return Storage.open(url).artifact_dir(name) / "checkpoints"
 
 
 def kill_once_epoch_1_is_saved(proc, watch: Watch, url: str, name: str):
@@ -175,12 +176,11 @@ def test_only_a_trial_whose_local_worker_process_is_gone_is_failed_before_the_gr
     write_study, url
 ):
     write_study("tiny", TINY_DIGITS)
-    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    store, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    storage = store.rdb
     said: list[str] = []
     slow = WorkerOptions(heartbeat=30, grace=120)
-    claimer = SlotClaimer(
-        study, storage=storage, url=url, n_trials=9, options=slow, say=said.append
-    )
+    claimer = SlotClaimer(study, storage=store, n_trials=9, options=slow, say=said.append)
     me = this_process()
     dead = subprocess.Popen(["sleep", "60"])
     dead_info = {**me, "pid": dead.pid, "start": _process_state(dead.pid)[1]}
@@ -300,7 +300,8 @@ def test_a_trial_left_without_a_heartbeat_is_judged_in_utc_in_any_time_zone(writ
     whatever the worker's time zone (Optuna hands the start out as local time)."""
     write_study("tiny", TINY_DIGITS)
     with time_zone(tz):
-        storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+        store, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+        storage = store.rdb
         sid = storage.get_study_id_from_name("tiny")
 
         def running_since(start: datetime) -> int:
@@ -310,24 +311,22 @@ def test_a_trial_left_without_a_heartbeat_is_judged_in_utc_in_any_time_zone(writ
 
         running_since(datetime.now())
         old = running_since(datetime.now() - timedelta(minutes=10))
-        claimer = SlotClaimer(study, storage=storage, url=url, n_trials=5, options=FAST_OPTIONS)
+        claimer = SlotClaimer(study, storage=store, n_trials=5, options=FAST_OPTIONS)
         assert claimer.stale() == [(old, 1, "left running without a heartbeat")]
 
 
 def test_lost_trials_are_retried_a_bounded_number_of_times(write_study, url):
     write_study("tiny", TINY_DIGITS)
-    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    store, study = prepare_study(plan_run(load_study("tiny"), storage=url))
     said: list[str] = []
     options = WorkerOptions(heartbeat=0.5, grace=2.0, max_retries=2)
-    claimer = SlotClaimer(
-        study, storage=storage, url=url, n_trials=5, options=options, say=said.append
-    )
+    claimer = SlotClaimer(study, storage=store, n_trials=5, options=options, say=said.append)
     beats = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("heartbeat"))
     for _ in range(3):  # the original and two retries all die
         trial = claimer.claim()
         assert isinstance(trial, optuna.Trial)
         trial.suggest_float("x", 0.0, 1.0)
-        with storage.engine.begin() as conn:  # its worker went silent long ago
+        with store.engine.begin() as conn:  # its worker went silent long ago
             conn.execute(beats.update().values(heartbeat=sqlalchemy.literal(
                 __import__("datetime").datetime(2000, 1, 1))))  # fmt: skip
         assert claimer.sweep() == [trial.number]
@@ -343,11 +342,11 @@ def test_budget_is_exact_when_workers_race(write_study, url):
     """Four threads claim slots of one study at once, each trial pruned at once: exactly N
     trials exist afterwards (claims are serialised in the database, not counted after)."""
     write_study("tiny", TINY_DIGITS)
-    storage, study = prepare_study(plan_run(load_study("tiny"), storage=url))
+    store, study = prepare_study(plan_run(load_study("tiny"), storage=url))
     n, errors = 7, []
 
     def worker():
-        claimer = SlotClaimer(study, storage=storage, url=url, n_trials=n, options=FAST_OPTIONS)
+        claimer = SlotClaimer(study, storage=store, n_trials=n, options=FAST_OPTIONS)
         try:
             while True:
                 got = claimer.claim()
@@ -554,7 +553,7 @@ def test_study_names_are_stored_verbatim_and_write_only_under_the_artifact_dir(
     assert set(optuna.get_all_study_names(url)) == set(NAMES)
 
     new = [p for p in set(tmp_path.parent.rglob("*")) - before if p.is_file()]
-    db = storage_mod.sqlite_path(url)
+    db = Storage.open(url).sqlite_path
     allowed = [art, tmp_path / "studies"] + ([db.parent] if db else [])
     outside = [p for p in new if not any(p.is_relative_to(a) for a in allowed)]
     assert outside == []
@@ -571,7 +570,7 @@ def test_sqlite_refuses_several_workers_with_the_reason_and_the_fix(
     assert len(err.splitlines()) == 1
     assert "needs PostgreSQL" in err and "database is locked" in err
     assert "docs/distributed.md" in err and "--storage postgresql" in err
-    assert not storage_mod.sqlite_path(storage_url).exists()
+    assert not Storage.open(storage_url).sqlite_path.exists()
 
 
 # --------------------------------------------------------------------- the trainer's side

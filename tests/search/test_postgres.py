@@ -300,7 +300,7 @@ def test_a_frozen_lock_holder_cannot_block_the_other_workers(pg_url):
 
     def frozen():
         try:
-            with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
+            with storage_mod.Storage.open(pg_url).exclusive("claim:x", hold_limit=1.0):
                 held.set()
                 time.sleep(8)  # idle in transaction, as a SIGSTOPped process would be
         except Exception as exc:
@@ -310,7 +310,7 @@ def test_a_frozen_lock_holder_cannot_block_the_other_workers(pg_url):
     t.start()
     held.wait(10)
     start = time.monotonic()
-    with storage_mod.exclusive(pg_url, "claim:x", hold_limit=1.0):
+    with storage_mod.Storage.open(pg_url).exclusive("claim:x", hold_limit=1.0):
         waited = time.monotonic() - start
     t.join()
     # the hold limit (1 s) freed the lock, not the end of the frozen holder's 8 s sleep

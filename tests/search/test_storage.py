@@ -1,5 +1,6 @@
 """Our storage class as Optuna's tools use it: it pickles into a working storage in another
-process, with its retries; and it refuses an Optuna that lacks a method it wraps."""
+process, with its retries; and it refuses an Optuna that lacks a method it wraps. The storage
+object resolved from a URL: its backend, lock and artifact places from the parsed URL."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import TINY_DIGITS
 from faultkit import STORAGES, storage_param
 from optuna.trial import TrialState
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from pgserver import pg_fixture, pg_url_fixture  # noqa: F401  (fixtures pg, pg_url)
 
-from search.store import _optuna_internals
+from search.cli import main
+from search.store import Storage, _optuna_internals
 from search.store import storage as storage_mod
 
 CHILD = textwrap.dedent(
@@ -151,3 +156,76 @@ def test_the_supported_optuna_range_is_stated_once_and_tested_at_both_ends():
     lower_bound = next(s.version for s in optuna_req.specifier if s.operator == ">=")
     assert lowest and lowest[1].startswith(lower_bound)
     assert optuna.__version__ in optuna_req.specifier
+
+
+# --------------------------------------------------------------------- the storage object
+
+
+def test_a_sqlite_url_with_a_driver_gets_its_lock_and_artifacts_beside_the_file(write_study):
+    """``sqlite+pysqlite:///p.db`` is SQLite like ``sqlite:///p.db``: the lock file beside
+    ``p.db`` and the artifacts in ``p.db.artifacts``, not in ./hpsearch-artifacts."""
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 1"))
+    here = Path.cwd()
+    storage = Storage.open("sqlite+pysqlite:///p.db")
+    assert (storage.backend, storage.sqlite_path) == ("sqlite", here / "p.db")
+    assert storage.url == f"sqlite+pysqlite:///{here / 'p.db'}"  # absolute: usable anywhere
+    assert storage.artifact_dir("tiny").parent == here / "p.db.artifacts"
+    assert storage.artifact_store_dir == here / "p.db.artifacts" / "artifact-store"
+
+    args = ["run", "--study", "tiny", "--trials", "1", "-q"]
+    assert main([*args, "--storage", "sqlite+pysqlite:///p.db"]) == 0
+
+    assert (here / "p.db").is_file() and (here / "p.db.lock").is_file()
+    assert list((storage.artifact_dir("tiny") / "checkpoints").glob("trial-0*.safetensors"))
+    assert not (here / "hpsearch-artifacts").exists()
+
+
+def test_the_sqlite_lock_excludes_a_second_holder_until_the_first_lets_go(storage_url):
+    storage = Storage.open(storage_url)
+    held, order = threading.Event(), []
+
+    def first() -> None:
+        with storage.exclusive("claim:x"):
+            held.set()
+            time.sleep(0.5)
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(10)
+    with Storage.open(storage_url).exclusive("claim:x"):  # another object, as another worker
+        order.append("second in")
+    t.join()
+    assert order == ["first out", "second in"]
+
+
+def test_without_a_place_for_the_lock_file_the_lock_lets_the_caller_go_on(tmp_path):
+    storage = Storage.open(f"sqlite:///{tmp_path / 'gone' / 'p.db'}")
+    with storage.exclusive("setup") as conn:  # nothing will be written there either
+        assert conn is None
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_server_url_is_parsed_once_and_opened_on_first_use():
+    storage = Storage.open("postgres://hp:p%40ss@db.example:6543/studies")
+    assert storage.url == "postgresql+psycopg://hp:p%40ss@db.example:6543/studies"
+    assert (storage.backend, storage.sqlite_path, storage.exists) == ("postgresql", None, True)
+    assert storage.masked == "postgresql+psycopg://hp:***@db.example:6543/studies"
+    assert storage.where == "db.example:6543/studies"
+    assert storage.artifact_dir("x").parent == Path.cwd() / storage_mod.ARTIFACTS_DIR
+    assert storage._rdb is None  # nothing connected yet
+    again = pickle.loads(pickle.dumps(storage))
+    assert (type(again), again.url) == (Storage, storage.url)
+    assert Storage.open(storage) is storage
+
+
+def test_the_optuna_storage_is_opened_once_per_storage_object(storage_url):
+    storage = Storage.open(storage_url)
+    assert storage.rdb is storage.rdb
+    assert storage.engine is storage.rdb.engine
+
+
+@pytest.mark.parametrize("url", ["bogus", "http://example.org/db", "oracle://u@h/db"])
+def test_an_unsupported_url_is_refused_in_one_line_naming_the_urls_we_take(url):
+    with pytest.raises(ValueError, match=r"^unsupported storage URL .*; use sqlite:///FILE"):
+        Storage.open(url)
