@@ -273,18 +273,12 @@ def _prune(keep: Path, prefix: str) -> None:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes, so concurrent workers decode a folder once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic rename still keeps files whole
+    """An exclusive lock between processes on any OS, so concurrent workers decode a folder
+    once. A cache folder we cannot write is an OSError here, as the writes would be."""
+    from filelock import FileLock
+
+    with FileLock(path):
         yield
-        return
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_stats(npy: Path, key: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
