@@ -85,6 +85,8 @@ class HostBatches:
         stop: threading.Event,
     ) -> None:
         b = self.batch
+        if self.cuda and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # this thread's events belong to that GPU
         try:
             for i in range(steps):
                 while True:
