@@ -204,7 +204,7 @@ class Run(Command):
         from search.report.progress import Progress
         from search.store import storage as storage_mod
 
-        storage_mod.check_workers(plan.url, args.workers)
+        storage_mod.check_workers(plan.storage, args.workers)
         if args.workers > 1:
             from search.experiments.launcher import run_workers
 
@@ -237,7 +237,7 @@ class Run(Command):
             started=started,
         )
         if not args.worker_child:
-            print_summary(study, plan.url)
+            print_summary(study, plan.storage)
         return 0
 
 

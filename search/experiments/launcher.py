@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from search import exit_codes
 from search.experiments.run import UNLIMITED, Plan, prepare_study
 from search.report.summary import print_summary
+from search.store import Storage
 from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, SlotClaimer, WorkerOptions
 from search.study.budget import RunLimits
@@ -66,7 +67,6 @@ def run_workers(
     claimer = SlotClaimer(
         study,
         storage=storage,
-        url=plan.url,
         n_trials=trials if trials is not None else UNLIMITED,
         options=WorkerOptions(),
     )
@@ -74,14 +74,14 @@ def run_workers(
     print(
         f"study {plan.spec.name!r}: {done}"
         + (f" of {trials}" if trials is not None else "")
-        + f" trials finished; storage {storage_mod.mask_url(plan.url)}",
+        + f" trials finished; storage {storage.masked}",
         file=sys.stderr,
     )
     overrides: dict[str, Any] = {"threads": threads or max(1, (os.cpu_count() or 1) // workers)}
     if limits.wall_seconds is not None:  # the workers get what is left of this command's
         overrides["budget"] = f"{max(1.0, limits.wall_seconds - (time.monotonic() - started)):.1f}"
     argv = worker_argv(**overrides)
-    code = launch(argv, url=plan.url, workers=workers, threads=overrides["threads"])
+    code = launch(argv, storage=storage, workers=workers, threads=overrides["threads"])
     if code in (exit_codes.USAGE, exit_codes.INTERRUPTED, exit_codes.TERMINATED):
         if code != exit_codes.USAGE:
             print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
@@ -91,18 +91,18 @@ def run_workers(
         msg = f"error: the study holds {done} of {trials} finished trials; rerun to go on"
         print(msg, file=sys.stderr)
         return 1
-    print_summary(study, plan.url)
+    print_summary(study, storage)
     return 0
 
 
 def launch(
-    argv: list[str], *, url: str, workers: int, threads: int, stream: TextIO | None = None
+    argv: list[str], *, storage: Storage, workers: int, threads: int, stream: TextIO | None = None
 ) -> int:
     """Start ``workers`` processes of ``search <argv>`` on this machine and wait for them.
     Each gets a GPU of its own when there are GPUs (CUDA_VISIBLE_DEVICES), ``threads`` CPU
-    threads, and the storage URL in its environment. Ctrl-C and SIGTERM are passed on; the
-    exit code is 130/143 then, 2 when a worker refused its input, 1 when the study is not
-    full for another reason, else 0."""
+    threads, and the storage's URL in its environment (never on a command line, which ``ps``
+    shows to every user). Ctrl-C and SIGTERM are passed on; the exit code is 130/143 then, 2
+    when a worker refused its input, 1 when the study is not full for another reason, else 0."""
     stream = stream or sys.stderr
     gpus = gpu_ids()
     if gpus and workers > len(gpus):
@@ -116,7 +116,7 @@ def launch(
         assert proc.stdout is not None
         for line in proc.stdout:
             with lock:
-                stream.write(f"[w{i}] {storage_mod.redact(line.rstrip(), url)}\n")
+                stream.write(f"[w{i}] {storage_mod.redact(line.rstrip(), storage.url)}\n")
                 stream.flush()
 
     def forward(signum: int, frame: object) -> None:
@@ -130,7 +130,7 @@ def launch(
     try:
         for i in range(workers):
             env = dict(os.environ)
-            env["SEARCH_STORAGE"] = url
+            env["SEARCH_STORAGE"] = storage.url
             env[CHILD_ENV] = f"{i}/{workers}"
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
             if gpus:

@@ -48,12 +48,12 @@ def test_a_worker_parses_what_the_launcher_parsed_except_its_own_options():
             assert getattr(child, dest) == value, dest
 
 
-def test_every_run_option_is_passed_on_or_named_as_the_launchers_own():
+def test_the_storage_and_the_launchers_own_options_are_never_passed_on():
+    # every run option says whether it is (option(..., worker=) has no default); these say no
     command, parser = Run(), argparse.ArgumentParser()
     command.add_arguments(parser)
     passed = {action.dest for action, _ in command.passed_on}
-    declared = set(vars(parser.parse_args(["--study", "x"])))
-    assert passed | NOT_PASSED_ON == declared
+    assert passed <= set(vars(parser.parse_args(["--study", "x"])))
     assert not passed & NOT_PASSED_ON
 
 
@@ -79,8 +79,8 @@ def test_workers_get_what_is_left_of_the_wall_clock_and_their_share_of_threads(
     write_study("tiny", TINY_DIGITS)
     seen: dict = {}
 
-    def launch(argv, *, url, workers, threads, stream=None):
-        seen.update(argv=argv, url=url, workers=workers, threads=threads)
+    def launch(argv, *, storage, workers, threads, stream=None):
+        seen.update(argv=argv, url=storage.url, workers=workers, threads=threads)
         return 0
 
     monkeypatch.setattr("search.experiments.launcher.launch", launch)
