@@ -86,6 +86,36 @@ class Run(Command):
             "PostgreSQL when > 1. Run the same command on other machines to add theirs",
         )
         option(
+            "--ray",
+            worker=False,  # the workers it starts are the Ray tasks
+            metavar="ADDRESS",
+            help="run the trials as Ray work: auto, HOST:PORT, ray://HOST:PORT, or local (a "
+            "private Ray on this machine); needs PostgreSQL and pip install 'hpsearch[ray]'",
+        )
+        option(
+            "--gpus-per-trial",
+            worker=False,
+            type=float,
+            metavar="G",
+            help="with --ray: the share of a GPU each trial asks for (1, 0.5, 0.25, ...: 1/G "
+            "trials share a GPU; default 1 where the cluster has GPUs)",
+        )
+        option(
+            "--cpus-per-trial",
+            worker=False,
+            type=float,
+            metavar="C",
+            help="with --ray: the CPUs each trial asks for (default 1)",
+        )
+        option(
+            "--artifacts",
+            worker=False,  # given to every worker as SEARCH_ARTIFACTS
+            metavar="DIR",
+            help="where checkpoints and resume states go (default: $SEARCH_ARTIFACTS, else "
+            "beside the SQLite file, else ./hpsearch-artifacts); with --ray, a folder every "
+            "node mounts",
+        )
+        option(
             "--threads",
             worker=True,  # each worker is given its share (child_argv's threads)
             type=int,
@@ -129,6 +159,39 @@ class Run(Command):
             "(the change is recorded in the study's note)",
         )
         option("--worker-child", worker=False, action="store_true", help=argparse.SUPPRESS)
+
+    @staticmethod
+    def _check_cheap(args: argparse.Namespace):
+        """The checks that need no data, model or database, first; the Ray options, or None.
+        ``--artifacts`` becomes ``$SEARCH_ARTIFACTS`` here, for this process and its workers."""
+        if args.trials is not None and args.trials < 1:
+            raise ValueError(f"--trials must be >= 1, but got {args.trials}")
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, but got {args.workers}")
+        if args.timeout is not None and not args.timeout > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, but got {args.timeout}")
+        if args.artifacts:
+            import os
+
+            os.environ["SEARCH_ARTIFACTS"] = _absolute(args.artifacts)
+        if args.ray is None:
+            for flag in ("gpus_per_trial", "cpus_per_trial"):
+                if getattr(args, flag) is not None:
+                    raise ValueError(
+                        f"--{flag.replace('_', '-')} is a Ray option: add --ray ADDRESS "
+                        "(--ray local for a private Ray on this machine)"
+                    )
+            return None
+        if args.workers > 1:
+            raise ValueError("--ray and --workers exclude each other: Ray decides how many "
+                             "trials run at once (--gpus-per-trial, --cpus-per-trial)")  # fmt: skip
+        from search.experiments.ray_launcher import RayOptions
+
+        return RayOptions(
+            args.ray,
+            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else 1.0,
+        )
 
     def worker_argv(self, args: argparse.Namespace, *, threads: int, **overrides: Any) -> list[str]:
         """The ``search run`` command line of a worker process: the passed-on options the user
@@ -184,6 +247,13 @@ class Run(Command):
                 "--trials N is needed unless a wall-clock budget is given "
                 "(--budget 30m, or budget.wall in the study file)"
             )
+        ray = self._check_cheap(args)  # before any data is read or model built
+        if ray is not None:
+            from search.experiments.ray_launcher import check_address, check_storage
+            from search.store import Storage
+
+            check_storage(Storage.open(args.storage, study_url=spec.storage))
+            check_address(ray)
         enqueue = [parse_assignments(item.split(",")) for item in args.enqueue or []]
         plan = plan_run(
             spec,
@@ -199,17 +269,16 @@ class Run(Command):
 
             print_dry_run(plan, dry_run(plan))
             return 0
-        if args.trials is not None and args.trials < 1:
-            raise ValueError(f"--trials must be >= 1, but got {args.trials}")
         from search.report.progress import Progress
         from search.store import storage as storage_mod
 
         storage_mod.check_workers(plan.storage, args.workers)
-        if args.workers > 1:
+        if args.workers > 1 or ray is not None:
             from search.experiments.launcher import run_workers
 
             return run_workers(
                 plan,
+                ray=ray,
                 workers=args.workers,
                 trials=args.trials,
                 timeout=args.timeout,
@@ -219,9 +288,16 @@ class Run(Command):
                 worker_argv=functools.partial(self.worker_argv, args),
             )
         if args.worker_child:
+            import os
+
             from search.experiments.launcher import watch_parent
+            from search.store.workers import GPU_SHARE_ENV
 
             watch_parent()
+            if os.environ.get(GPU_SHARE_ENV):  # several trials share this GPU (--ray)
+                import trainer
+
+                trainer.set_gpu_share(float(os.environ[GPU_SHARE_ENV]))
         if args.threads:
             import torch
 

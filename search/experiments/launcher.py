@@ -16,15 +16,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from search import exit_codes
 from search.experiments.run import UNLIMITED, Plan, prepare_study
 from search.report.summary import print_summary
 from search.store import Storage
 from search.store import storage as storage_mod
-from search.store.workers import CHILD_ENV, SlotClaimer, WorkerOptions
+from search.store.workers import CHILD_ENV, GPU_SHARE_ENV, SlotClaimer, WorkerOptions
 from search.study.budget import RunLimits
+
+if TYPE_CHECKING:
+    from search.experiments.ray_launcher import RayOptions
 
 
 def gpu_ids() -> list[str]:
@@ -47,6 +50,7 @@ def gpu_ids() -> list[str]:
 def run_workers(
     plan: Plan,
     *,
+    ray: RayOptions | None = None,
     workers: int,
     trials: int | None,
     timeout: float | None,
@@ -60,9 +64,15 @@ def run_workers(
     ``worker_argv(threads=N, budget=...)`` is a worker's ``search run`` command line, given
     the values that differ from this command's: each worker's share of the CPU threads, and
     what is left of the wall clock (``limits.wall_seconds``, when there is one) by the time
-    they start. ``started`` is when the wall clock began (``time.monotonic()``). The exit code
-    as the CLI's.
+    they start. ``started`` is when the wall clock began (``time.monotonic()``). With ``ray``,
+    Ray places the workers instead (``search.experiments.ray_launcher``) and decides how many
+    run at once. The exit code as the CLI's.
     """
+    session = None
+    if ray is not None:  # no Ray at the address: refused before the study is created
+        from search.experiments.ray_launcher import connect
+
+        session = connect(ray)
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
         study,
@@ -77,11 +87,28 @@ def run_workers(
         + f" trials finished; storage {storage.masked}",
         file=sys.stderr,
     )
-    overrides: dict[str, Any] = {"threads": threads or max(1, (os.cpu_count() or 1) // workers)}
-    if limits.wall_seconds is not None:  # the workers get what is left of this command's
-        overrides["budget"] = f"{max(1.0, limits.wall_seconds - (time.monotonic() - started)):.1f}"
-    argv = worker_argv(**overrides)
-    code = launch(argv, storage=storage, workers=workers, threads=overrides["threads"])
+
+    def argv_for(threads: int) -> list[str]:
+        overrides: dict[str, Any] = {"threads": threads}
+        if limits.wall_seconds is not None:  # the workers get what is left of this command's
+            left = limits.wall_seconds - (time.monotonic() - started)
+            overrides["budget"] = f"{max(1.0, left):.1f}"
+        return worker_argv(**overrides)
+
+    if ray is not None:
+        from search.experiments.ray_launcher import launch_ray
+
+        code = launch_ray(
+            session,
+            argv_for,
+            url=plan.url,
+            options=ray,
+            remaining=None if trials is None else max(1, trials - done),
+            artifacts=plan.storage.artifact_root.resolve(),
+        )
+    else:
+        share = threads or max(1, (os.cpu_count() or 1) // workers)
+        code = launch(argv_for(share), storage=storage, workers=workers, threads=share)
     if code in (exit_codes.USAGE, exit_codes.INTERRUPTED, exit_codes.TERMINATED):
         if code != exit_codes.USAGE:
             print("\nstopped: running trials are marked failed; rerun to go on", file=sys.stderr)
@@ -135,6 +162,9 @@ def launch(
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+                sharing = len(range(i % len(gpus), workers, len(gpus)))  # workers on this GPU
+                if sharing > 1:  # each gets its share of the card's memory, not all of it
+                    env[GPU_SHARE_ENV] = f"{1 / sharing:.6g}"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "search.cli", *argv],
                 env=env,

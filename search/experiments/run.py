@@ -31,6 +31,7 @@ from search.store import FINISHED, Storage
 from search.store.storage import check_study_name
 from search.store.workers import (
     CHILD_ENV,
+    PLACEMENT_ENV,
     Claim,
     Heartbeat,
     SlotClaimer,
@@ -318,6 +319,10 @@ def _run_claimed(
     with Heartbeat(storage, tid, options.heartbeat):
         try:
             trial.set_user_attr("worker", worker_name())
+            where = os.environ.get(PLACEMENT_ENV)
+            if where:
+                trial.set_user_attr("placement", where)
+                progress.message(f"trial {number} runs on {where}")
             value = objective(trial)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:

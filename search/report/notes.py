@@ -20,9 +20,16 @@ MAX_CHECKPOINT_ARTIFACT = 200 * 2**20  # bigger checkpoints stay in the checkpoi
 
 
 def trial_note(
-    cfg: trainer.TrainConfig, result: trainer.TrainResult | None, *, status: str, reason: str
+    cfg: trainer.TrainConfig,
+    result: trainer.TrainResult | None,
+    *,
+    status: str,
+    reason: str,
+    placement: str | None = None,
 ) -> str:
     lines = [f"**{status}**: {reason}", ""]
+    if placement:  # where an engine (Ray) ran it
+        lines += [f"ran on {placement}", ""]
     if result is not None and result.history:
         s = result.summary()
         lines += [
@@ -65,7 +72,14 @@ def annotate_trial(
     try:
         from optuna_dashboard import save_note
 
-        save_note(trial, trial_note(cfg, result, status=result.status, reason=result.reason))
+        note = trial_note(
+            cfg,
+            result,
+            status=result.status,
+            reason=result.reason,
+            placement=trial.user_attrs.get("placement"),
+        )
+        save_note(trial, note)
         if storage is None or not result.history:
             return
         store = storage.artifact_store()

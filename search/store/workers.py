@@ -86,6 +86,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Where an engine placed this worker ("node 1a2b3c4d (10.0.0.7) GPU 0"); set by the Ray
+# launcher for each worker it starts, stored with each trial as its user attribute placement.
+PLACEMENT_ENV = "HPSEARCH_PLACEMENT"
+# The share of its GPU's memory a worker may use, when several share one GPU (--workers K on
+# fewer GPUs, --ray --gpus-per-trial 0.25): the worker passes it to trainer.set_gpu_share.
+GPU_SHARE_ENV = "HPSEARCH_GPU_SHARE"
 WORKER_ATTR = "hpsearch:worker"  # trial system attribute: the process that runs the trial
 # (storage URL, trial id) of the trials claimed by this process: ids repeat across storages
 _CLAIMED_HERE: set[tuple[str, int]] = set()
