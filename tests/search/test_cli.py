@@ -31,7 +31,7 @@ def run(url: str, *args: str, study: str = "tiny", trials: int = 2) -> int:
     return main(["run", "--study", study, "--trials", str(trials), "-q", "--storage", url, *args])
 
 
-def test_set_fixes_a_parameter_and_enqueue_runs_first(write_study, storage_url, capsys):
+def test_set_fixes_a_parameter_and_enqueue_runs_first(write_study, storage_url, capsys, fake_train):
     write_study("tiny", TINY_DIGITS)
     rc = run(
         storage_url,
@@ -59,6 +59,8 @@ def test_set_fixes_a_parameter_and_enqueue_runs_first(write_study, storage_url, 
         assert t.user_attrs["config"]["train.seed"] == 3
     # the sampler still draws the other parameters
     assert len({t.params["model.dropout"] for t in study.trials}) == 3
+    # and training got the pins (training itself is faked: nothing here depends on it)
+    assert [(c.optim.lr, c.train.seed) for c in fake_train.calls] == [(0.004, 3)] * 3
 
 
 def test_best_json_and_optuna_cli(write_study, storage_url, capsys):
