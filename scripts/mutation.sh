@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules where a wrong line loses a user's data or misstates a
+# result: trial claims and recovery, budgets and the cost model, the run's stop logic and
+# checkpoint retention, the statistics and tables, the split recording, the optimisation step.
+# Not part of CI. About 40 minutes on the idle 2-core machine; see benchmarks/RESULTS.md.
+#
+#   bash scripts/mutation.sh            # the committed tree (HEAD), in a scratch folder
+#   JOBS=1 bash scripts/mutation.sh     # mutants in parallel (default 2)
+#
+# Tool: mutmut 3. It mutates a copy of the code (mutants/ in the scratch folder, never this
+# work tree), switches mutants on per function through an environment variable (no re-import
+# per mutant), and runs each mutant against only the selected tests that called its function,
+# as recorded in one traced run of them: each module is mapped to its fast tests below. Tests
+# that start other processes are left out (a child process would not trace back), and so are
+# slow ones. cosmic-ray was the alternative: it rewrites the files in place (unsafe in a
+# shared work tree) and starts a new test process per mutant (torch's import alone is seconds).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${VENV:-$REPO/.venv}
+JOBS=${JOBS:-2}
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "mutmut==3.8.1"
+WORK=${MUTATION_DIR:-$(mktemp -d /tmp/hpsearch-mutation.XXXXXX)}
+git -C "$REPO" archive HEAD | tar -x -C "$WORK"
+cat > "$WORK/setup.cfg" <<'CFG'
+[mutmut]
+source_paths =
+    search
+    spaces
+    trainer
+only_mutate =
+    search/store/workers.py
+    search/study/budget.py
+    search/experiments/cost.py
+    search/experiments/run.py
+    search/report/stats.py
+    search/report/tables.py
+    search/study/splits.py
+    trainer/steps.py
+also_copy =
+    studies
+pytest_add_cli_args_test_selection =
+    tests/search/test_stats.py
+    tests/search/test_tables.py
+    tests/search/test_export.py
+    tests/search/test_splits.py
+    tests/search/test_ablate_test_split.py
+    tests/search/test_budget.py
+    --deselect=tests/search/test_budget.py::test_budget_stops_the_running_trial_and_a_rerun_goes_on
+    tests/search/test_run_policy.py
+    tests/search/test_run.py
+    tests/trainer/test_steps.py
+    tests/search/test_faults.py::test_a_dead_worker_is_told_from_a_live_one_by_pid_start_time_and_state
+    tests/search/test_faults.py::test_only_a_trial_whose_local_worker_process_is_gone_is_failed_before_the_grace[sqlite]
+    tests/search/test_faults.py::test_a_trial_left_without_a_heartbeat_is_judged_in_utc_in_any_time_zone[sqlite-Asia/Tokyo]
+    tests/search/test_faults.py::test_lost_trials_are_retried_a_bounded_number_of_times[sqlite]
+    tests/search/test_faults.py::test_budget_is_exact_when_workers_race[sqlite]
+    tests/search/test_faults.py::test_a_signal_after_training_but_before_the_tell_still_records_it_as_the_reason[sqlite]
+# torch is not safe to fork from a process that ran it: fork each mutant from a server
+process_isolation = forkserver
+CFG
+cd "$WORK"
+# the mutated copy first on the path, also for the few tests' child processes
+export PYTHONPATH="$WORK/mutants" HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+start=$(date +%s)
+nice -n 19 "$VENV/bin/mutmut" run --max-children "$JOBS" > mutmut.log 2>&1 || {
+    tail -c 2000 mutmut.log
+    exit 1
+}
+"$VENV/bin/mutmut" results > survivors.txt 2>&1 || true
+"$VENV/bin/mutmut" export-cicd-stats > /dev/null 2>&1 || true
+echo "mutmut: $(( $(date +%s) - start )) s; in $WORK"
+"$VENV/bin/python" - <<'PY'
+import json
+from pathlib import Path
+
+stats = json.loads(Path("mutants/mutmut-cicd-stats.json").read_text())
+killed = stats["killed"] + stats.get("timeout", 0)
+total = stats["total"]
+print(json.dumps(stats))
+print(f"score: {killed} of {total} mutants killed ({100 * killed / total:.1f}%)")
+PY
+echo "survivors (mutmut show NAME in $WORK for each diff):"
+cat survivors.txt
