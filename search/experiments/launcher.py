@@ -79,6 +79,9 @@ def run_workers(
         storage=storage,
         n_trials=trials if trials is not None else UNLIMITED,
         options=WorkerOptions(),
+        # where a lost worker's epoch state is, for a retry that the launcher itself enqueues
+        checkpoint_dir=storage.artifact_dir(plan.spec.name) / "checkpoints",
+        say=lambda text: print(text, file=sys.stderr, flush=True),
     )
     done = claimer.finished(claimer.counts())
     print(
@@ -105,6 +108,9 @@ def run_workers(
             options=ray,
             remaining=None if trials is None else max(1, trials - done),
             artifacts=plan.storage.artifact_root.resolve(),
+            on_lost=lambda placement, pid, why: claimer.lose_worker(
+                placement=placement, pid=pid, why=why
+            ),
         )
     else:
         share = threads or max(1, (os.cpu_count() or 1) // workers)

@@ -211,7 +211,7 @@ def _worker(argv: list[str], env: dict[str, str], gpu_share: float):
         preexec_fn=_die_with_parent,
     )
     try:
-        yield ("start", env[PLACEMENT_ENV])
+        yield ("start", (env[PLACEMENT_ENV], proc.pid))
         assert proc.stdout is not None
         for line in proc.stdout:
             yield ("line", line.rstrip("\n"))
@@ -234,12 +234,15 @@ def launch_ray(
     options: RayOptions,
     remaining: int | None,
     artifacts: Path,
+    on_lost: Callable[[str, int, str], Any] = lambda placement, pid, why: None,
     stream: TextIO | None = None,
 ) -> int:
     """Run the study's workers on Ray (``ray``, from ``connect``) until they stop; the exit code as ``launcher.launch``
     gives it (130 on Ctrl-C, 2 when a worker refused its input, 1 when one failed).
     ``worker_argv(threads)`` is a worker's ``search run`` command line, asked for once Ray is
-    up (what is left of a wall-clock budget is counted then)."""
+    up (what is left of a wall-clock budget is counted then). ``on_lost(placement, pid, why)``
+    is called for a worker whose task Ray lost (its node died), before its replacement starts.
+    """
     stream = stream or sys.stderr
     try:
         check_artifacts_visible(ray, artifacts)
@@ -255,15 +258,16 @@ def launch_ray(
             num_returns="streaming",
         )
         return _drive(ray, task, worker_argv(threads), url=url, workers=workers, threads=threads,
-                      share=share, artifacts=artifacts, stream=stream)  # fmt: skip
+                      share=share, artifacts=artifacts, on_lost=on_lost, stream=stream)  # fmt: skip
     finally:
         ray.shutdown()
 
 
-def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, stream) -> int:
+def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, on_lost, stream) -> int:
     events: queue.Queue = queue.Queue()
     lock = threading.Lock()
     gens: dict[int, Any] = {}
+    started: dict[int, tuple[str, int]] = {}  # worker -> (placement, pid of its process)
 
     def say(text: str) -> None:
         with lock:
@@ -275,7 +279,8 @@ def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, stream) 
             for ref in gen:
                 kind, value = ray.get(ref)
                 if kind == "start":
-                    say(f"[w{i}] on {value}")
+                    started[i] = value
+                    say(f"[w{i}] on {value[0]}")
                 elif kind == "line":
                     say(f"[w{i}] {value}")
                 else:
@@ -309,6 +314,8 @@ def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, stream) 
             if kind == "exit":
                 codes[i] = value
                 continue
+            if i in started:  # its trial is retried now, not after the heartbeat grace
+                on_lost(*started[i], f"its Ray task was lost ({value})")
             if replacements >= max(2, workers):
                 say(f"note: w{i} lost ({value}); no more replacements")
                 codes[i] = 1

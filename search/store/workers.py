@@ -382,17 +382,31 @@ class SlotClaimer:
 
     def sweep(self) -> list[int]:
         """Fail trials of dead or frozen workers and enqueue their retries; their numbers."""
+        return [number for tid, number, why in self.stale() if self._lose(tid, number, why)]
+
+    def lose_worker(self, *, placement: str, pid: int, why: str) -> list[int]:
+        """Fail, at once, the RUNNING trials of a worker an engine knows is dead (``pid`` at
+        ``placement``, whose node Ray lost), and enqueue their retries; their numbers. Without
+        this, a worker on another node would wait for the grace period to judge them."""
         lost = []
-        for trial_id, number, why in self.stale():
-            reason = f"worker lost: {why}"
-            if self._fail(trial_id, "lost", reason):
-                lost.append(number)
-                retry = self.retry(self.rdb.get_trial(trial_id), reason)
-                self.say(
-                    f"trial {number} {reason}"
-                    + (f"; retrying its parameters{retry}" if retry is not None else "")
-                )
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            tid = self.rdb.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
+            info = self.rdb.get_trial_system_attrs(tid).get(WORKER_ATTR) or {}
+            if t.user_attrs.get("placement") == placement and info.get("pid") == pid:
+                if self._lose(tid, t.number, why):
+                    lost.append(t.number)
         return lost
+
+    def _lose(self, trial_id: int, number: int, why: str) -> bool:
+        reason = f"worker lost: {why}"
+        if not self._fail(trial_id, "lost", reason):
+            return False
+        retry = self.retry(self.rdb.get_trial(trial_id), reason)
+        self.say(
+            f"trial {number} {reason}"
+            + (f"; retrying its parameters{retry}" if retry is not None else "")
+        )
+        return True
 
     def _fail(self, trial_id: int, status: str, reason: str) -> bool:
         """Move a RUNNING trial to FAIL and record why; False if it had already finished."""

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from pgserver import USER, pg_fixture  # noqa: F401  (fixture pg)
 
 from search.cli import main
+from search.store import Storage
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.postgres
@@ -217,6 +218,9 @@ def test_a_node_removed_mid_trial_moves_the_trial_which_resumes_from_its_epoch(
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     lost = trials[moved]
     assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "lost"
+    # failed by the command that started the run, as soon as Ray lost the task: a worker on
+    # another node could tell only after the heartbeat grace
+    assert "its Ray task was lost" in lost.user_attrs["reason"]
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == moved]
     assert retry.state in FINISHED and retry.params == lost.params
     assert retry.user_attrs["resumed_from_epoch"] >= 1  # from its epoch, not from scratch
@@ -275,3 +279,30 @@ def test_slots_follow_the_cluster_and_fall_back_to_cpus():
     assert slots({"CPU": 3.0}, quarter) == (3, 0.0)  # no GPU: CPU trials
     with pytest.raises(ValueError, match="a trial needs 2 CPU"):
         slots({"CPU": 1.0}, RayOptions("auto", cpus_per_trial=2))
+
+
+def test_local_workers_sharing_a_gpu_each_get_their_share_of_its_memory(monkeypatch):
+    """--workers 3 on 2 GPUs: GPU 0 runs two workers (half its memory each), GPU 1 one."""
+    from search.experiments import launcher
+
+    envs = []
+
+    class FakeProc:
+        def __init__(self, cmd, *, env, **kwargs):
+            envs.append(env)
+            self.stdout = iter(())
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launcher, "gpu_ids", lambda: ["0", "1"])
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakeProc)
+    storage = Storage.open("sqlite:///unused.db")
+    with open(os.devnull, "w") as devnull:
+        code = launcher.launch(["run"], storage=storage, workers=3, threads=1, stream=devnull)
+    assert code == 0
+    got = [(e["CUDA_VISIBLE_DEVICES"], e.get("HPSEARCH_GPU_SHARE")) for e in envs]
+    assert got == [("0", "0.5"), ("1", None), ("0", "0.5")]
