@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from search import exit_codes
+from search.experiments.processes import spawn_worker
 from search.experiments.run import UNLIMITED, Plan, prepare_study
 from search.report.summary import print_summary
 from search.store import Storage
@@ -171,16 +172,8 @@ def launch(
                 sharing = len(range(i % len(gpus), workers, len(gpus)))  # workers on this GPU
                 if sharing > 1:  # each gets its share of the card's memory, not all of it
                     env[GPU_SHARE_ENV] = f"{1 / sharing:.6g}"
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "search.cli", *argv],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                bufsize=1,
-                start_new_session=True,  # Ctrl-C reaches us, and we pass it on exactly once
-            )
+            # a session of its own: Ctrl-C reaches us, and we pass it on exactly once
+            proc = spawn_worker(argv, env, start_new_session=True)
             procs.append(proc)
             t = threading.Thread(target=pump, args=(i, proc), daemon=True)
             t.start()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from search.experiments.processes import spawn_worker
 from search.store import Storage
 from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, GPU_SHARE_ENV, PLACEMENT_ENV
@@ -200,16 +201,7 @@ def _worker(argv: list[str], env: dict[str, str], gpu_share: float):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if gpu_share < 1:
             env[GPU_SHARE_ENV] = f"{gpu_share:g}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", *argv],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        preexec_fn=_die_with_parent,
-    )
+    proc = spawn_worker(argv, env, preexec_fn=_die_with_parent)
     try:
         yield ("start", (env[PLACEMENT_ENV], proc.pid))
         assert proc.stdout is not None
