@@ -32,6 +32,9 @@ AUGMENT_RANGES = (  # data.* augmentation settings and their valid ranges
     ("erasing", 0.0, 1.0),
 )
 SCHEDULERS = ("none", "cosine", "plateau", "step", "onecycle")  # trainer.list_schedulers()
+# what an epoch is judged by (train.monitor: the kept epoch, early stopping) and which way is
+# better; a study's metric is one of these, and its direction follows
+MONITORS = {"val_acc": "maximize", "val_loss": "minimize", "val_f1": "maximize"}
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,7 @@ class SchedConfig:
 @dataclass(frozen=True)
 class RunConfig:
     epochs: int = 10  # epoch budget per trial
-    patience: int = 3  # early stopping: epochs without val-acc gain; 0 turns it off
+    patience: int = 3  # early stopping: epochs without a train.monitor gain; 0 turns it off
     seed: int = 0  # model init and batch order; equal seeds give paired comparisons
     grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
     accum_steps: int = 1  # gradient accumulation (seed 003 used 2)
@@ -202,6 +205,9 @@ class RunConfig:
     device: str = "auto"  # auto (cuda, mps, cpu) or an explicit torch device
     channels_last: bool = True  # memory format for conv nets (faster on CPU and GPU)
     ema_decay: float = 0.0  # weight EMA (timm's ModelEmaV3), evaluated and kept; 0 turns it off
+    # the validation metric that picks the kept (best) epoch and drives early stopping:
+    # val_acc, val_loss (lower is better) or val_f1 (macro-F1, for imbalanced classes)
+    monitor: str = "val_acc"
     # torch.compile the model in place (same weights and checkpoints): pays for long trials on
     # a GPU, after a compilation of about a minute per model and process
     compile: bool = False
@@ -218,6 +224,7 @@ class RunConfig:
             0.0 <= self.ema_decay < 1.0,
             f"train.ema_decay must be in [0, 1), but got {self.ema_decay}",
         )
+        _choice("train.monitor", self.monitor, tuple(MONITORS))
 
 
 @dataclass(frozen=True)
@@ -342,6 +349,7 @@ def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
 
 
 __all__ = [
+    "MONITORS",
     "DataConfig",
     "LossConfig",
     "ModelConfig",

@@ -139,6 +139,21 @@ def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:
     return torch.where(support > 0, cm.diag().double() / support.clamp_min(1), torch.nan)
 
 
+def macro_f1(cm: torch.Tensor) -> float:
+    """Macro-averaged F1 of a confusion matrix: each class's F1 (2 TP / (2 TP + FP + FN))
+    weighs the same however many images it has, so a classifier that ignores a small class
+    scores low although its accuracy is high. Classes that are neither present nor predicted
+    are left out (as scikit-learn's ``f1_score(average="macro")`` does); one host read."""
+    cm = cm.double()
+    tp = cm.diag()
+    actual, predicted = cm.sum(1), cm.sum(0)
+    seen = (actual + predicted) > 0
+    if not bool(seen.any()):
+        return float("nan")
+    f1 = 2 * tp / (actual + predicted).clamp_min(1)
+    return float(f1[seen].mean())
+
+
 def accuracy(
     model: nn.Module,
     x_uint8: torch.Tensor,

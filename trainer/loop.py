@@ -27,10 +27,11 @@ from torch import nn
 from trainer import _faults
 from trainer import augment as _augment
 from trainer.checkpoint import load_pretrained, save_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import MONITORS, TrainConfig
 from trainer.data import ImageData, load_data
 from trainer.data.prefetch import HostBatches
 from trainer.device import amp_dtype, configure, free_bytes, precision_name, select_device
+from trainer.evaluate import confusion_matrix, macro_f1
 from trainer.losses import create_loss
 from trainer.models import Classifier, create_model
 from trainer.optim import create_optimizer
@@ -69,7 +70,9 @@ class TrainResult:
     status: str  # complete | early_stopped | pruned | nonfinite_loss | oom | budget
     reason: str
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
-    best_epoch: int = -1  # 1-based epoch with the highest val_acc; -1 when none finished
+    # 1-based epoch with the best cfg.train.monitor (val_acc by default), whose weights are
+    # kept; -1 when none finished
+    best_epoch: int = -1
     train_seconds: float = 0.0  # wall time of the epochs (data loading excluded)
     setup_seconds: float = 0.0  # data ready + model built
     checkpoint: str | None = None
@@ -87,6 +90,11 @@ class TrainResult:
     @property
     def best_val_acc(self) -> float:
         return self.history[self.best_epoch - 1]["val_acc"] if self.best_epoch > 0 else math.nan
+
+    def best_metric(self, name: str) -> float:
+        """``name`` (``val_acc``, ``val_loss``, ``val_f1``, ...) at the best epoch: the score
+        of the kept weights; NaN when no epoch finished."""
+        return self.history[self.best_epoch - 1][name] if self.best_epoch > 0 else math.nan
 
     def curves(self) -> dict[str, list[float]]:
         """Per-epoch metric lists, e.g. ``{"val_acc": [...], "train_loss": [...]}``."""
@@ -378,17 +386,20 @@ def _train_once(
             run.eval_model, run.x_val, run.y_val, run.criterion, run.prepare, amp=run.amp,
             amp_dtype=run.amp_dtype, batch=eval_batch, predictions=predictions,
         )  # fmt: skip
+        # macro-F1 from the confusion counts: one small copy to the host per epoch
+        cm = confusion_matrix(run.y_val, torch.cat(predictions), data.num_classes).cpu()
         metrics = {
             "epoch": epoch,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "val_f1": macro_f1(cm),
             "lr": run.lr,
             "seconds": time.perf_counter() - t_epoch,
         }
         result.history.append(metrics)
-        run.keep_if_best(epoch, val_acc, predictions)
+        run.keep_if_best(epoch, metrics, predictions)
         run.scheduler.epoch_end(epoch, val_acc)
         reporter.report(epoch, metrics)
         if reporter.should_stop():
@@ -397,7 +408,8 @@ def _train_once(
         if cfg.train.patience and run.since_best >= cfg.train.patience and epoch < cfg.train.epochs:
             result.status = "early_stopped"
             result.reason = (
-                f"no val_acc gain for {run.since_best} epochs; best epoch {run.best_epoch}"
+                f"no {cfg.train.monitor} gain for {run.since_best} epochs; "
+                f"best epoch {run.best_epoch}"
             )
             break
         if last_checkpoint_path is not None and epoch < cfg.train.epochs:
@@ -511,7 +523,9 @@ class _Run:
 
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_pred: torch.Tensor | None = None
-        self.best_acc, self.best_epoch, self.since_best = -1.0, -1, 0
+        # the best epoch's score: the monitored metric, negated where lower is better
+        self.sign = 1.0 if MONITORS[cfg.train.monitor] == "maximize" else -1.0
+        self.best_acc, self.best_epoch, self.since_best = -math.inf, -1, 0
         self.resumed_seconds = 0.0
 
     def _place_images(self, data: ImageData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -625,9 +639,12 @@ class _Run:
                 return math.nan, math.nan, ("budget", reason)
         return step_loss.mean().item(), (correct / seen).item(), None
 
-    def keep_if_best(self, epoch: int, val_acc: float, predictions: list[torch.Tensor]) -> None:
-        if val_acc > self.best_acc:
-            self.best_acc, self.since_best, self.best_epoch = val_acc, 0, epoch
+    def keep_if_best(
+        self, epoch: int, metrics: dict[str, float], predictions: list[torch.Tensor]
+    ) -> None:
+        score = self.sign * metrics[self.cfg.train.monitor]  # NaN is never the best
+        if score > self.best_acc:
+            self.best_acc, self.since_best, self.best_epoch = score, 0, epoch
             self.best_state = {
                 k: v.detach().clone() for k, v in self.eval_model.state_dict().items()
             }

@@ -25,9 +25,10 @@ class NoTimeLeft(Exception):
 
 
 class OptunaReporter:
-    """trainer.Reporter that reports val_acc per epoch to the trial and asks about pruning;
-    after every step it moves the progress bar and stops the run once ``deadline``
-    (``time.monotonic()``) has passed."""
+    """trainer.Reporter that reports ``metric`` (the study's: val_acc, val_loss or val_f1)
+    per epoch to the trial and asks about pruning (the pruner reads it in the study's
+    direction); after every step it moves the progress bar and stops the run once
+    ``deadline`` (``time.monotonic()``) has passed."""
 
     def __init__(
         self,
@@ -36,9 +37,10 @@ class OptunaReporter:
         epochs: int,
         *,
         deadline: float | None = None,
+        metric: str = "val_acc",
     ) -> None:
         self.trial, self.progress, self.epochs = trial, progress, epochs
-        self.deadline = deadline
+        self.deadline, self.metric = deadline, metric
 
     def step(self, epoch: int, step: int, steps_per_epoch: int, images: int) -> bool:
         if self.progress:
@@ -46,7 +48,7 @@ class OptunaReporter:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.trial.report(metrics["val_acc"], epoch)
+        self.trial.report(metrics[self.metric], epoch)
         if self.progress:
             self.progress.epoch(self.trial.number, epoch, self.epochs, metrics)
 
@@ -55,6 +57,10 @@ class OptunaReporter:
 
 
 class Objective:
+    """Train a drawn configuration; its value is the study's metric at the kept epoch. The
+    metric is ``base["train.monitor"]`` (``StudySpec.base_config`` puts the study's there),
+    so by default the kept epoch is also the one with the best value."""
+
     def __init__(
         self,
         *,
@@ -69,6 +75,7 @@ class Objective:
         deadline: float | None = None,
     ) -> None:
         self.space, self.base, self.fixed = space, base, fixed
+        self.metric = base.get("train.monitor", "val_acc")
         self.checkpoint_dir = checkpoint_dir
         self.storage = storage  # its artifact store gets each trial's dashboard artifacts
         self.progress = progress
@@ -107,7 +114,11 @@ class Objective:
             result = trainer.train(
                 cfg,
                 reporter=OptunaReporter(
-                    trial, self.progress, cfg.train.epochs, deadline=self.deadline
+                    trial,
+                    self.progress,
+                    cfg.train.epochs,
+                    deadline=self.deadline,
+                    metric=self.metric,
                 ),
                 checkpoint_path=ckpt,
                 resume_from=trial.user_attrs.get("resume_from"),
@@ -128,7 +139,7 @@ class Objective:
             # so is one that does not fit in memory even at the smallest micro-batch. One
             # stopped by the wall-clock budget keeps its finished epochs as intermediate values.
             raise optuna.TrialPruned(result.reason)
-        value = result.best_val_acc
+        value = result.best_metric(self.metric)  # the kept weights' score
         if not math.isfinite(value):
             raise optuna.TrialPruned(f"non-finite objective value {value}")
         return value

@@ -32,9 +32,12 @@ def trial_note(
         lines += [f"ran on {placement}", ""]
     if result is not None and result.history:
         s = result.summary()
+        monitor = cfg.train.monitor
+        kept = result.best_metric(monitor)
+        by = "" if monitor == "val_acc" else f" (kept by {monitor} {kept:.4f})"
         lines += [
             f"best val_acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of "
-            f"{s['epochs_run']}; max train_acc {s['max_train_acc']:.4f}",
+            f"{s['epochs_run']}{by}; max train_acc {s['max_train_acc']:.4f}",
             f"training {result.train_seconds:.1f}s, set-up {result.setup_seconds:.1f}s",
             "",
         ]
@@ -111,14 +114,16 @@ def note_failure(
 
 
 def _beats_best(trial: optuna.Trial, result: trainer.TrainResult) -> bool:
-    """Only a new best trial gets its weights copied into the artifact store."""
+    """Only a new best trial gets its weights copied into the artifact store: its value is
+    the study's metric (``search run`` names it) at the kept epoch."""
     try:
         best = trial.study.best_value
     except ValueError:
         return True
+    value = result.best_metric((trial.study.metric_names or ["val_acc"])[0])
     if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE:
-        return result.best_val_acc > best
-    return result.best_val_acc < best
+        return value > best
+    return value < best
 
 
 def _upload(store, trial: optuna.Trial, path: Path, mimetype: str) -> None:

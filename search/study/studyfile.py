@@ -28,6 +28,7 @@ from typing import Any
 import spaces
 from trainer import DataConfig, TrainConfig, check_key
 from trainer._registry import unknown_name_error
+from trainer.config import MONITORS
 
 # The shipped studies, as package data: found the same way from a source checkout, an
 # editable install and a wheel.
@@ -80,8 +81,8 @@ class StudySpec:
     path: Path
     space: str | None  # a registered base space; None when [params] is the whole space
     description: str = ""
-    metric: str = "val_acc"
-    direction: str = "maximize"
+    metric: str = "val_acc"  # a trainer.config.MONITORS name: reported, pruned on, optimised
+    direction: str = "maximize"  # the metric's: MONITORS[metric]
     storage: str | None = None
     data: dict[str, Any] = field(default_factory=dict)  # data.* keys
     root_env: str | None = None
@@ -115,6 +116,9 @@ class StudySpec:
         for key, setting in TRAINING_LENGTH.items():
             if key in self.budget:
                 base[setting] = self.budget[key]
+        if self.metric != "val_acc":  # train.monitor's default
+            # the study's metric also picks each trial's kept epoch (a --set may change that)
+            base["train.monitor"] = self.metric
         return base
 
     def check_data_root(self, base: dict[str, Any]) -> None:
@@ -272,9 +276,7 @@ def _parse(raw: dict[str, Any], *, path: Path, where: str) -> StudySpec:
         if section in raw and not isinstance(raw[section].get("name"), str):
             raise ValueError(f'{where}: [{section}] needs a name, e.g. name = "tpe"')
     _check_ablation(raw.get("ablation", {}), f"{where} [ablation]")
-    direction = raw.get("direction", "maximize")
-    if direction not in ("maximize", "minimize"):
-        raise unknown_name_error("direction", direction, ["maximize", "minimize"])
+    metric, direction = _metric_and_direction(raw, where)
     if "space" not in raw and "params" not in raw:
         raise ValueError(
             f'{where}: the study file needs a space (e.g. space = "default") or a [params] table'
@@ -295,7 +297,7 @@ def _parse(raw: dict[str, Any], *, path: Path, where: str) -> StudySpec:
         path=path,
         space=raw.get("space"),
         description=raw.get("description", ""),
-        metric=raw.get("metric", "val_acc"),
+        metric=metric,
         direction=direction,
         storage=raw.get("storage"),
         data=data,
@@ -309,6 +311,25 @@ def _parse(raw: dict[str, Any], *, path: Path, where: str) -> StudySpec:
         params=params,
         raw_params=dict(raw.get("params", {})),
     )
+
+
+def _metric_and_direction(raw: dict[str, Any], where: str) -> tuple[str, str]:
+    """The study's metric (one the trainer measures every epoch) and its direction, which
+    follows from it: a direction against the metric would optimise the wrong way."""
+    metric = raw.get("metric", "val_acc")
+    if metric not in MONITORS:
+        raise unknown_name_error(f"metric in {where}", metric, MONITORS)
+    best = MONITORS[metric]
+    direction = raw.get("direction", best)
+    if direction not in ("maximize", "minimize"):
+        raise unknown_name_error("direction", direction, ["maximize", "minimize"])
+    if direction != best:
+        better = "higher" if best == "maximize" else "lower"
+        raise ValueError(
+            f"{where}: direction = {direction!r} contradicts metric = {metric!r} ({better} is "
+            f"better); leave out direction, it follows the metric"
+        )
+    return metric, direction
 
 
 def _check_enqueue(

@@ -57,9 +57,9 @@ def test_only_the_best_three_trials_keep_their_checkpoints(write_study, storage_
 
 
 def test_a_minimizing_study_keeps_the_lowest_three(write_study, storage_url, fake_train):
-    write_study("tiny", 'direction = "minimize"\n' + TINY_DIGITS)
+    write_study("tiny", 'metric = "val_loss"\n' + TINY_DIGITS)  # minimised
     values = iter(VALUES)
-    fake_train.curve = lambda cfg: [next(values)]
+    fake_train.curve = lambda cfg: [1.0 - next(values)]  # the fake's val_loss is 1 - val_acc
     assert search_run(storage_url, "--trials", "6") == 0
     assert _checkpoints(fake_train.checkpoint_path.parent) == {
         "trial-0.safetensors", "trial-2.safetensors", "trial-4.safetensors"
