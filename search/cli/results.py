@@ -38,7 +38,11 @@ class Evaluate(Command):
         add_tta(parser)
 
     def take_action(self, args: argparse.Namespace) -> int:
-        from search.experiments.evaluate import confusion_figure, evaluate_trial, print_evaluation
+        from search.experiments.evaluate import (
+            evaluate_trial,
+            print_evaluation,
+            write_confusion_figure,
+        )
         from search.study.lookup import load_stored
 
         tta = tta_choice(args)
@@ -49,7 +53,7 @@ class Evaluate(Command):
         else:
             print_evaluation(report)
         if args.out:
-            confusion_figure(report).write_html(args.out, include_plotlyjs="cdn")
+            write_confusion_figure(report, args.out)  # plotly.min.js beside it: offline
             print(f"confusion matrix figure: {args.out}", file=sys.stderr)
         return 0
 

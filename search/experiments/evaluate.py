@@ -143,6 +143,18 @@ def confusion_figure(report: dict[str, Any]):
     return fig
 
 
+def write_confusion_figure(report: dict[str, Any], path: str | Path) -> Path:
+    """``confusion_figure(report)`` as an HTML page at ``path``, with plotly.min.js beside it
+    (written once per folder, as ``search export`` does): it opens offline."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"--out {path}: the folder {path.parent} does not exist; create it or give another path"
+        )
+    confusion_figure(report).write_html(path, include_plotlyjs="directory")
+    return path
+
+
 def print_evaluation(report: dict[str, Any], *, limit: int = 20) -> None:
     which = {"val": "validation", "test": "test"}[report.get("split", "val")]
     views = report.get("tta") or []

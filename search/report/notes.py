@@ -17,6 +17,8 @@ from search.store import Storage
 
 log = logging.getLogger("hpsearch")
 MAX_CHECKPOINT_ARTIFACT = 200 * 2**20  # bigger checkpoints stay in the checkpoint folder only
+# the study user attribute naming the study artifact that holds plotly.js for its figures
+PLOTLY_ATTR = "plotly_js_artifact"
 
 
 def trial_note(
@@ -88,8 +90,9 @@ def annotate_trial(
         store = storage.artifact_store()
         with tempfile.TemporaryDirectory() as tmp:
             curve = Path(tmp) / f"learning-curve-trial-{trial.number}.html"
-            curve_figure(result.history, f"trial {trial.number}").write_html(
-                curve, include_plotlyjs="cdn"
+            figure = curve_figure(result.history, f"trial {trial.number}")
+            curve.write_text(
+                _with_script(figure, _plotly_src(trial.study, store, Path(tmp))), encoding="utf-8"
             )
             _upload(store, trial, curve, "text/html")
             cm_path = _confusion_csv(cfg, result, Path(tmp), trial.number)
@@ -126,10 +129,34 @@ def _beats_best(trial: optuna.Trial, result: trainer.TrainResult) -> bool:
     return value < best
 
 
-def _upload(store, trial: optuna.Trial, path: Path, mimetype: str) -> None:
-    optuna.artifacts.upload_artifact(
+def _upload(store, trial: optuna.Trial | optuna.Study, path: Path, mimetype: str) -> str:
+    return optuna.artifacts.upload_artifact(
         artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mimetype
     )
+
+
+def _plotly_src(study: optuna.Study, store, tmp: Path) -> str:
+    """Where a trial's figure loads plotly.js from, relative to the figure: one copy per study,
+    uploaded as a study artifact the first time. optuna-dashboard serves a trial's artifacts
+    at ``/artifacts/STUDY/TRIAL/ID`` and the study's at ``/artifacts/STUDY/ID``, so
+    ``../ID`` finds it with no network (a CDN link leaves the figures blank offline), and
+    its 4.6 MB are stored once, not in every trial's figure."""
+    artifact_id = study.user_attrs.get(PLOTLY_ATTR)
+    if artifact_id is None:
+        from plotly.offline import get_plotlyjs
+
+        js = tmp / "plotly.min.js"
+        js.write_text(get_plotlyjs(), encoding="utf-8")
+        # two workers may both upload it: each copy works, the last one named is used
+        artifact_id = _upload(store, study, js, "text/javascript")
+        study.set_user_attr(PLOTLY_ATTR, artifact_id)
+    return f"../{artifact_id}"
+
+
+def _with_script(figure, src: str) -> str:
+    """The figure as a whole HTML page that loads plotly.js from ``src``."""
+    page = figure.to_html(include_plotlyjs=False, full_html=True)
+    return page.replace("<head>", f'<head>\n    <script src="{src}"></script>', 1)
 
 
 def _confusion_csv(

@@ -31,11 +31,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Every host name but 127.0.0.1 fails to resolve: the page sees no network beyond the
+# dashboard (a CDN script would not load)
+OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+
+
 def _page_text(url: str, profile: Path) -> tuple[str, str]:
-    """The rendered DOM (after the app's API calls) as raw HTML and as visible text."""
+    """The rendered DOM (after the app's API calls) as raw HTML and as visible text, with the
+    network off."""
     out = subprocess.run(
         [
             CHROMIUM,
+            OFFLINE,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -120,6 +127,40 @@ def test_study_and_trial_pages_show_notes_values_and_artifacts(dashboard):
     assert "learning-curve-trial-0.html" in raw
     assert "confusion-matrix-trial-0.csv" in raw
     assert "trial-0.safetensors" in raw
+
+
+def _rendered_by_plotly(raw: str) -> bool:
+    """plotly.js ran: it draws a figure into SVG elements of class main-svg."""
+    return 'class="main-svg"' in raw
+
+
+def test_learning_curves_and_evaluate_figures_draw_with_the_network_off(dashboard, capsys):
+    import optuna
+
+    from search.cli import main
+    from search.report.notes import PLOTLY_ATTR
+
+    base, study, tmp = dashboard
+    trial = study.trials[0]
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    curve = next(m for m in metas if m.filename.startswith("learning-curve"))
+    url = f"{base}/artifacts/{study._study_id}/{trial._trial_id}/{curve.artifact_id}"
+    raw, _ = _page_text(url, tmp / "profile3")
+    assert _rendered_by_plotly(raw), raw[:2000]
+    assert "cdn.plot.ly" not in raw
+    # plotly.js is stored once for the study, not once per trial
+    study_metas = optuna.artifacts.get_all_artifact_meta(study)
+    assert [m.filename for m in study_metas] == ["plotly.min.js"]
+    assert study_metas[0].artifact_id == study.user_attrs[PLOTLY_ATTR]
+
+    out = tmp / "figures" / "cm.html"
+    out.parent.mkdir()
+    url = f"sqlite:///{tmp / 'studies.db'}"  # the storage_url the fixture ran on
+    rc = main(["evaluate", "--study", "dash", "--storage", url, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert (out.parent / "plotly.min.js").is_file()
+    raw, _ = _page_text(out.as_uri(), tmp / "profile4")
+    assert _rendered_by_plotly(raw), raw[:2000]
 
 
 def test_dashboard_refuses_a_busy_port(write_study, storage_url, capsys):
