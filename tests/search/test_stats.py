@@ -7,6 +7,7 @@ import itertools
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -226,3 +227,64 @@ def test_stats_does_not_import_optuna():
     code = "import sys, search.report.stats; print('optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- the edges a wrong line would move (mutation testing: scripts/mutation.sh) -------------
+
+
+def test_degenerate_results_are_nan_with_the_confidence_asked():
+    for got in (mean_ci([], confidence=0.9), mean_ci([0.5], confidence=0.9)):
+        assert math.isnan(got.half_width) and got.confidence == 0.9
+    assert math.isnan(mean_ci([], confidence=0.9).mean)
+    for got, n in (
+        (paired_difference([], [], confidence=0.9), 0),
+        (paired_difference([0.5], [0.25], confidence=0.9), 1),
+    ):
+        assert (got.n, got.confidence) == (n, 0.9)
+        assert all(math.isnan(x) for x in (got.half_width, got.t, got.p_value))
+    assert math.isnan(paired_difference([], []).mean_diff)
+    assert paired_difference([0.5], [0.25]).mean_diff == 0.25
+    same = paired_difference([0.5, 0.7], [0.5, 0.7], confidence=0.9)
+    assert same == PairedTest(0.0, 0.0, 0.0, 1.0, 2, 0.9)
+    shifted = paired_difference([0.5, 0.75], [0.25, 0.5], confidence=0.9)
+    assert shifted == PairedTest(0.25, 0.0, math.inf, 0.0, 2, 0.9)
+    assert paired_difference([0.25, 0.5], [0.5, 0.75]).t == -math.inf
+
+
+def test_one_value_has_no_spread_and_raises_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns of the std of one value (ddof=1)
+        one = mean_ci([0.5])
+        assert (one.mean, one.n) == (0.5, 1) and math.isnan(one.half_width)
+        # nearly equal differences: scipy's precision-loss warning is silenced, nothing else
+        got = paired_difference([1.0, 1.0 + 1e-15, 1.0], [0.0, 0.0, 1e-15])
+    assert got.n == 3 and not math.isnan(got.p_value)
+
+
+@pytest.mark.parametrize(("call", "name"), [
+    (lambda: mean_ci([1.0, math.nan]), "values"),
+    (lambda: paired_difference([1.0, math.inf], [1.0, 2.0]), "values"),
+    (lambda: paired_difference([1.0, 2.0], [math.nan, 2.0]), "baseline_values"),
+    (lambda: expected_max_curve([math.nan], [1]), "values"),
+])  # fmt: skip
+def test_a_non_finite_value_is_named_by_its_argument(call, name):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value).startswith(f"{name} must be finite (drop missing runs first)")
+
+
+def test_p_values_at_the_display_threshold():
+    assert format_p(0.001) == "p=0.001"  # shown as a number from 0.001 on
+    assert format_p(0.000999) == "p<0.001"
+    assert format_p(math.nan) == "p=n/a"
+
+
+def test_scaled_display_and_export_of_estimates_and_paired_tests():
+    est = Estimate(0.5, 0.125, 3)
+    assert est.to_dict() == {"mean": 0.5, "half_width": 0.125, "n": 3}
+    assert est.to_dict(scale=100.0) == {"mean": 50.0, "half_width": 12.5, "n": 3}
+    test = PairedTest(0.5, 0.125, 2.0, 0.04, 2)
+    assert test.format() == "+0.50 ± 0.12 (p=0.040, n=2)"  # two pairs show their p
+    assert test.format(show_n=False) == "+0.50 ± 0.12 (p=0.040)"
+    assert test.to_dict() == {"mean": 0.5, "half_width": 0.125, "n": 2, "p_value": 0.04}
+    assert PairedTest(0.5, math.nan, math.nan, math.nan, 1).format(show_n=False) == "+0.50"
