@@ -5,7 +5,8 @@ images ``[B, C, H, W]`` in 0..1 (before normalisation), or None when it would do
 random parameter is drawn per sample from the given ``torch.Generator`` (which lives on the
 training device), so a seeded generator gives the same batch twice. The policies are presets
 of ``AugmentSettings`` (crop scale, flips, rotation, translate, zoom, colour jitter, blur,
-random erasing), and any setting can be changed (``data.rotation = 15``, searchable too):
+random erasing), and any setting can be changed (``data.rotation = 15``, searchable too;
+``data.rotations = 2`` adds two rotation draws, as seed 000's RandomRotation then RandomAffine):
 
 - ``light``: random resized crop (area 0.8-1, aspect 3/4-4/3) and horizontal flip.
 - ``strong``: seed 000's training set (random resized crop, flip, rotation +-10 degrees, affine
@@ -69,7 +70,9 @@ PRESETS: dict[str, AugmentSettings] = {
 }
 
 
-def make_augment(policy: str, *, image_size: int, **overrides: float | None) -> Augment | None:
+def make_augment(
+    policy: str, *, image_size: int, **overrides: float | int | None
+) -> Augment | None:
     """A function ``(float images [B, C, H, W] in 0..1, generator) -> images``, or None.
 
     ``policy`` names a preset (``PRESETS``); ``overrides`` change its fields (None keeps the

@@ -55,6 +55,9 @@ class DataConfig:
     hflip: float | None = None  # probability of a horizontal flip
     vflip: float | None = None  # probability of a vertical flip
     rotation: float | None = None  # degrees, +-
+    # rotation draws added up (each uniform in +-rotation): 2 is seed 000's RandomRotation(10)
+    # followed by RandomAffine(degrees=10)
+    rotations: int | None = None
     translate: float | None = None  # share of the side, +-
     zoom: float | None = None  # affine scale in [1-zoom, 1+zoom] (seed 000: 0.1)
     color_jitter: float | None = None  # brightness/contrast/saturation factors in [1-s, 1+s]
@@ -62,6 +65,9 @@ class DataConfig:
     erasing: float | None = None  # probability of random erasing
     cutmix: float = 0.0  # probability of CutMix per batch (seed 000 used 0.5)
     mixup: float = 0.0  # probability of MixUp per batch
+    # passes over every training image per epoch, each with fresh augmentation (the epoch's
+    # order is this many shuffles end to end): seed 004's epoch was an eightfold augmented copy
+    epoch_repeats: int = 1
     normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
     strict: bool = False  # refuse to start when the pre-scan finds unreadable files
     # where the decoded images live while training: the device (fastest), host memory (each
@@ -102,10 +108,22 @@ class DataConfig:
             self.crop_scale is None or self.crop_scale > 0,
             f"data.crop_scale must be > 0, but got {self.crop_scale}",
         )
+        _check(
+            self.rotations is None or self.rotations >= 1,
+            f"data.rotations must be >= 1, but got {self.rotations}",
+        )
+        _check(
+            self.epoch_repeats >= 1,
+            f"data.epoch_repeats must be >= 1, but got {self.epoch_repeats}",
+        )
 
-    def augment_settings(self) -> dict[str, float | None]:
+    def augment_settings(self) -> dict[str, float | int | None]:
         """The augmentation settings set here (None: the preset's), for make_augment."""
-        return {key: getattr(self, key) for key, _, _ in AUGMENT_RANGES}
+        settings: dict[str, float | int | None] = {
+            key: getattr(self, key) for key, _, _ in AUGMENT_RANGES
+        }
+        settings["rotations"] = self.rotations
+        return settings
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,10 @@ class ModelConfig:
     # hidden units of a two-layer head (Dropout-Linear-ReLU-Dropout-Linear; seed 004 retrained
     # the last two layers); 0: one Linear layer after the dropout (seed 000's head)
     head_hidden: int = 0
+    # timm's ResNets start the last BatchNorm of each residual block at zero (each block starts
+    # as the identity); torchvision's, which seeds 000 and 001 trained from scratch, do not:
+    # false matches them. Only from-scratch initialisation changes; loaded weights replace it
+    zero_init_last: bool = True
 
     def __post_init__(self) -> None:
         _check(

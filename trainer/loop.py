@@ -480,7 +480,7 @@ class _Run:
         fmt = torch.channels_last if cfg.train.channels_last and device.type != "mps" else None
         self.fmt = fmt or torch.contiguous_format
         self.batch = cfg.data.batch_size * cfg.train.accum_steps  # images per optimizer step
-        n = len(data.x_train)
+        n = len(data.x_train) * cfg.data.epoch_repeats  # images an epoch trains on
         self.steps_per_epoch = max(1, n // self.batch)  # the ragged last batch is dropped
         # images: the whole uint8 set on the device when it fits, else in host memory with
         # each batch gathered and copied over ahead of its step; labels always on the device
@@ -572,7 +572,14 @@ class _Run:
         """This epoch's batches in a fresh seeded order, augmented and mixed on the device.
         Each is a whole optimizer step's images, so its randomness does not depend on how the
         step is split into micro-batches."""
-        perm = torch.randperm(len(self.y_train), device=self.device, generator=self.gen)
+        n = len(self.y_train)
+        # data.epoch_repeats passes over the set, each shuffled (and augmented) afresh
+        perm = torch.cat(
+            [
+                torch.randperm(n, device=self.device, generator=self.gen)
+                for _ in range(self.cfg.data.epoch_repeats)
+            ]
+        )
         for xb, yb in self.gather(perm):
             xb = xb.to(self.dtype) / 255.0  # a new tensor: a host buffer is free again
             if self.aug is not None:

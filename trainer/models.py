@@ -6,6 +6,9 @@ A backbone is a feature extractor ``[B, C, H, W] -> [B, F]``; the head is
 two layers ``Dropout(p) -> Linear(F, h) -> ReLU -> Dropout(p) -> Linear(h, num_classes)``
 (seed 004 retrained the last two layers of a frozen network), so every backbone gets the same
 searchable dropout and the head can be swapped for transfer learning.
+
+``model.zero_init_last = false`` builds timm's ResNets with torchvision's initialisation (the
+last BatchNorm of each residual block starts at one, not zero), as seeds 000 and 001 trained.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import difflib
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,15 +150,11 @@ def create_model(
 
 
 def _timm_backbone(cfg: ModelConfig, *, in_chans: int) -> tuple[nn.Module, int]:
-    import timm
-
     imagenet = cfg.pretrained == "imagenet"
     if imagenet:
         _check_hub_reachable(cfg.backbone)
     try:
-        body = timm.create_model(
-            cfg.backbone, pretrained=imagenet, num_classes=0, in_chans=in_chans
-        )
+        body = _timm_create(cfg, pretrained=imagenet, in_chans=in_chans)
     except Exception as exc:  # offline hub, missing weights: say what to do instead
         if not imagenet:
             raise
@@ -165,6 +165,22 @@ def _timm_backbone(cfg: ModelConfig, *, in_chans: int) -> tuple[nn.Module, int]:
         ) from None
     # VGG's pre-logits MLP widens the features: head_hidden_size is what reaches the head
     return body, getattr(body, "head_hidden_size", None) or body.num_features
+
+
+def _timm_create(cfg: ModelConfig, *, pretrained: bool, in_chans: int) -> nn.Module:
+    """timm's model; ``model.zero_init_last = false`` is passed on to the architectures that
+    take it (ResNet, ResNeXt and the other residual families). The rest have no such option
+    (VGG and EfficientNet zero no BatchNorm), so they are built as they are."""
+    import timm
+
+    kwargs: dict[str, Any] = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
+    if not cfg.zero_init_last:
+        try:
+            return timm.create_model(cfg.backbone, zero_init_last=False, **kwargs)
+        except TypeError as exc:
+            if "zero_init_last" not in str(exc):
+                raise
+    return timm.create_model(cfg.backbone, **kwargs)
 
 
 def _check_hub_reachable(name: str) -> None:

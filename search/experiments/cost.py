@@ -1,7 +1,8 @@
 """What a trial will cost here: ``CostModel`` estimates a trial's seconds = epochs x training
-images / measured images/s, plus evaluation. Throughput is measured on first use of a (backbone,
-image size, batch size, SAM or not, device) key by ``trainer.measure_throughput`` and stored in
-the study, so every worker on the storage reuses it.
+images (x ``data.epoch_repeats``) / measured images/s, plus evaluation. Throughput is measured
+on first use of a (backbone, image size, batch size, SAM or not, device) key by
+``trainer.measure_throughput`` and stored in the study, so every worker on the storage reuses
+it.
 
 Measuring is plain PyTorch (``trainer``); deciding with the figure is search policy (here and
 ``search.study.budget``).
@@ -156,11 +157,12 @@ class CostModel:
 
 
 def estimate_seconds(cfg: trainer.TrainConfig, data: trainer.ImageData, ips: float) -> float:
-    """All epochs of ``cfg`` at ``ips`` training images/s: training plus evaluation."""
+    """All epochs of ``cfg`` at ``ips`` training images/s: training plus evaluation. An epoch
+    trains on every image ``data.epoch_repeats`` times."""
     return trial_seconds(
         ips,
         epochs=cfg.train.epochs,
-        n_train=len(data.x_train),
+        n_train=len(data.x_train) * cfg.data.epoch_repeats,
         n_val=len(data.x_val),
         step_images=cfg.data.batch_size * cfg.train.accum_steps,
         sam=cfg.optim.name.startswith("sam"),
