@@ -65,11 +65,25 @@ def test_a_test_split_that_went_is_a_change():
         check_splits(recorded, PLAIN, study="s")
 
 
+NO_TEST = (
+    "study 's' has no test split; set data.test_fraction (e.g. 0.2) in the study file's [data] "
+    "(or add a labeled test/ folder, or split=test manifest rows) and run the search as a new "
+    "study"
+)
+
+
 def test_a_test_split_is_required_when_asked():
-    message = "study 's' has no test split; set data.test_fraction (e.g. 0.2)"
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        check_splits(split_record(PLAIN), PLAIN, study="s", need_test=True)
-    with pytest.raises(ValueError, match="has no test split"):  # none recorded, none now
-        check_splits(None, PLAIN, study="s", need_test=True)
+    for recorded in (split_record(PLAIN), None):  # none recorded (an old study), none now
+        with pytest.raises(ValueError) as info:
+            check_splits(recorded, PLAIN, study="s", need_test=True)
+        assert str(info.value) == NO_TEST
     require_test(None, study="s")  # a study older than records: nothing to hold against it
     require_test(split_record(WITH_TEST), study="s")
+
+
+def test_a_search_without_a_test_split_is_refused_even_if_the_data_has_one_now():
+    recorded = split_record(WITH_TEST)
+    del recorded["test"]  # searched before the test split was added
+    with pytest.raises(ValueError) as info:
+        check_splits(recorded, WITH_TEST, study="s", need_test=True)
+    assert str(info.value) == NO_TEST  # the fix, not a "changed" message
