@@ -417,3 +417,78 @@ def test_final_results_publishes_the_best_confirmed_validation_mean_not_the_best
     assert any(n.startswith("Publish B:") for n in table.notes)
     with pytest.raises(ValueError, match="at least one configuration"):
         final_results_table([])
+
+
+# -- every renderer, byte for byte, on one small table ------------------------------------
+# a text column, a number column with an empty cell, an estimate column, a one-letter column
+# (markdown keeps 3 dashes) and an empty one (left-aligned: nothing reads as a number)
+GOLDEN = Table(
+    title="Loss | table",
+    headers=["loss", "acc (%)", "Δ (p)", "k", "x"],
+    rows=[
+        ["ce", "91.33", "—", "1", ""],
+        ["focal <b>", "9.5", "-0.67 ± 1.20 (p=0.214, n=3)", "2", ""],
+        ["ls", "", "n/a", "3", ""],
+    ],
+    notes=["mean  ± CI"],
+)
+
+
+def test_markdown_rendering_byte_for_byte():
+    assert GOLDEN.to_markdown() == (
+        "**Loss \\| table**\n"
+        "\n"
+        "| loss       | acc (%) |                       Δ (p) |   k | x   |\n"
+        "|------------|--------:|----------------------------:|----:|-----|\n"
+        "| ce         |   91.33 |                           — |   1 |     |\n"
+        "| focal \\<b> |     9.5 | -0.67 ± 1.20 (p=0.214, n=3) |   2 |     |\n"
+        "| ls         |         |                         n/a |   3 |     |\n"
+        "\n"
+        "mean ± CI\n"
+    )
+
+
+def test_latex_rendering_byte_for_byte():
+    assert GOLDEN.to_latex() == (
+        "\\begin{table}[ht]\n"
+        "\\centering\n"
+        "\\caption{Loss \\textbar{} table}\n"
+        "\\label{tab:loss-table}\n"
+        "\\begin{tabular}{lrrrl}\n"
+        "\\toprule\n"
+        "loss & acc (\\%) & $\\Delta$ (p) & k & x \\\\\n"
+        "\\midrule\n"
+        "ce & 91.33 & --- & 1 &  \\\\\n"
+        "focal \\textless{}b\\textgreater{} & 9.5 & -0.67 $\\pm$ 1.20 (p=0.214, n=3) & 2 &  \\\\\n"
+        "ls &  & n/a & 3 &  \\\\\n"
+        "\\bottomrule\n"
+        "\\end{tabular}\n"
+        "\\par\\smallskip{\\footnotesize mean $\\pm$ CI}\n"
+        "\\end{table}\n"
+    )
+    assert "\\label{tab:mine}" in GOLDEN.to_latex(label="mine")
+
+
+def test_html_rendering_byte_for_byte():
+    right = ' style="text-align:right"'
+    assert GOLDEN.to_html() == (
+        '<table class="hpsearch-table">\n'
+        "<caption>Loss | table</caption>\n"
+        "<thead><tr>\n"
+        f"<th>loss</th>\n<th{right}>acc (%)</th>\n<th{right}>Δ (p)</th>\n<th{right}>k</th>\n"
+        "<th>x</th>\n"
+        "</tr></thead>\n"
+        "<tbody>\n"
+        f"<tr><td>ce</td><td{right}>91.33</td><td{right}>—</td><td{right}>1</td><td></td></tr>\n"
+        f"<tr><td>focal &lt;b&gt;</td><td{right}>9.5</td>"
+        f"<td{right}>-0.67 ± 1.20 (p=0.214, n=3)</td><td{right}>2</td><td></td></tr>\n"
+        f"<tr><td>ls</td><td{right}></td><td{right}>n/a</td><td{right}>3</td><td></td></tr>\n"
+        "</tbody>\n"
+        "<tfoot>\n"
+        '<tr><td colspan="5">mean  ± CI</td></tr>\n'
+        "</tfoot>\n"
+        "</table>\n"
+    )
+    page = GOLDEN.to_html(standalone=True)
+    assert page.startswith('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n')
+    assert "<title>Loss | table</title>" in page and page.endswith("</table>\n</body>\n</html>\n")
