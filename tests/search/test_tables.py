@@ -492,3 +492,33 @@ def test_html_rendering_byte_for_byte():
     page = GOLDEN.to_html(standalone=True)
     assert page.startswith('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n')
     assert "<title>Loss | table</title>" in page and page.endswith("</table>\n</body>\n</html>\n")
+
+
+def test_csv_writes_raw_numbers_and_spreads_estimates_over_columns():
+    table = Table(
+        title="t",
+        headers=["name", "acc", "ok"],
+        rows=[["a", "91.33 ± 0.42 (n=3)", "yes"], ["b", "—", "no"]],
+        raw=[
+            ["a", {"mean": 0.9133, "half_width": 0.0042, "n": 3}, True],
+            ["b", None, False],
+        ],
+    )
+    assert table.to_csv() == (
+        "name,acc mean,acc half_width,acc n,ok\n"
+        "a,0.9133,0.0042,3,true\n"
+        "b,,,,false\n"
+    )  # fmt: skip
+    # without raw numbers the display text is written
+    assert Table(title="t", headers=["a"], rows=[["x, y"]]).to_csv() == 'a\n"x, y"\n'
+
+
+def test_write_tables_makes_nested_folders_and_writes_utf8_as_rendered(tmp_path):
+    out = tmp_path / "deep" / "er"
+    written = write_tables([GOLDEN], out, "md,csv")
+    assert [p.name for p in written] == ["loss-table.md", "loss-table.csv"]
+    assert (out / "loss-table.md").read_bytes() == GOLDEN.to_markdown().encode("utf-8")
+    assert (out / "loss-table.csv").read_bytes() == GOLDEN.to_csv().encode("utf-8")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=f"output directory '{tmp_path / 'file'}' is a file"):
+        write_tables([GOLDEN], tmp_path / "file", "md")
