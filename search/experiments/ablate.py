@@ -97,7 +97,8 @@ def plan_ablation(
     source = baseline if isinstance(baseline, str) else "given values"
     if baseline == "best":
         cfg = _best_config(spec.name, store)
-        cfg = cfg.replace({k: v for k, v in {**base, **pinned}.items() if k.startswith("train.")})
+        asked = {**section.get("fixed", {}), **(fixed or {})}
+        cfg = cfg.replace(_on_best(base, pinned, asked=asked, moved=data_root is not None))
     else:
         given = baseline if isinstance(baseline, dict) else {}
         if isinstance(baseline, str) and baseline != "defaults":
@@ -120,6 +121,20 @@ def plan_ablation(
         earlier = _earlier_splits(spec.name, store)
         check_splits(earlier, cfg.data, study=companion_name(spec.name), need_test=True)
     return AblationPlan(spec, store, flat, arms, repeats, source, test)
+
+
+def _on_best(
+    base: dict[str, Any], pinned: dict[str, Any], *, asked: dict[str, Any], moved: bool
+) -> dict[str, Any]:
+    """What changes on the best trial's configuration for ``--baseline best``: the study's
+    training settings as the file says now (``train.*`` of the budget and ``[fixed]``), the
+    data folder when ``--data`` moved it, and every key the ablation pins (``--set``,
+    ``[ablation.fixed]``), in any section: a pin is what the user asked for, never dropped."""
+    out = {k: v for k, v in {**base, **pinned}.items() if k.startswith("train.")}
+    if moved:
+        out["data.root"] = base["data.root"]
+    out.update({k: pinned[k] for k in asked})  # resolved (study:NAME weights -> a file)
+    return out
 
 
 def _earlier_splits(name: str, storage: Storage) -> dict[str, Any] | None:
