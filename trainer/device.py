@@ -12,6 +12,8 @@ the CUDA speed settings.
 - ``amp_dtype(device)``: bf16 from compute capability 8.0 (A100, H100), else fp16 with a
   gradient scaler (V100, T4).
 - ``configure(device)``: cuDNN autotuning and TF32 for float32 matrix products, once per process.
+- ``available_cpus()``: the CPU cores this process may run on (a SLURM job's, a container's
+  cpuset), not the whole machine's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ ALLOC_CONF = "expandable_segments:True"
 BF16_CAPABILITY = (8, 0)  # Ampere and later compute in bf16 natively
 
 _share = 1.0
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on: its affinity mask (``os.sched_getaffinity``,
+    which SLURM, ``taskset`` and a container's cpuset narrow), where the OS has one, else
+    every core of the machine (``os.cpu_count()``, which counts the whole host); at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -184,6 +196,7 @@ def _tf32_once() -> None:
 __all__ = [
     "ALLOC_CONF",
     "amp_dtype",
+    "available_cpus",
     "configure",
     "cuda_problem",
     "cuda_usable",
