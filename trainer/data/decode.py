@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from trainer._cache import cache_root
 from trainer._files import atomic_write
 from trainer.data.resize import draft_size, resize_pil
 
@@ -55,9 +56,9 @@ class BadImageWarning(UserWarning):
 
 
 def cache_dir() -> Path:
-    """Where decoded images are cached: ``$HPSEARCH_CACHE_DIR`` or ``~/.cache/hpsearch``."""
-    root = os.environ.get("HPSEARCH_CACHE_DIR") or Path.home() / ".cache" / "hpsearch"
-    path = Path(root).expanduser() / "images"
+    """Where decoded images are cached: ``images`` in the cache folder (``$HPSEARCH_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/hpsearch``, else ``~/.cache/hpsearch``)."""
+    path = cache_root() / "images"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
