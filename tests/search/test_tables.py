@@ -522,3 +522,46 @@ def test_write_tables_makes_nested_folders_and_writes_utf8_as_rendered(tmp_path)
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match=f"output directory '{tmp_path / 'file'}' is a file"):
         write_tables([GOLDEN], tmp_path / "file", "md")
+
+
+def test_final_results_table_in_full():
+    from search.report.tables import final_results_table
+
+    def runs(vals, tests):
+        pairs = enumerate(zip(vals, tests, strict=True))
+        return [{"seed": s, "val_acc": v, "test_acc": t} for s, (v, t) in pairs]
+
+    configs = [
+        # ties B on validation: the earlier (better searched) one is published
+        {"label": "A", "name": "#1", "search_value": 0.99,
+         "runs": runs([0.9, 0.8, 0.7], [0.5, 0.6, None])},  # one test value missing
+        {"label": "B", "search_value": None, "runs": runs([0.7, 0.9, 0.8], [0.6, 0.7, 0.8])},
+        {"label": "C", "search_value": 0.5, "runs": []},  # nothing confirmed yet
+    ]  # fmt: skip
+    table = final_results_table(configs, confidence=0.9, title="T")
+    assert table.title == "T"
+    assert table.headers == [
+        "Configuration", "Search val acc (selection)", "Confirmed val acc", "Test acc", "n",
+        "Δ val vs published (p)", "Δ test vs published (p)",
+    ]  # fmt: skip
+
+    def cell(values):
+        return mean_ci(values, confidence=0.9).format(scale=100.0, show_n=False)
+
+    d_val = paired_difference([0.7, 0.9, 0.8], [0.9, 0.8, 0.7], confidence=0.9)
+    d_test = paired_difference([0.6, 0.7], [0.5, 0.6], confidence=0.9)  # seeds 0 and 1 only
+    assert table.rows == [
+        ["A [publish]", "99.00", cell([0.9, 0.8, 0.7]), cell([0.5, 0.6]), "3", "—", "—"],
+        ["B", "—", cell([0.7, 0.9, 0.8]), cell([0.6, 0.7, 0.8]), "3",
+         d_val.format(scale=100.0), d_test.format(scale=100.0)],
+        ["C", "50.00", "—", "—", "0", "—", "—"],  # no pairs to compare
+    ]  # fmt: skip
+    assert table.raw[1][5] == d_val.to_dict(scale=100.0)
+    assert table.raw[1][3] == mean_ci([0.6, 0.7, 0.8], confidence=0.9).to_dict(scale=100.0)
+    assert table.raw[0][1] == pytest.approx(99.0) and table.raw[1][1] is None
+    assert "mean ± 90% t confidence interval" in table.notes[1]
+    assert table.notes[0].startswith("Search val acc: search on the validation split")
+    assert table.notes[-1] == (
+        "Publish #1: the best confirmed validation mean (chosen on validation, not on test); "
+        f"its test accuracy is {cell([0.5, 0.6])} % (n=2)."
+    )
