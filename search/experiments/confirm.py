@@ -29,6 +29,7 @@ from search.report.progress import Progress, fmt_params
 from search.report.runs import ABLATION_SUFFIX, CONFIRM_SUFFIX, config_key, confirm_name
 from search.store import Storage
 from search.store.lookup import stored_user_attrs
+from search.study.refit import refit_of, refit_source
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits
 
@@ -155,6 +156,8 @@ def _top_configs(study: optuna.Study, top: int) -> tuple[list[Candidate], int]:
         )
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(complete, key=lambda t: (-t.value if reverse else t.value, t.number))
+    # A refit stands in for its search trial, in that trial's rank (search.study.refit).
+    ranked = [refit_of(study, t.number) or t for t in ranked if refit_source(t) is None]
     out: list[Candidate] = []
     seen: set[str] = set()
     for t in ranked:

@@ -31,6 +31,10 @@ _EVAL_SHARE = {False: 3.0, True: 6.0}
 # storage writes and the per-epoch state file, which dominate for small models and data.
 CALIBRATION_TRIALS = 20  # the latest trained trials that set the factor
 CALIBRATION_RANGE = (0.25, 20.0)
+# Under a bracket pruner, the a priori epoch share counts as this many trials in the mean of
+# the shares trials ran: the first few trials' shares (the first trial always passes every
+# rung) would otherwise swing the estimate.
+PRIOR_TRIALS = 3
 
 
 def cache_key(cfg: trainer.TrainConfig, device: str) -> str:
@@ -58,6 +62,12 @@ class TrialCost:
     raw_seconds: float = 0.0  # before calibration: what the probe alone predicts
     calibration: float = 1.0  # measured / predicted per-epoch seconds of earlier trials
     epoch_share: float = 1.0  # epochs earlier trials ran / their train.epochs (pruning, stopping)
+
+    @property
+    def expected_seconds(self) -> float:
+        """What the trial is expected to take: most trials stop early (pruned at a rung,
+        early stopping), so the time left is planned with this, not ``seconds``."""
+        return self.seconds * self.epoch_share
 
 
 class DoesNotFit(Exception):
@@ -87,9 +97,15 @@ class CostModel:
         *,
         storage: Storage | None = None,
         measure: Callable[..., trainer.Throughput] | None = None,
+        prior_share: float = 1.0,
     ) -> None:
         self.study, self.storage = study, storage  # storage: whose lock serialises measuring
         self.measure = measure or (lambda *a, **k: trainer.measure_throughput(*a, **k))
+        if not 0.0 < prior_share <= 1.0:
+            raise ValueError(f"prior_share must be in (0, 1], but got {prior_share=}")
+        # the share of train.epochs a trial is expected to run before any trial has run:
+        # below 1 under a bracket pruner (search.study.samplers.expected_epoch_share)
+        self.prior_share = prior_share
 
     def images_per_second(
         self, cfg: trainer.TrainConfig, data: trainer.ImageData
@@ -135,8 +151,11 @@ class CostModel:
         return TrialCost(raw * factor, ips, key, measured, raw, factor, share)
 
     def calibration(self) -> tuple[float, float]:
-        """(measured / estimated seconds per epoch, epochs run / train.epochs): medians over
-        the study's latest trained trials; (1, 1) before any."""
+        """(measured / estimated seconds per epoch, epochs run / train.epochs) over the
+        study's latest trained trials: medians; (1, prior share) before any. Under a bracket
+        pruner (prior share < 1) the share is the mean, with the prior counted as
+        ``PRIOR_TRIALS`` trials: the few trials promoted to the top rung cost most of the
+        time, and a median, the first rung's share, would leave them out."""
         ratios, shares = [], []
         for t in self.study.get_trials(deepcopy=False, states=FINISHED)[-CALIBRATION_TRIALS:]:
             a = t.user_attrs
@@ -149,11 +168,16 @@ class CostModel:
             if not (raw and run and secs and epochs) or a.get("resumed_from_epoch"):
                 continue
             ratios.append((secs / run) / (raw / epochs))
-            shares.append(min(1.0, run / epochs))
+            if a.get("refit_of") is None:  # a refit runs to the end by design: no search trial
+                shares.append(min(1.0, run / epochs))
+        if self.prior_share < 1.0:
+            share = (self.prior_share * PRIOR_TRIALS + sum(shares)) / (PRIOR_TRIALS + len(shares))
+        else:
+            share = statistics.median(shares) if shares else 1.0
         if not ratios:
-            return 1.0, 1.0
+            return 1.0, share
         low, high = CALIBRATION_RANGE
-        return min(high, max(low, statistics.median(ratios))), statistics.median(shares)
+        return min(high, max(low, statistics.median(ratios))), share
 
 
 def estimate_seconds(cfg: trainer.TrainConfig, data: trainer.ImageData, ips: float) -> float:

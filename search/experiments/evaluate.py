@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 import trainer
+from search.study.refit import best_trial
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits, require_test
 from trainer._files import atomic_write
@@ -19,11 +20,8 @@ from trainer.evaluate import TTA, confusion_matrix, per_class_accuracy, predict_
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise ValueError(f"study {study.study_name!r} has no complete trial yet") from None
+    if number is None:  # the refit of the best search trial, once one completed
+        return best_trial(study)
     trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not trials:
         raise ValueError(f"study {study.study_name!r} has no trial {number}")

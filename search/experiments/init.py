@@ -3,8 +3,11 @@
 ``plan_study(root, ...)`` scans the folder once with training's own listing and decoding pass
 (so the decoded-image cache is warm for the first trial), probes this device's training speed
 for the candidate backbones at the proposed image size, and chooses what fits the per-trial
-limit: image size, backbones, batch sizes, epochs. ``render_study(plan)`` writes it as a
-commented TOML study file with a ``[params]`` space; ``init_study`` does both for the CLI.
+limit: image size, backbones, batch sizes, epochs. On top of that it chooses how the budget is
+spent (``_choose_schedule``, ``_choose_sizes``): successive halving over epochs, whose rungs the
+budget decides; two or three image sizes to search; and a share of the budget that trains the
+winner longer at the end. ``render_study(plan)`` writes it as a commented TOML study file with a
+``[params]`` space and the reasons; ``init_study`` does both for the CLI.
 
 Running it twice gives the same file: the probes are cached per device, backbone, size, batch
 size and class count next to the decoded images (``--remeasure`` probes again), the estimates
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +31,9 @@ from typing import Any
 import torch
 
 from search.experiments.cost import trial_seconds
+from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR
 from search.study.budget import parse_duration
+from search.study.samplers import bracket_rungs, expected_epoch_share
 from trainer import DataConfig, TrainConfig, load_data, measure_throughput, select_device
 from trainer._files import atomic_write
 from trainer.data.loaders import FolderScan, cache_dir, detect_layout, scan_folder, unreadable_files
@@ -53,7 +59,17 @@ TRIALS_PER_WALL = 4
 DEFAULT_WALL = "10m"
 PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 2, 1, 3.0
 IMBALANCE = 3.0  # largest class / smallest class at which the focal loss joins the space
-PRUNER = {"name": "median", "n_startup_trials": 3}
+# Multi-fidelity over epochs: successive halving (Optuna's is asynchronous, ASHA, so it suits
+# --workers K as well) judges a trial after RUNG_MIN epochs, then after 3x, 9x, ...; one in
+# REDUCTION goes on at each rung. The top rung (train.epochs) is RUNG_MIN * REDUCTION^k with
+# the largest k <= MAX_RUNGS for which BRACKETS_PER_SEARCH full brackets of a typical kept
+# configuration (REDUCTION^k trials started, one carried to the top) fit the search's time.
+RUNG_MIN, REDUCTION, MAX_RUNGS, BRACKETS_PER_SEARCH = 2, 3, 3, 2
+# The share of the wall clock kept to train the winner longer (search run's refit): the
+# issue's hard folder gained 2 points from its winner trained 30 epochs instead of 6-10. A
+# quarter holds the top rung of a typical kept configuration about twice over (the search's
+# three quarters hold BRACKETS_PER_SEARCH brackets of it), and leaves the search most of it.
+REFIT_SHARE = 0.25
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -110,6 +126,12 @@ class InitPlan:
     losses: list[str]
     notes: list[str]
     probes: tuple[int, int, float] = (0, 0, 0.0)  # probes asked, measured now, seconds measuring
+    trial_epochs: int = EPOCHS  # the epochs of a trial in the estimates and the per-trial limit
+    sizes: list[int] = field(default_factory=list)  # searched image sizes ([] : image_size only)
+    sizes_reason: str = ""
+    min_resource: int = RUNG_MIN  # the lowest rung, epochs
+    schedule_reason: str = ""
+    refit: float = REFIT_SHARE
 
     @property
     def baseline_backbone(self) -> str:
@@ -373,6 +395,13 @@ def plan_study(
             f"{epochs} epochs here (limit {_minutes(limit)}); kept anyway: pass a longer --budget"
         )
     losses = ["ce", "focal"] if folder.imbalance >= IMBALANCE else ["ce"]
+    kept_costs = [e for e in estimates if e.backbone in kept and e.minutes is not None]
+    low, top, schedule_reason = _choose_schedule(
+        kept_costs, epochs=epochs, wall_seconds=wall_seconds
+    )
+    sizes, sizes_reason = _choose_sizes(
+        kept_costs, size=image_size, cap=cap, floor=floor, limit=limit
+    )
     return InitPlan(
         name=name,
         source=str(root),
@@ -382,15 +411,110 @@ def plan_study(
         limit_minutes=limit,
         image_size=image_size,
         size_reason=size_reason,
-        epochs=epochs,
-        patience=PATIENCE if epochs >= 2 * PATIENCE else max(1, epochs // 2),
+        epochs=top,
+        patience=_patience(top),
         batch_sizes=batches,
         estimates=estimates,
         backbones=kept,
         losses=losses,
         notes=notes,
         probes=(prober.asked, prober.measured, prober.seconds),
+        trial_epochs=epochs,
+        sizes=sizes,
+        sizes_reason=sizes_reason,
+        min_resource=low,
+        schedule_reason=schedule_reason,
     )
+
+
+def _pruner_table(low: int) -> dict[str, Any]:
+    return {"name": "successive_halving", "min_resource": low, "reduction_factor": REDUCTION}
+
+
+def _choose_schedule(
+    kept: list[BackboneCost], *, epochs: int, wall_seconds: float
+) -> tuple[int, int, str]:
+    """(lowest rung, top rung = train.epochs, why) of the successive-halving schedule.
+
+    A bracket starts REDUCTION^k trials at the lowest rung and carries one to the top, so it
+    costs REDUCTION^k times a trial's expected epochs. The top rung is the highest (k up to
+    MAX_RUNGS) at which BRACKETS_PER_SEARCH brackets of a typical kept configuration (the
+    median cost per epoch) fit the search's share of the wall clock. When not even one rung
+    above the lowest fits, trials are judged after 1, 3, 9 ... of the ``epochs`` that a trial
+    of the cheapest configurations fits."""
+    fixed = TRIAL_OVERHEAD_S / 60
+    per_epoch = {e.backbone: max(1e-9, ((e.minutes or 0.0) - fixed) / epochs) for e in kept}
+    typical = sorted(per_epoch, key=per_epoch.get)[len(per_epoch) // 2]
+    search = (1 - REFIT_SHARE) * wall_seconds / 60
+    room = search / BRACKETS_PER_SEARCH
+    tried: list[str] = []
+    for k in range(MAX_RUNGS, 0, -1):
+        top = RUNG_MIN * REDUCTION**k
+        bracket = REDUCTION**k * expected_epoch_share(_pruner_table(RUNG_MIN), max_epochs=top)
+        bracket_epochs = bracket * top
+        minutes = bracket_epochs * per_epoch[typical]
+        if minutes <= room:
+            rungs = ", ".join(map(str, bracket_rungs(_pruner_table(RUNG_MIN), max_epochs=top)))
+            why = (
+                f"{rungs} and top {top} epochs: a bracket ({REDUCTION**k} trials started, "
+                f"one carried to the top, ~{bracket_epochs:.0f} epochs) of {typical} takes "
+                f"{_about(minutes)} here, and {BRACKETS_PER_SEARCH} fit the search's "
+                f"{_minutes(search)} (the budget less the refit's {REFIT_SHARE:.0%})"
+            )
+            if tried:
+                why += f"; a rung more would take {tried[-1]} a bracket"
+            return RUNG_MIN, top, why
+        tried.append(_about(minutes))
+    rungs = ", ".join(map(str, bracket_rungs(_pruner_table(1), max_epochs=epochs))) or "none"
+    why = (
+        f"{rungs} and top {epochs} epochs: even a bracket up to {RUNG_MIN * REDUCTION} "
+        f"epochs of {typical} takes {tried[-1]} here, over half the search's {_minutes(search)}"
+    )
+    return 1, epochs, why
+
+
+def _choose_sizes(
+    kept: list[BackboneCost], *, size: int, cap: int, floor: int, limit: float
+) -> tuple[list[int], str]:
+    """The image sizes the space searches (``[]``: only ``size``), and why: the next size
+    below ``size`` (a trial there costs its share of the pixels) and the next above, up to the
+    images' own size, when the cheapest kept backbone still fits a trial there. The run's cost
+    model prices every (backbone, size) it draws, so a size too costly for a backbone is
+    refused there (over_budget) and the sampler learns it."""
+    options = [s for s in SIZES if floor <= s <= cap]
+    if size not in options:
+        return [], ""
+    i = options.index(size)
+    cheapest = min(kept, key=lambda e: e.minutes or 0.0)
+    fixed = TRIAL_OVERHEAD_S / 60
+
+    def at(side: int) -> float:
+        return fixed + ((cheapest.minutes or 0.0) - fixed) * (side / size) ** 2
+
+    sizes, why = [size], []
+    if i > 0:
+        sizes.insert(0, options[i - 1])
+        why.append(f"{options[i - 1]} px costs {(options[i - 1] / size) ** 2:.0%} of {size} px")
+    if i + 1 < len(options) and at(options[i + 1]) <= limit:
+        sizes.append(options[i + 1])
+        why.append(
+            f"{options[i + 1]} px fits {cheapest.backbone} ({_about(at(options[i + 1]))} per "
+            f"trial, limit {_minutes(limit)})"
+        )
+    if len(sizes) < 2:
+        return [], f"{size} px only: no other size between {floor} px and the images' {cap} px"
+    return sizes, (
+        f"{', '.join(map(str, sizes))} px: {'; '.join(why)}; the sampler learns which the "
+        "folder needs, and the first trial runs at the smallest"
+    )
+
+
+def _patience(epochs: int) -> int:
+    """Early stopping grows with the training length: a sixth of the top rung, at least
+    PATIENCE (and at most half the epochs of a short one)."""
+    if epochs < 2 * PATIENCE:
+        return max(1, epochs // 2)
+    return max(PATIENCE, epochs // 6)
 
 
 def _over(e: BackboneCost, limit: float) -> bool:
@@ -501,9 +625,16 @@ def describe(plan: InitPlan) -> list[str]:
         f"budget   {plan.wall} wall, at most {_minutes(plan.limit_minutes)} per trial "
         f"(1/{TRIALS_PER_WALL} of the budget)",
         f"size     {plan.image_size} px: {plan.size_reason}",
-        f"epochs   {plan.epochs} per trial, patience {plan.patience}",
+    ]
+    if plan.sizes:
+        lines.append(f"searched {plan.sizes_reason}")
+    lines += [
+        f"epochs   up to {plan.epochs} per trial, patience {plan.patience}; successive halving "
+        f"keeps 1 in {REDUCTION} at each rung",
+        f"rungs    {plan.schedule_reason}",
+        f"refit    the last {plan.refit:.0%} of the budget trains the best configuration longer",
         f"backbones at {plan.image_size} px, batch {plan.batch_sizes[0]}, "
-        f"{plan.epochs} epochs, from scratch:",
+        f"{plan.trial_epochs} epochs, from scratch:",
     ]
     for e in plan.estimates:
         if e.deeper_than is not None:
@@ -576,6 +707,11 @@ def render_study(plan: InitPlan) -> str:
     ]
     if out:
         lines.append(f"# left out: {', '.join(_coarse(e) for e in out)}")
+    if plan.sizes:
+        lines += [
+            *_wrap_comment(f"Image sizes {plan.sizes_reason}.", indent="# "),
+            _kv('"data.image_size"', plan.sizes, "cost grows with the pixels; priced per trial"),
+        ]
     lines += [
         _kv('"model.backbone"', plan.backbones),
         _kv('"data.batch_size"', plan.batch_sizes),
@@ -595,20 +731,35 @@ def render_study(plan: InitPlan) -> str:
         '# "model.pretrained" = "imagenet"   # once the weights are in the Hugging Face cache',
         "",
         "[budget]",
-        _kv("epochs", plan.epochs, "per trial"),
+        _kv("epochs", plan.epochs, "per trial at most: the top rung of [pruner]"),
         _kv("patience", plan.patience, "epochs without a better val acc before a trial stops"),
-        _kv("max_trial_minutes", plan.limit_minutes, "a slower configuration is not trained"),
+        _kv(
+            "max_trial_minutes",
+            plan.limit_minutes,
+            "a configuration expected to take longer is not trained",
+        ),
         _kv("wall", plan.wall, "`search run` without --budget stops after this"),
+        f"# The last {plan.refit:.0%} of the wall clock trains the best trial's configuration "
+        f"again, up to {REFIT_MAX_EPOCHS_FACTOR}x its",
+        "# epochs with a longer patience, as a trial of its own (user attribute refit_of): the",
+        "# search's trials stop at rungs, and the winner deserves a run to its plateau.",
+        "# `search best`, `predict` and `confirm` use that refit. 0 turns it off.",
+        _kv("refit", plan.refit),
         "",
         "[sampler]",
         _kv("name", "tpe"),
         _kv("seed", 0),
         _kv("n_startup_trials", 5, "few trials fit the budget: model-based draws start early"),
         "",
+        "# Multi-fidelity over epochs: a trial is judged after min_resource epochs, then after",
+        f"# {REDUCTION}x, {REDUCTION**2}x, ...; only the best 1 in {REDUCTION} of those judged "
+        "at a rung trains on, so few",
+        "# configurations pay for the top rung, and many are tried. The budget sets the rungs:",
+        *_wrap_comment(f"rungs at {plan.schedule_reason}"),
         "[pruner]",
-        _kv("name", PRUNER["name"]),
-        _kv("n_startup_trials", PRUNER["n_startup_trials"]),
-        _kv("n_warmup_steps", max(1, plan.epochs // 4), "epochs before a trial can be pruned"),
+        _kv("name", "successive_halving"),
+        _kv("min_resource", plan.min_resource, "epochs before the first judgement"),
+        _kv("reduction_factor", REDUCTION),
         "",
         _kv("[[enqueue]]", None, "a known-good first trial, the cheapest kept backbone"),
         _kv('"model.backbone"', plan.baseline_backbone),
@@ -617,7 +768,14 @@ def render_study(plan: InitPlan) -> str:
         _kv('"optim.lr"', 0.001),
         _kv('"model.dropout"', 0.2),
     ]
+    if plan.sizes:  # low resolution first: the quickest first result
+        lines.append(_kv('"data.image_size"', plan.sizes[0]))
     return "\n".join(lines) + "\n"
+
+
+def _wrap_comment(text: str, width: int = 96, indent: str = "#   ") -> list[str]:
+    """``text`` as comment lines of at most ``width`` characters."""
+    return [f"{indent}{line}" for line in textwrap.wrap(text, width - len(indent))]
 
 
 def _kv(key: str, value: Any, comment: str = "") -> str:

@@ -38,9 +38,12 @@ class OptunaReporter:
         *,
         deadline: float | None = None,
         metric: str = "val_acc",
+        prune: bool = True,
     ) -> None:
         self.trial, self.progress, self.epochs = trial, progress, epochs
         self.deadline, self.metric = deadline, metric
+        self.prune = prune  # False: the pruner is never asked (a refit runs to its end)
+        self.last_epoch = 0
 
     def step(self, epoch: int, step: int, steps_per_epoch: int, images: int) -> bool:
         if self.progress:
@@ -49,10 +52,16 @@ class OptunaReporter:
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
         self.trial.report(metrics[self.metric], epoch)
+        self.last_epoch = max(self.last_epoch, epoch)
         if self.progress:
             self.progress.epoch(self.trial.number, epoch, self.epochs, metrics)
 
     def should_stop(self) -> bool:
+        # After the last epoch there is nothing left to save: the trial is complete. Asked
+        # there, a bracket pruner whose top rung is train.epochs would mark most of the few
+        # trials that reached it pruned, and leave the study without complete trials.
+        if not self.prune or self.last_epoch >= self.epochs:
+            return False
         return self.trial.should_prune()
 
 
@@ -105,6 +114,33 @@ class Objective:
                 raise
         if self.progress:
             self.progress.trial_start(trial.number, params, pinned=self.fixed, estimate=estimate)
+        return self._train(trial, cfg, deadline=self.deadline)
+
+    def refit(
+        self, trial: optuna.Trial, cfg: trainer.TrainConfig, *, deadline: float | None
+    ) -> float:
+        """Train ``cfg`` (a search trial's configuration, trained longer: see
+        ``search.experiments.run``) on ``trial`` to its last epoch or early stop: the pruner is
+        not asked, and ``deadline`` (the end of the wall clock, not of the search) stops it."""
+        trial.set_user_attr("config", cfg.to_flat())
+        if self.progress:
+            self.progress.trial_start(
+                trial.number, dict(trial.params), pinned=self.fixed,
+                estimate=trial.user_attrs.get("estimated_seconds"),
+            )  # fmt: skip
+        return self._train(trial, cfg, prune=False, deadline=deadline)
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        cfg: trainer.TrainConfig,
+        *,
+        prune: bool = True,
+        deadline: float | None = None,
+    ) -> float:
+        """Train ``cfg`` as ``trial``, store the result, and return the value (or raise
+        TrialPruned for a trial that stopped early without a value to keep); ``prune``: ask
+        the pruner after each epoch; ``deadline``: a ``time.monotonic()`` that stops it."""
         ckpt = last = None
         if self.checkpoint_dir is not None:
             ckpt = self.checkpoint_dir / f"trial-{trial.number}.safetensors"
@@ -117,8 +153,9 @@ class Objective:
                     trial,
                     self.progress,
                     cfg.train.epochs,
-                    deadline=self.deadline,
+                    deadline=deadline,
                     metric=self.metric,
+                    prune=prune,
                 ),
                 checkpoint_path=ckpt,
                 resume_from=trial.user_attrs.get("resume_from"),
@@ -168,9 +205,12 @@ class Objective:
         trial.set_user_attr("raw_estimated_seconds", round(est.raw_seconds, 2))
         trial.set_user_attr("images_per_second", round(est.images_per_second, 2))
         limit = self.limits.max_trial_seconds
-        if limit is not None and est.seconds > limit:
+        # Under a bracket pruner most trials stop at a low rung: the limit applies to what a
+        # trial is expected to cost (search init keeps backbones by the same measure).
+        per_trial = est.expected_seconds if cost.prior_share < 1.0 else est.seconds
+        if limit is not None and per_trial > limit:
             reason = (
-                f"over_budget: estimated {fmt_duration(est.seconds)} per trial here "
+                f"over_budget: estimated {fmt_duration(per_trial)} per trial here "
                 f"({est.images_per_second:.0f} images/s), over the {limit / 60:g} min limit"
             )
             set_status(trial, "over_budget", reason)
@@ -184,7 +224,8 @@ class Objective:
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             # pruning and early stopping end most trials early: what earlier trials ran
-            expected = est.seconds * est.epoch_share
+            # (under a bracket pruner, its expected share until trials have run)
+            expected = est.expected_seconds
             if self.cheapest_expected is None or expected < self.cheapest_expected:
                 self.cheapest_expected = expected
             if expected > left:

@@ -32,17 +32,25 @@ from search.store.storage import check_study_name
 from search.store.workers import (
     CHILD_ENV,
     PLACEMENT_ENV,
+    WORKER_ATTR,
     Claim,
     Heartbeat,
     SlotClaimer,
     WorkerOptions,
     mark_interrupted,
     signals_ignored,
+    this_process,
     worker_name,
 )
 from search.study.budget import RunLimits, fmt_duration
 from search.study.problem import check_problem, describe_problem, record_problem, stored_problem
-from search.study.samplers import TrialSeededSampler, create_pruner, create_sampler
+from search.study.refit import REFIT_ATTR, best_search_trial, best_trial, refit_source
+from search.study.samplers import (
+    TrialSeededSampler,
+    create_pruner,
+    create_sampler,
+    expected_epoch_share,
+)
 from search.study.splits import record_splits
 from search.study.studyfile import StudySpec
 
@@ -52,6 +60,10 @@ MAX_CONSECUTIVE_FAILURES = 3
 # a cheaper configuration seen earlier would still fit (then it draws on, up to the second).
 MAX_MISFITS, MAX_MISFITS_WITH_ROOM = 3, 25
 UNLIMITED = 2**62  # trial slots when only the wall-clock budget ends the run
+# The refit of the winner ([budget] refit, a share of the wall clock kept for the end): at most
+# this many times the epochs of its search trial, in at most this share of the time left (the
+# deadline would stop a refit that overran, and a stopped trial keeps no weights).
+REFIT_MAX_EPOCHS_FACTOR, REFIT_TIME_SAFETY = 3, 0.85
 
 
 @dataclass
@@ -187,7 +199,12 @@ def run_study(
     (``limits.wall_seconds`` from ``started``, a ``time.monotonic()``, default now) the run
     also ends when it is spent: no trial starts that its estimate says cannot finish in the
     time left, and the running one stops at its next step. Without ``n_trials`` the wall
-    clock alone ends the run."""
+    clock alone ends the run.
+
+    With a wall clock and ``[budget] refit = share`` in the study file, the search stops
+    starting trials when ``1 - share`` of the wall clock is spent (or when a drawn
+    configuration cannot finish in the search's time left), and the rest trains the best
+    search trial's configuration longer, as a trial of its own (``_refit``)."""
     limits = limits or RunLimits()
     if n_trials is None and limits.wall_seconds is None:
         raise ValueError("--trials N is needed unless a wall-clock budget is given (--budget 30m)")
@@ -197,6 +214,10 @@ def run_study(
         raise ValueError(f"--timeout must be > 0 seconds, but got {timeout}")
     started = time.monotonic() if started is None else started
     wall_end = started + limits.wall_seconds if limits.wall_seconds is not None else None
+    share = refit_share(plan.spec.budget)
+    refit_due = wall_end is not None and share > 0
+    # the search's own end: the refit's share of the wall clock is kept for after it
+    search_end = started + limits.wall_seconds * (1 - share) if refit_due else wall_end
     options = options or WorkerOptions()
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
@@ -210,8 +231,17 @@ def run_study(
         progress=progress,
         storage=storage,
         limits=limits,
-        cost=CostModel(study, storage=storage) if limits.costed else None,
-        deadline=wall_end,
+        cost=CostModel(
+            study,
+            storage=storage,
+            # most trials stop at a low rung under a bracket pruner: the prior of the estimate
+            prior_share=expected_epoch_share(
+                plan.spec.pruner, max_epochs=plan.preview.train.epochs
+            ),
+        )
+        if limits.costed
+        else None,
+        deadline=search_end,
     )
     progress.wanted = n_trials
     progress.start(started=started, wall_seconds=limits.wall_seconds)
@@ -244,13 +274,21 @@ def run_study(
             done = claimer.finished(claimer.counts())
             if n_trials is None or done < n_trials:  # a full study is simply done
                 progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
+            refit_due = False  # the user's --timeout ends the command
             break
-        if wall_end is not None and time.monotonic() >= wall_end:
+        if search_end is not None and time.monotonic() >= search_end:
             done = claimer.finished(claimer.counts())
-            progress.message(
-                f"budget: {fmt_duration(limits.wall_seconds)} spent with {_of(done, n_trials)} "
-                "trials finished; rerun with a new --budget to go on"
-            )
+            if refit_due:
+                progress.message(
+                    f"search: {fmt_duration(search_end - started)} spent with "
+                    f"{_of(done, n_trials)} trials finished; the rest of the budget trains "
+                    "the best one longer"
+                )
+            else:
+                progress.message(
+                    f"budget: {fmt_duration(limits.wall_seconds)} spent with "
+                    f"{_of(done, n_trials)} trials finished; rerun with a new --budget to go on"
+                )
             break
         claimed = claimer.claim()
         if claimed == Claim.FULL:
@@ -274,6 +312,12 @@ def run_study(
         if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
             misfits += 1
             progress.message(f"trial {last.number} {last.user_attrs['reason']}")
+            if refit_due:  # the time left is not lost: the refit gets it (one misfit stored)
+                progress.message(
+                    f"search: ends with {fmt_duration(search_end - time.monotonic())} of its "
+                    "time left, which goes to training the best trial longer"
+                )
+                break
             cheapest = objective.cheapest_expected
             room = cheapest is not None and cheapest <= wall_end - time.monotonic()
             if misfits >= (MAX_MISFITS_WITH_ROOM if room else MAX_MISFITS):
@@ -293,7 +337,136 @@ def run_study(
             raise RuntimeError(
                 f"{failures} trials in a row failed; last: {last.user_attrs.get('reason', '?')}"
             )
+    if refit_due:
+        _refit(study, objective, storage, claimer, options, progress, wall_end=wall_end)
     return study
+
+
+def refit_share(budget: dict[str, Any]) -> float:
+    """``[budget] refit``: the share of the wall clock kept for the refit (0: none)."""
+    return float(budget.get("refit", 0.0))
+
+
+class _RefitObjective:
+    """What ``_run_claimed`` calls for the refit: ``Objective.refit`` with its configuration."""
+
+    def __init__(self, objective: Objective, cfg: trainer.TrainConfig, deadline: float) -> None:
+        self.objective, self.cfg, self.deadline = objective, cfg, deadline
+        self.checkpoint_dir = objective.checkpoint_dir
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        return self.objective.refit(trial, self.cfg, deadline=self.deadline)
+
+
+def refit_length(
+    source: optuna.trial.FrozenTrial, *, seconds_left: float
+) -> tuple[int, int, float] | None:
+    """(epochs, patience, estimated seconds) of a refit of ``source`` that finishes in
+    ``seconds_left``, at the seconds per epoch ``source`` itself took; None when that is no
+    more epochs than ``source`` ran (training it again as long would only redraw its noise).
+
+    At most ``REFIT_MAX_EPOCHS_FACTOR`` times its train.epochs: a refit is to reach the
+    plateau that early stopping then detects, and the patience grows with it (a quarter of
+    the epochs, as 8 of 30), or stays 0 (early stopping off) when the study turned it off."""
+    attrs = source.user_attrs
+    cfg = attrs.get("config") or {}
+    run, secs = attrs.get("epochs_run"), attrs.get("train_seconds")
+    if not (run and secs and cfg.get("train.epochs")):
+        return None
+    per_epoch = secs / run
+    setup = float(attrs.get("setup_seconds") or 0.0)
+    fits = math.floor((seconds_left * REFIT_TIME_SAFETY - setup) / per_epoch)
+    epochs = min(REFIT_MAX_EPOCHS_FACTOR * int(cfg["train.epochs"]), fits)
+    if epochs <= run:
+        return None
+    patience = int(cfg.get("train.patience", 0))
+    if patience:
+        patience = max(patience, math.ceil(epochs / 4))
+    return epochs, patience, setup + epochs * per_epoch
+
+
+def _refit(
+    study: optuna.Study,
+    objective: Objective,
+    storage: Storage,
+    claimer: SlotClaimer,
+    options: WorkerOptions,
+    progress: Progress,
+    *,
+    wall_end: float,
+) -> optuna.trial.FrozenTrial | None:
+    """Train the best search trial's configuration again, longer (``refit_length``), as a new
+    trial marked ``refit_of = k``; one refit of k per study, whichever worker comes first."""
+    source = best_search_trial(study)
+    if source is None:
+        progress.message("refit: no complete search trial to train longer")
+        return None
+    left = wall_end - time.monotonic()
+    length = refit_length(source, seconds_left=left)
+    if length is None:
+        progress.message(
+            f"refit: the {fmt_duration(max(0.0, left))} left hold no more epochs of trial "
+            f"{source.number} than it ran; not refitted"
+        )
+        return None
+    epochs, patience, seconds = length
+    with storage.exclusive(f"refit:{study.study_name}"):
+        taken = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if refit_source(t) == source.number and t.state != TrialState.FAIL
+        ]
+        if taken:
+            progress.message(f"refit: trial {source.number} is refitted in trial {taken[0].number}")
+            return None
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.RUNNING,
+                params=source.params,
+                distributions=source.distributions,
+                user_attrs={
+                    REFIT_ATTR: source.number,
+                    "estimated_seconds": round(seconds, 2),
+                    "images_per_second": source.user_attrs.get("images_per_second"),
+                },
+            )
+        )
+        number = max(
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if refit_source(t) == source.number
+        )
+        tid = claimer.rdb.get_trial_id_from_study_id_trial_number(claimer.study_id, number)
+        storage.rdb.set_trial_system_attr(tid, WORKER_ATTR, this_process())
+    trial = optuna.Trial(study, tid)
+    cfg = trainer.TrainConfig.from_flat(source.user_attrs["config"]).replace(
+        {"train.epochs": epochs, "train.patience": patience}
+    )
+    raw = source.user_attrs.get("raw_estimated_seconds")
+    if raw:  # the same configuration's probe estimate, scaled: it calibrates later estimates
+        trial.set_user_attr("raw_estimated_seconds", round(raw * epochs / cfg_epochs(source), 2))
+    progress.message(
+        f"refit: trial {number} trains trial {source.number}'s configuration for up to "
+        f"{epochs} epochs (patience {patience}), ~{fmt_duration(seconds)} of the "
+        f"{fmt_duration(left)} left"
+    )
+    try:
+        last = _run_claimed(
+            study, trial, _RefitObjective(objective, cfg, wall_end), storage, claimer, options,
+            progress,
+        )  # fmt: skip
+    finally:
+        claimer.release(tid)
+    if last is not None:
+        done = claimer.finished(claimer.counts())
+        progress.trial_end(done, describe_trial(last), describe_best(study))
+        _prune_checkpoints(study)
+    return last
+
+
+def cfg_epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """The train.epochs ``trial`` was configured with."""
+    return int((trial.user_attrs.get("config") or {}).get("train.epochs") or 1)
 
 
 def _run_claimed(
@@ -400,16 +573,21 @@ def describe_trial(t: optuna.trial.FrozenTrial) -> str:
 
 def describe_best(study: optuna.Study) -> str:
     try:
-        best = study.best_trial
+        best = best_trial(study)  # the refit of the best search trial, once there is one
     except ValueError:
         return "none yet"
-    return f"{best.value:.4f} (trial {best.number})"
+    source = refit_source(best)
+    refit = f", refit of trial {source}" if source is not None else ""
+    return f"{best.value:.4f} (trial {best.number}{refit})"
 
 
 def _prune_checkpoints(study: optuna.Study) -> None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
+    with contextlib.suppress(ValueError):  # the study's best keeps its weights, whatever rank
+        keep = best_trial(study)
+        ranked = [keep, *(t for t in ranked if t.number != keep.number)]
     for t in ranked[KEEP_CHECKPOINTS:]:
         path = t.user_attrs.get("checkpoint")
         if path:

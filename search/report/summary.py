@@ -8,18 +8,24 @@ from typing import Any
 import optuna
 
 from search.store import Storage
+from search.study.refit import best_trial, refit_source
 from search.study.studyfile import list_study_files
 
 
 def best_record(study: optuna.Study) -> dict[str, Any]:
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise ValueError(f"study {study.study_name!r} has no complete trial yet") from None
+    """The study's best trial (``search.study.refit.best_trial``: the refit of the best search
+    trial once one completed) and what the tables need of it."""
+    best = best_trial(study)  # ValueError: no complete trial yet
     attrs = best.user_attrs
+    source = refit_source(best)
+    refit = None
+    if source is not None:
+        searched = next((t for t in study.get_trials(deepcopy=False) if t.number == source), None)
+        refit = {"trial": source, "value": searched.value if searched is not None else None}
     return {
         "study": study.study_name,
         "trial": best.number,
+        "refit_of": refit,  # the search trial it trained longer, and that trial's value
         "value": best.value,
         "metric": (study.metric_names or ["value"])[0],
         "params": best.params,
@@ -36,9 +42,14 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
 
 
 def _state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state; draws a budget refused before training (FAIL ``no_time``: never run,
+    neither good nor bad) are counted apart as ``not run``, not as failures."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+        state = t.state.name.lower()
+        if state == "fail" and t.user_attrs.get("status") == "no_time":
+            state = "not run"
+        counts[state] = counts.get(state, 0) + 1
     return counts
 
 
@@ -47,6 +58,13 @@ def print_best(study: optuna.Study, storage: Storage | str | None = None) -> Non
     rec = best_record(study)
     print(f"study      {rec['study']}  ({_fmt_counts(rec['trials'])})")
     print(f"best       trial {rec['trial']}: {rec['metric']} = {rec['value']:.4f}")
+    refit = rec["refit_of"]
+    if refit is not None:
+        searched = "" if refit["value"] is None else f" ({rec['metric']} {refit['value']:.4f})"
+        print(
+            f"refit of   trial {refit['trial']}{searched}: its configuration trained longer; "
+            "predict, evaluate and confirm use it"
+        )
     print(
         f"epochs     best {rec['best_epoch']} of {rec['epochs_run']}, "
         f"{(rec['train_seconds'] or 0):.1f}s training"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,75 @@ def create_pruner(table: dict[str, Any], *, max_epochs: int) -> optuna.pruners.B
     if name == "hyperband":
         kwargs.setdefault("max_resource", max_epochs)
     return _build("pruner", PRUNERS, name, kwargs)
+
+
+# Pruners that judge trials at rungs of a bracket (epochs r, r*eta, r*eta^2, ...): most
+# trials stop at a low rung, so a trial costs its expected epochs, not train.epochs.
+BRACKET_PRUNERS = ("successive_halving", "hyperband")
+# Optuna's defaults for the arguments the schedule depends on
+_REDUCTION = {"successive_halving": 4, "hyperband": 3}
+
+
+def bracket_rungs(table: dict[str, Any], *, max_epochs: int) -> list[int]:
+    """The epochs after which a bracket pruner judges a trial of its lowest bracket (those
+    before ``max_epochs``: a trial that ran all its epochs is complete, never judged); []
+    for other pruners. ``min_resource = "auto"`` is Optuna's estimate, max epochs // 100."""
+    schedule = _schedule(table, max_epochs=max_epochs)
+    if schedule is None:
+        return []
+    low, eta, _ = schedule
+    return _rungs(low, eta, max_epochs)
+
+
+def expected_epoch_share(table: dict[str, Any], *, max_epochs: int) -> float:
+    """What a trial is expected to train, as a share of ``max_epochs``, before any trial has
+    run: 1 for pruners without brackets. Under successive halving a trial goes on past each
+    rung with probability 1/eta (the top 1/eta of those that reached it); Hyperband mixes
+    brackets whose first rung is r, r*eta, ... in Optuna's proportions of trials."""
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, but got {max_epochs}")
+    schedule = _schedule(table, max_epochs=max_epochs)
+    if schedule is None:
+        return 1.0
+    low, eta, hyperband = schedule
+    if not hyperband:
+        rate = int(table.get("min_early_stopping_rate", 0))
+        return _expected_epochs(low * eta**rate, eta, max_epochs) / max_epochs
+    # Optuna's own count of brackets (HyperbandPruner._try_initialization)
+    n = max(1, math.floor(math.log(max(max_epochs / low, 1.0), eta)) + 1)
+    weights = [math.ceil(n * eta ** (n - 1 - b) / (n - b)) for b in range(n)]
+    epochs = [_expected_epochs(low * eta**b, eta, max_epochs) for b in range(n)]
+    return sum(w * e for w, e in zip(weights, epochs, strict=True)) / sum(weights) / max_epochs
+
+
+def _schedule(table: dict[str, Any], *, max_epochs: int) -> tuple[int, int, bool] | None:
+    """(lowest rung, reduction factor, hyperband?) of a bracket pruner's table, else None."""
+    name = table.get("name", "median")
+    if name not in BRACKET_PRUNERS:
+        return None
+    low = table.get("min_resource", "auto" if name == "successive_halving" else 1)
+    if low == "auto":
+        low = max(1, max_epochs // 100)
+    return int(low), int(table.get("reduction_factor", _REDUCTION[name])), name == "hyperband"
+
+
+def _rungs(low: int, eta: int, max_epochs: int) -> list[int]:
+    out, rung = [], low
+    while rung < max_epochs:
+        out.append(rung)
+        rung *= eta
+    return out
+
+
+def _expected_epochs(low: int, eta: int, max_epochs: int) -> float:
+    """Expected epochs of a trial whose first rung is ``low``: all of them up to it, then
+    each further stretch by the 1/eta, 1/eta^2, ... that passed the rungs before it."""
+    rungs = _rungs(low, eta, max_epochs)
+    if not rungs:
+        return float(max_epochs)
+    ends = [*rungs[1:], max_epochs]
+    stretches = enumerate(zip(rungs, ends, strict=True))
+    return rungs[0] + sum((end - r) / eta ** (i + 1) for i, (r, end) in stretches)
 
 
 def _build(kind: str, table: dict[str, type], name: str, kwargs: dict[str, Any]) -> Any:

@@ -67,6 +67,7 @@ _BUDGET_KEYS = {
     "patience": int,
     "max_trial_minutes": (int, float),
     "wall": (str, int, float),
+    "refit": (int, float),  # the share of the wall clock that trains the winner longer
 }
 # The [budget] keys that set how long every trial trains (the training length), and the
 # settings they become; wall and max_trial_minutes are the run's limits (search.study.budget).
@@ -263,6 +264,7 @@ def _parse(raw: dict[str, Any], *, path: Path, where: str) -> StudySpec:
         raise unknown_name_error(f"key in {where} [data]", bad[0], [*data_keys, *_DATA_EXTRA_KEYS])
     budget = raw.get("budget", {})
     _check_keys(budget, _BUDGET_KEYS, f"{where} [budget]")
+    _check_refit(budget.get("refit", 0), f"{where} [budget]")
     fixed = raw.get("fixed", {})
     for key in fixed:
         _in_file(where, "[fixed]", lambda k=key: check_key(k))
@@ -330,6 +332,15 @@ def _metric_and_direction(raw: dict[str, Any], where: str) -> tuple[str, str]:
             f"better); leave out direction, it follows the metric"
         )
     return metric, direction
+
+
+def _check_refit(share: float, where: str) -> None:
+    """``refit``: a share of the wall clock, at least 0 (no refit) and below 1 (some search)."""
+    if not (math.isfinite(share) and 0 <= share < 1):
+        raise ValueError(
+            f"{where}: refit must be a share of the wall clock from 0 (no refit) to below 1, "
+            f"e.g. 0.25, but got {share!r}"
+        )
 
 
 def _check_enqueue(

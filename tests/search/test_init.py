@@ -121,7 +121,7 @@ def test_each_layout_gives_a_study_file_that_load_study_accepts(
     assert raw["data"]["root"] == str(root.resolve())
     assert set(raw["params"]) >= {"model.backbone", "data.batch_size", "optim.lr"}
     assert raw["sampler"]["name"] == "tpe" and isinstance(raw["sampler"]["seed"], int)
-    assert set(raw["budget"]) == {"epochs", "patience", "max_trial_minutes", "wall"}
+    assert set(raw["budget"]) == {"epochs", "patience", "max_trial_minutes", "wall", "refit"}
 
     spec = load_study("mine")  # the study file parser accepts all of it
     assert spec.data["name"] == layout and spec.data["image_size"] == raw["data"]["image_size"]
@@ -189,7 +189,10 @@ def test_a_longer_budget_buys_larger_images_and_every_backbone(tmp_path, fake_sp
     raw = tomllib.loads(Path("studies/photos.toml").read_text())
     assert raw["data"]["image_size"] == 96  # the images' own size: no upsampling
     assert raw["params"]["model.backbone"] == list(si.CANDIDATES)
-    assert raw["budget"] == {"epochs": 10, "patience": 3, "max_trial_minutes": 30.0, "wall": "2h"}
+    # the top rung: two brackets of 9 trials of the median backbone fit 90 min, 27 of them not
+    assert raw["budget"] == {
+        "epochs": 18, "patience": 3, "max_trial_minutes": 30.0, "wall": "2h", "refit": 0.25
+    }  # fmt: skip
 
 
 def test_when_nothing_fits_epochs_drop_and_the_fastest_backbone_stays(tmp_path, fake_speed, capsys):
@@ -397,7 +400,8 @@ def test_the_written_study_runs(tmp_path, fake_speed, monkeypatch, storage_url, 
     config = trial.user_attrs["config"]
     assert config["model.backbone"] == "seed_cnn"  # the enqueued first trial: the cheapest
     assert config["data.image_size"] == 16 and config["data.name"] == "folder"
-    assert config["train.epochs"] == 10
+    written = tomllib.loads(Path("studies/small.toml").read_text())
+    assert config["train.epochs"] == written["budget"]["epochs"]  # the top rung
 
 
 def test_the_size_line_and_the_backbone_table_quote_the_same_resnet18_minutes(

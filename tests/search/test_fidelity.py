@@ -1,0 +1,368 @@
+"""Budgets that finish the job: multi-fidelity over epochs (successive halving, its expected
+cost), the winner trained longer as a refit trial that ``best``/``predict``/``confirm`` use,
+and a budgeted study that stores no pile of FAIL trials."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from conftest import TINY_DIGITS, one_error_line
+from optuna.trial import TrialState
+
+import search.experiments.init as si
+import trainer
+from search.cli import main
+from search.experiments.confirm import _top_configs
+from search.experiments.cost import CostModel
+from search.experiments.evaluate import pick_trial
+from search.experiments.objective import OptunaReporter
+from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length
+from search.report.summary import best_record
+from search.study.refit import REFIT_ATTR, best_search_trial, best_trial
+from search.study.samplers import bracket_rungs, expected_epoch_share
+from search.study.studyfile import load_study
+
+SH = {"name": "successive_halving", "min_resource": 2, "reduction_factor": 3}
+# Fake training speeds at 64 px (images/s), as in test_init: a probe at size S gets (64/S)^2
+SPEED_AT_64 = {
+    "seed_cnn": 100.0, "small_cnn": 50.0, "resnet18": 3.0, "resnet34": 1.0,
+    "efficientnet_b2": 1.5, "resnet50": 0.5,
+}  # fmt: skip
+
+
+def make_folder(root: Path, per_class: int) -> Path:
+    """Two classes of 100 px JPEG crops of scikit-learn's two sample photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("china", "flower")):
+        for i in range(per_class):
+            side = int(rng.integers(80, 240))
+            y, x = (int(rng.integers(0, n - side)) for n in photos[c].shape[:2])
+            path = root / name / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            crop = Image.fromarray(photos[c][y : y + side, x : x + side]).resize((100, 100))
+            crop.save(path, quality=90)
+    return root
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def fixed_speed(monkeypatch, ips: float) -> None:
+    def measure(cfg, *, num_classes, in_chans=3, **kw) -> trainer.Throughput:
+        return trainer.Throughput(ips, "cpu:test", cfg.data.batch_size, 3)
+
+    monkeypatch.setattr(trainer, "measure_throughput", measure)
+
+
+# ------------------------------------------------------------------ the bracket's cost
+
+
+def test_successive_halving_expects_each_stretch_by_the_share_that_passed_the_rung_before():
+    # rungs 2 and 6 of 18 epochs: all train 2, a third 4 more, a ninth the last 12
+    assert bracket_rungs(SH, max_epochs=18) == [2, 6]
+    assert expected_epoch_share(SH, max_epochs=18) * 18 == pytest.approx(2 + 4 / 3 + 12 / 9)
+    # a rung at train.epochs is no rung: a trial that ran every epoch is complete
+    assert bracket_rungs(SH, max_epochs=6) == [2]
+    assert expected_epoch_share(SH, max_epochs=6) * 6 == pytest.approx(2 + 4 / 3)
+    assert expected_epoch_share(SH, max_epochs=2) == 1.0
+
+
+def test_hyperband_mixes_its_brackets_in_optunas_proportions():
+    hb = {"name": "hyperband", "min_resource": 2, "reduction_factor": 3}
+    # 3 brackets (first rungs 2, 6, 18) take 9, 5 and 3 of every 17 trials
+    expected = (9 * (2 + 4 / 3 + 12 / 9) + 5 * (6 + 12 / 3) + 3 * 18) / 17
+    assert expected_epoch_share(hb, max_epochs=18) * 18 == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("table", [{"name": "median"}, {"name": "none"}, {"name": "percentile"}])
+def test_pruners_without_brackets_expect_every_epoch(table):
+    assert expected_epoch_share(table, max_epochs=10) == 1.0
+    assert bracket_rungs(table, max_epochs=10) == []
+
+
+def test_the_cost_model_plans_with_the_bracket_share_then_blends_in_what_trials_ran():
+    study = optuna.create_study(direction="maximize")
+    measure = lambda cfg, **kw: trainer.Throughput(1000.0, "cpu:test", 64, 3)  # noqa: E731
+    share = expected_epoch_share(SH, max_epochs=18)
+    cost = CostModel(study, measure=measure, prior_share=share)
+    cfg = trainer.TrainConfig.from_flat({"data.image_size": 8, "train.epochs": 18})
+    data = trainer.load_data(cfg.data)
+    before = cost.estimate(cfg, data)
+    assert before.epoch_share == pytest.approx(share)
+    assert before.expected_seconds == pytest.approx(before.seconds * share)
+    for run in (2, 2, 18):  # two stopped at the first rung, one ran to the top
+        trial = study.ask()
+        trial.set_user_attr("config", {"train.epochs": 18})
+        trial.set_user_attr("raw_estimated_seconds", 18.0)
+        trial.set_user_attr("epochs_run", run)
+        trial.set_user_attr("train_seconds", float(run))
+        study.tell(trial, 0.5)
+    after = cost.estimate(cfg, data)
+    # the mean (the top-rung trial's cost counts), the prior weighing as three trials
+    assert after.epoch_share == pytest.approx((3 * share + 2 / 18 + 2 / 18 + 1) / 6)
+    with pytest.raises(ValueError, match="prior_share must be in"):
+        CostModel(study, prior_share=0.0)
+
+
+def _sh_study(extra_budget: str = "", epochs: int = 18) -> str:
+    return (
+        TINY_DIGITS.replace("epochs = 3", f"epochs = {epochs}")
+        .replace("patience = 2", "patience = 0")
+        .replace(
+            'name = "none"', 'name = "successive_halving"\nmin_resource = 2\nreduction_factor = 3'
+        )
+        .replace("[budget]\n", f"[budget]\n{extra_budget}\n")
+    )
+
+
+def test_the_per_trial_limit_applies_to_the_expected_cost_under_a_bracket_pruner(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    # ~ 18 epochs x 1437 digits / 500 images/s = 52 s a full trial, ~13 s expected: over a
+    # 0.5 min limit in full, within it as successive halving runs it
+    fixed_speed(monkeypatch, 500.0)
+    args = ["--trials", "1", "-q", "--storage", storage_url, "--max-trial-minutes", "0.5"]
+    write_study("tiny", _sh_study())
+    assert main(["run", "--study", "tiny", *args]) == 0
+    (t,) = load(storage_url).trials
+    assert t.state == TrialState.COMPLETE and t.user_attrs["estimated_seconds"] > 30
+    write_study("flat", TINY_DIGITS.replace("epochs = 3", "epochs = 18"))
+    assert main(["run", "--study", "flat", *args]) == 0
+    (t,) = load(storage_url, "flat").trials
+    assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "over_budget"
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_a_trial_is_never_pruned_after_its_last_epoch_and_a_refit_never(prune):
+    study = optuna.create_study(pruner=AlwaysPrune())
+    reporter = OptunaReporter(study.ask(), None, 3, prune=prune)
+    asked = []
+    for epoch in (1, 2, 3):
+        reporter.report(epoch, {"val_acc": 0.5})
+        asked.append(reporter.should_stop())
+    assert asked == ([True, True, False] if prune else [False, False, False])
+
+
+def test_under_successive_halving_trials_stop_at_rungs_and_the_top_ones_complete(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    fixed_speed(monkeypatch, 1e6)
+    write_study("tiny", _sh_study(epochs=6).replace('"data.batch_size" = 128\n', ""))
+    rc = main(["run", "--study", "tiny", "--trials", "8", "-q", "--storage", storage_url])
+    assert rc == 0
+    trials = load(storage_url).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and all(max(t.intermediate_values) == 2 for t in pruned)  # the rung
+    assert complete and all(max(t.intermediate_values) == 6 for t in complete)
+
+
+# ------------------------------------------------------------------------- the refit
+
+
+def test_refit_length_fills_the_time_left_up_to_three_times_the_epochs():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    for key, value in {
+        "config": {"train.epochs": 10, "train.patience": 3},
+        "epochs_run": 10,
+        "train_seconds": 20.0,  # 2 s an epoch
+        "setup_seconds": 1.0,
+    }.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 0.5)
+    source = study.trials[0]
+    assert refit_length(source, seconds_left=1000.0) == (30, 8, 61.0)  # at most 3x, patience/4
+    epochs, patience, seconds = refit_length(source, seconds_left=30.0)  # 0.85 x 30 s fits 12
+    assert (epochs, patience) == (12, 3) and seconds <= 30.0
+    assert refit_length(source, seconds_left=20.0) is None  # no more epochs than it ran
+    assert REFIT_MAX_EPOCHS_FACTOR == 3
+
+
+def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_use_it(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    fixed_speed(monkeypatch, 1e6)
+    write_study(
+        "tiny", _sh_study("refit = 0.25", epochs=6).replace('"data.batch_size" = 128\n', "")
+    )
+    rc = main(["run", "--study", "tiny", "--trials", "5", "--budget", "10m", "-q",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    study = load(storage_url)
+    refits = [t for t in study.trials if REFIT_ATTR in t.user_attrs]
+    assert len(refits) == 1
+    (refit,) = refits
+    source = best_search_trial(study)
+    assert refit.user_attrs[REFIT_ATTR] == source.number and refit.state == TrialState.COMPLETE
+    assert refit.params == source.params
+    config = refit.user_attrs["config"]
+    assert config["train.epochs"] == 3 * 6  # the time left holds 3x the top rung
+    assert {k: v for k, v in config.items() if k not in ("train.epochs", "train.patience")} == {
+        k: v for k, v in source.user_attrs["config"].items()
+        if k not in ("train.epochs", "train.patience")
+    }  # fmt: skip
+    assert fake_train.calls[-1].train.epochs == 18
+    assert max(refit.intermediate_values) == 18  # never pruned on the way
+
+    # best, predict/evaluate and confirm take the refit, whatever its value against trial k
+    assert best_trial(study).number == refit.number
+    assert pick_trial(study, None).number == refit.number
+    candidates, _ = _top_configs(study, 3)
+    assert candidates[0].trial == refit.number
+    assert refit.number not in [c.trial for c in candidates[1:]]
+    assert best_record(study)["refit_of"] == {"trial": source.number, "value": source.value}
+    capsys.readouterr()
+    assert main(["best", "--study", "tiny", "--storage", storage_url]) == 0
+    out = capsys.readouterr().out
+    assert f"best       trial {refit.number}:" in out
+    assert f"refit of   trial {source.number} (val_acc {source.value:.4f})" in out
+    assert main(["best", "--study", "tiny", "--storage", storage_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"] == refit.number
+    # the refit's weights are kept, whatever its rank by value
+    assert refit.user_attrs["checkpoint"]
+
+
+def test_a_refit_below_its_search_trial_is_still_the_studys_best():
+    study = optuna.create_study(direction="maximize")
+    for value in (0.6, 0.8):
+        study.tell(study.ask(), value)
+    refit = study.ask()
+    refit.set_user_attr(REFIT_ATTR, 1)
+    study.tell(refit, 0.7)
+    assert study.best_trial.number == 1  # Optuna's own rank: by value
+    assert best_trial(study).number == 2  # ours: the refit of the best search trial
+    study.tell(study.ask(), 0.9)  # a better search trial without a refit yet
+    assert best_trial(study).number == 3
+
+
+def test_a_second_worker_does_not_refit_the_same_trial_again(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    fixed_speed(monkeypatch, 1e6)
+    write_study("tiny", _sh_study("refit = 0.25", epochs=6))
+    args = ["run", "--study", "tiny", "-q", "--storage", storage_url, "--budget", "10m"]
+    assert main([*args, "--trials", "2"]) == 0
+    assert main([*args, "--trials", "2"]) == 0  # full: no trial, and trial k has its refit
+    refits = [t for t in load(storage_url).trials if REFIT_ATTR in t.user_attrs]
+    assert len(refits) == 1
+
+
+def test_no_refit_without_a_wall_clock_or_with_refit_0(write_study, storage_url, fake_train):
+    write_study("tiny", _sh_study("refit = 0.25", epochs=6))
+    assert main(["run", "--study", "tiny", "--trials", "2", "-q", "--storage", storage_url]) == 0
+    write_study("off", _sh_study("refit = 0", epochs=6))
+    args = ["--trials", "2", "--budget", "10m", "-q", "--storage", storage_url]
+    assert main(["run", "--study", "off", *args]) == 0
+    for name in ("tiny", "off"):
+        assert all(REFIT_ATTR not in t.user_attrs for t in load(storage_url, name).trials)
+
+
+@pytest.mark.parametrize("bad", ["1", "1.5", "-0.1", "nan"])
+def test_a_bad_refit_share_is_one_error_line(write_study, capsys, bad):
+    write_study("tiny", _sh_study(f"refit = {bad}"))
+    assert main(["run", "--study", "tiny", "--trials", "1", "-q"]) == 2
+    one_error_line(capsys, "[budget]: refit must be a share of the wall clock", "e.g. 0.25")
+
+
+# ------------------------------------------------------------------ no FAIL clutter
+
+
+def test_with_a_refit_the_first_draw_that_cannot_fit_ends_the_search(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    # batch 128 trains in a moment; every other batch size is estimated at hours. The first
+    # misfit ends the search (its time goes to the refit): one draw stored as not run.
+    study = _sh_study("refit = 0.25", epochs=6).replace('"data.batch_size" = 128\n', "")
+    study = study.replace("[fixed]", '[params]\n"data.batch_size" = [16, 24, 128]\n\n[fixed]')
+    write_study("tiny", study + '\n[[enqueue]]\n"data.batch_size" = 128\n')
+
+    def measure(cfg, *, num_classes, in_chans=3, **kw) -> trainer.Throughput:
+        ips = 1e6 if cfg.data.batch_size == 128 else 1.0
+        return trainer.Throughput(ips, "cpu:test", cfg.data.batch_size, 3)
+
+    monkeypatch.setattr(trainer, "measure_throughput", measure)
+    rc = main(["run", "--study", "tiny", "--budget", "10m", "-q", "--storage", storage_url])
+    assert rc == 0
+    trials = load(storage_url).trials
+    fails = [t for t in trials if t.state == TrialState.FAIL]
+    finished = [t for t in trials if t.state != TrialState.FAIL]
+    assert len(fails) == 1 and fails[0].user_attrs["status"] == "no_time"
+    assert len(finished) > len(fails)
+    assert any(REFIT_ATTR in t.user_attrs for t in finished)
+    assert "goes to training the best trial longer" in capsys.readouterr().err
+    # the summary counts the refused draw apart, not as a failure
+    assert best_record(load(storage_url))["trials"].get("not run") == 1
+    assert "fail" not in best_record(load(storage_url))["trials"]
+
+
+# ---------------------------------------------------------------------- search init
+
+
+def test_the_budget_decides_the_rungs():
+    # per epoch: seed_cnn 0.01 min, small_cnn 0.05 min (the median of the two), + overhead
+    kept = [
+        si.BackboneCost("seed_cnn", 64, 100.0, 10 * 0.01 + si.TRIAL_OVERHEAD_S / 60),
+        si.BackboneCost("small_cnn", 64, 20.0, 10 * 0.05 + si.TRIAL_OVERHEAD_S / 60),
+    ]
+    tops = {}
+    for minutes in (2, 10, 60):
+        low, top, why = si._choose_schedule(kept, epochs=10, wall_seconds=60.0 * minutes)
+        tops[minutes] = top
+        assert low == 2 and f"and top {top} epochs" in why and "small_cnn" in why
+    # 2 min: a bracket of 3 trials up to 6 epochs (10 epochs, 0.5 min) fits half of 1.5 min;
+    # 10 min: 9 trials up to 18 (42 epochs, 2.1 min) fit half of 7.5; 60 min: 27 up to 54
+    assert tops == {2: 6, 10: 18, 60: 54}
+    low, top, why = si._choose_schedule(kept, epochs=4, wall_seconds=30.0)  # nothing fits
+    assert (low, top) == (1, 4) and why.startswith("1, 3 and top 4 epochs: even a bracket")
+
+
+def test_search_init_writes_the_schedule_the_sizes_and_the_refit_with_their_reasons(
+    tmp_path, monkeypatch, capsys
+):
+    def measure(cfg, *, num_classes, in_chans=3, steps=3, warmup=1, max_seconds=20.0):
+        ips = SPEED_AT_64[cfg.model.backbone] * (64 / cfg.data.image_size) ** 2
+        return trainer.Throughput(ips, "cpu:test", cfg.data.batch_size, steps)
+
+    monkeypatch.setattr(si, "measure_throughput", measure)
+    root = make_folder(tmp_path / "photos", 15)
+    assert main(["init", str(root), "--budget", "10m"]) == 0
+    out = capsys.readouterr().out
+    text = Path("studies/photos.toml").read_text()
+    raw = tomllib.loads(text)
+    assert raw["pruner"] == {"name": "successive_halving", "min_resource": 2, "reduction_factor": 3}
+    # small_cnn, the median kept backbone, ~0.5 s an epoch: 2 brackets of 27 trials up to 54
+    # epochs (162 epochs each, 1.4 min) fit the search's 7.5 min
+    assert raw["budget"]["epochs"] == 54 and raw["budget"]["patience"] == 9
+    assert raw["budget"]["refit"] == si.REFIT_SHARE == 0.25
+    # 64 px for resnet18; 48 px below; 96 px (the images' size) fits seed_cnn's trial
+    assert raw["data"]["image_size"] == 64
+    assert raw["params"]["data.image_size"] == [48, 64, 96]
+    assert raw["enqueue"][0]["data.image_size"] == 48  # low resolution first
+    # the file and the output say why
+    assert "# Multi-fidelity over epochs" in text and "The budget sets the rungs:" in text
+    assert "rungs at 2, 6, 18 and top 54 epochs: a bracket (27 trials started" in text
+    assert "# Image sizes 48, 64, 96 px: 48 px costs 56% of 64 px;" in text
+    assert "# The last 25% of the wall clock trains the best trial's configuration" in text
+    assert (
+        "rungs    2, 6" in out
+        and "searched 48, 64, 96 px" in out
+        and "refit    the last 25%" in out
+    )
+    spec = load_study("photos")  # the study file parser accepts all of it
+    assert spec.budget["refit"] == 0.25 and spec.pruner["name"] == "successive_halving"
