@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search.report.stats import mean_ci, paired_difference
+from search.report.stats import expected_max_curve, mean_ci, paired_difference
 from search.report.tables import (
     DELTA_LABEL,
     FORMATS,
@@ -565,3 +565,67 @@ def test_final_results_table_in_full():
         "Publish #1: the best confirmed validation mean (chosen on validation, not on test); "
         f"its test accuracy is {cell([0.5, 0.6])} % (n=2)."
     )
+
+
+def test_json_rendering_byte_for_byte():
+    import numpy as np
+
+    table = Table(
+        title="Δ",
+        headers=["k", "v"],
+        rows=[["1", "x"], ["2", "y"]],
+        raw=[[np.int64(1), (np.float64(0.5), math.nan)], [2, Path("p")]],
+    )
+    assert table.to_json() == (
+        "{\n"
+        '  "title": "Δ",\n'
+        '  "headers": [\n    "k",\n    "v"\n  ],\n'
+        '  "records": [\n'
+        '    {\n      "k": 1,\n      "v": [\n        0.5,\n        null\n      ]\n    },\n'
+        '    {\n      "k": 2,\n      "v": "p"\n    }\n'
+        "  ],\n"
+        '  "display": [\n    [\n      "1",\n      "x"\n    ],\n    [\n      "2",\n      "y"\n    ]\n  ],\n'
+        '  "notes": []\n'
+        "}\n"
+    )  # fmt: skip
+
+
+def test_loss_table_in_full():
+    runs = {
+        "ce": [{"final_val_acc": 0.9}, {"final_val_acc": 0.8}],
+        "focal": [{"final_val_acc": 0.7}],
+    }
+    table = loss_table(runs, confidence=0.9, title="L")
+    ce = mean_ci([0.9, 0.8], confidence=0.9)
+    assert (table.title, table.headers[0], table.headers[2]) == ("L", "Loss", "n")
+    assert table.rows == [
+        ["ce", ce.format(scale=100.0, show_n=False), "2"],
+        ["focal", "70.00", "1"],
+    ]
+    ce_raw = ce.to_dict(scale=100.0)
+    assert table.raw == [
+        ["ce", {"mean": ce_raw["mean"], "half_width": ce_raw["half_width"]}, 2],
+        ["focal", {"mean": 70.0, "half_width": None}, 1],
+    ]
+    assert table.notes == ["Mean ± 90% t confidence interval over n runs."]
+    assert loss_table(runs).title == "Loss function comparison"
+
+
+def test_expected_min_table_of_a_loss_in_its_own_units():
+    values = [0.5, 0.25, 1.0]
+    t = expected_max_table(values, [1, 3], scale=1.0, decimals=3, minimize=True, label="loss")
+    assert t.title == "Expected lowest loss after k trials"
+    assert t.headers == ["k", "Expected lowest", "Std"]
+    curve = expected_max_curve(values, [1, 3], minimize=True)
+    assert t.rows == [[str(p.k), f"{p.mean:.3f}", f"{p.std:.3f}"] for p in curve]
+    assert t.raw == [[p.k, p.mean, p.std] for p in curve]
+    assert curve[1].mean < curve[0].mean  # the lowest of three draws is lower
+    assert t.notes == [
+        "Expected lowest of k trials drawn with replacement from the 3 finished trials, with "
+        'its standard deviation (Dodge et al., 2019, "Show Your Work").'
+    ]
+
+
+def test_html_files_are_standalone_pages(tmp_path):
+    (path,) = write_tables([GOLDEN], tmp_path, "html")
+    assert path.read_text(encoding="utf-8") == GOLDEN.to_html(standalone=True)
