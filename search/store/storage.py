@@ -308,7 +308,7 @@ def _wrap_methods(cls: type, names: tuple[str, ...]) -> None:
 _wrap_methods(ResilientRDBStorage, RETRIED_METHODS)
 
 
-_BACKENDS = ("sqlite", "postgresql", "mysql")
+_BACKENDS = ("sqlite", "postgresql")
 
 
 class Storage:
@@ -324,6 +324,12 @@ class Storage:
         self.url = resolve_url(url)
         self.parsed: URL = _parse(self.url)
         self.backend = self.parsed.get_backend_name()
+        if self.backend == "mysql":  # Optuna takes it; nothing here is tested against it
+            raise ValueError(
+                f"MySQL storage ({mask_url(self.url)}) is not supported: hpsearch's locks and "
+                "claims are tested on SQLite and PostgreSQL only; use "
+                "postgresql+psycopg://USER@HOST:PORT/DB (many workers) or sqlite:///FILE"
+            )
         if self.backend not in _BACKENDS:
             raise ValueError(_unsupported(self.url))
         self.masked = mask_url(self.url)
@@ -489,21 +495,11 @@ class Storage:
             if not pooled:
                 raise _connect_error(self.url, exc) from None
             raise
-        with conn, conn.begin():
-            if self.backend == "postgresql":
-                ms = int(hold_limit * 1000)
-                conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
-                conn.execute(
-                    sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(key)}
-                )
-                yield conn
-            else:  # MySQL: a named lock, released explicitly
-                name = f"hpsearch:{_lock_key(key)}"
-                conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
-                try:
-                    yield conn
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+        with conn, conn.begin():  # PostgreSQL (the one server backend)
+            ms = int(hold_limit * 1000)
+            conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {ms}")
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(key)})
+            yield conn
 
     def _own_lock_engine(self) -> Any:
         """An engine without a pool for locks held apart from ``rdb``'s pool: before the
