@@ -161,7 +161,8 @@ def run_quick(name: str, data: Path, url: str, *extra: str) -> optuna.Study:
 
 
 def test_food11_quick_trains_on_a_flat_folder(tmp_path, storage_url):
-    data = flat_folder(tmp_path / "food11", 11)
+    # data.test_fraction = 0.1 holds out one of every class's 10 training images
+    data = flat_folder(tmp_path / "food11", 11, per_class=10)
     run_quick("food11", data, storage_url)
 
 
@@ -172,9 +173,10 @@ def test_fruit3_quick_trains_on_class_folders(tmp_path, storage_url):
 
 
 def test_kfood_quick_scratch_then_transfer_from_its_best(tmp_path, storage_url):
-    run_quick("kfood_scratch", class_folders(tmp_path / "kfood", 6), storage_url)
+    # data.test_fraction = 0.2 holds out one of every class's 5 training images
+    run_quick("kfood_scratch", class_folders(tmp_path / "kfood", 6, per_class=5), storage_url)
     source = optuna.load_study(study_name="kfood_scratch.quick", storage=storage_url)
-    health = class_folders(tmp_path / "kfood_health", 4, seed=1)
+    health = class_folders(tmp_path / "kfood_health", 4, per_class=5, seed=1)
     study = run_quick("kfood_transfer", health, storage_url)
     cfg = study.trials[0].user_attrs["config"]
     assert cfg["model.pretrained"] == source.best_trial.user_attrs["checkpoint"]
@@ -241,6 +243,8 @@ def test_fruit3_quick_ablation_is_its_own_companion_with_parameter_counts(
     assert len(runs) == 7  # baseline + 2 batch sizes + 3 learning rates + 1 dropout, 1 repeat
     assert {t.user_attrs["config"]["data.image_size"] for t in runs} == {64}
     assert {t.user_attrs["param_count"] for t in runs} == {337_891}
+    # repeat r trains with seed r, as the header says, not with the search's 2342
+    assert {t.user_attrs["config"]["train.seed"] for t in runs} == {0}
 
 
 def test_parameter_counts_in_the_best_summary_and_the_trials_table(tmp_path, storage_url, capsys):
