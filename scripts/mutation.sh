@@ -6,6 +6,7 @@
 #
 #   bash scripts/mutation.sh            # the committed tree (HEAD), in a scratch folder
 #   JOBS=1 bash scripts/mutation.sh     # mutants in parallel (default 2)
+#   bash scripts/mutation.sh 'search.study.splits*' 'trainer.steps*'   # only these mutants
 #
 # Tool: mutmut 3. It mutates a copy of the code (mutants/ in the scratch folder, never this
 # work tree), switches mutants on per function through an environment variable (no re-import
@@ -65,7 +66,7 @@ start=$(date +%s)
 # A first run on fresh mutants has twice ended in its traced run with pytest's exit code 4;
 # run again, which goes on from where it stopped.
 for attempt in 1 2; do
-    nice -n 19 "$VENV/bin/mutmut" run --max-children "$JOBS" > "mutmut-$attempt.log" 2>&1 && break
+    nice -n 19 "$VENV/bin/mutmut" run --max-children "$JOBS" "$@" > "mutmut-$attempt.log" 2>&1 && break
     [ "$attempt" = 2 ] && { tail -c 2000 "mutmut-$attempt.log"; exit 1; }
 done
 "$VENV/bin/mutmut" results > survivors.txt 2>&1 || true
