@@ -36,6 +36,7 @@ from search.study.budget import parse_duration
 from search.study.samplers import bracket_rungs, expected_epoch_share
 from trainer import DataConfig, TrainConfig, load_data, measure_throughput, select_device
 from trainer._files import atomic_write
+from trainer.data import load_test
 from trainer.data.loaders import FolderScan, cache_dir, detect_layout, scan_folder, unreadable_files
 from trainer.throughput import device_label
 
@@ -70,6 +71,11 @@ RUNG_MIN, REDUCTION, MAX_RUNGS, BRACKETS_PER_SEARCH = 2, 3, 3, 2
 # quarter holds the top rung of a typical kept configuration about twice over (the search's
 # three quarters hold BRACKETS_PER_SEARCH brackets of it), and leaves the search most of it.
 REFIT_SHARE = 0.25
+# The test split search init holds out (data.test_fraction), so that `search confirm` can
+# report accuracy on images no trial was chosen by: 10% of the images when that is at least
+# MIN_TEST_IMAGES, else 20% when that is, else none. Fewer test images would measure accuracy
+# to worse than about +-6 points (a 95% interval at 80%: +-5.5 with 200) and cost training.
+TEST_FRACTIONS, MIN_TEST_IMAGES = (0.1, 0.2), 200
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -100,6 +106,9 @@ class FolderSummary:
     size_range: tuple[int, int]  # smallest and largest short side, px
     bad: list[tuple[str, str]]  # (file, why) the decoding pass skips
     warnings: list[str] = field(default_factory=list)
+    n_test: int = 0  # the test split's images: the folder's own, or held out (test_fraction)
+    test_fraction: float = 0.0  # what the study file's [data] test_fraction says
+    test_note: str = ""  # where the test split comes from, or why there is none
 
     @property
     def imbalance(self) -> float:
@@ -172,12 +181,27 @@ def summarize_folder(scan: FolderScan, *, image_size: int) -> FolderSummary:
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        data = load_data(DataConfig(name=scan.layout, root=str(scan.root), image_size=image_size))
+        cfg = DataConfig(name=scan.layout, root=str(scan.root), image_size=image_size)
+        data = load_data(cfg)
+        pool = len(data.y_train) + (len(data.y_val) if scan.is_val is None else 0)
+        given = data.splits.get("test", {}).get("count", 0)  # a test/ folder, split=test rows
+        test_fraction, test_note = choose_test_split(pool, given=given)
+        if test_fraction:
+            del data  # split again, a test split first, as training will
+            try:
+                cfg = replace(cfg, test_fraction=test_fraction)
+                data = load_data(cfg)
+            except ValueError as exc:  # a class too small to split three ways
+                why = (str(exc).splitlines() or ["?"])[0]
+                test_fraction, test_note = 0.0, f"no test split: holding one out fails ({why})"
+                cfg = replace(cfg, test_fraction=0.0)
+                data = load_data(cfg)
+        y_test = load_test(cfg)[1] if data.splits.get("test", {}).get("count") else None
     for w in seen:
         text = str(w.message)
         if not text.startswith("skipping"):  # unreadable files are listed by the summary
             caught.append(text)
-    y = torch.cat([data.y_train, data.y_val])
+    y = torch.cat([data.y_train, data.y_val, *([] if y_test is None else [y_test])])
     counts = torch.bincount(y, minlength=data.num_classes).tolist()
     sides = sorted(min(scan.sizes[i]) for i in good if scan.sizes[i] is not None)
     return FolderSummary(
@@ -192,6 +216,26 @@ def summarize_folder(scan: FolderScan, *, image_size: int) -> FolderSummary:
         size_range=(sides[0], sides[-1]) if sides else (image_size, image_size),
         bad=bad,
         warnings=caught,
+        n_test=0 if y_test is None else len(y_test),
+        test_fraction=test_fraction,
+        test_note=test_note,
+    )
+
+
+def choose_test_split(pool: int, *, given: int) -> tuple[float, str]:
+    """(data.test_fraction, why) for a folder whose split pool (the images a test split would
+    come from) holds ``pool`` images and whose own test split ``given`` (0: none)."""
+    if given:
+        return 0.0, f"the folder's own test split, {given:,} images"
+    for fraction in TEST_FRACTIONS:
+        if pool * fraction >= MIN_TEST_IMAGES:
+            return fraction, (
+                f"{fraction:.0%} of the images held out, which no trial sees: "
+                "`search confirm` reports accuracy on them"
+            )
+    return 0.0, (
+        f"no test split: {pool:,} images are too few to hold out {MIN_TEST_IMAGES} "
+        f"(fewer measure accuracy to worse than about +-6 points, and cost training images)"
     )
 
 
@@ -602,8 +646,9 @@ def describe(plan: InitPlan) -> list[str]:
     lines = [
         f"folder   {f.root} (layout {f.layout}, {split})",
         f"images   {sum(f.counts):,} in {len(f.classes)} classes: {shown}{more}",
-        f"         {f.n_train:,} train / {f.n_val:,} val; largest class / smallest "
-        f"{f.imbalance:.1f}",
+        f"         {f.n_train:,} train / {f.n_val:,} val{_test_count(f)}; largest class / "
+        f"smallest {f.imbalance:.1f}",
+        f"test     {f.test_note}",
         f"sizes    short side ~{f.short_side} px (from {f.size_range[0]} to {f.size_range[1]})",
     ]
     if f.bad:
@@ -682,7 +727,7 @@ def render_study(plan: InitPlan) -> str:
         f"# Written by `search init {plan.source}` for this folder and this machine "
         f"({plan.device}).",
         f"# {sum(f.counts):,} images in {len(f.classes)} classes ({f.n_train:,} train / "
-        f"{f.n_val:,} val), short side ~{f.short_side} px.",
+        f"{f.n_val:,} val{_test_count(f)}), short side ~{f.short_side} px.",
         f"# `search space --study {plan.name}` shows the space, "
         f"`search run --study {plan.name}` runs it.",
         "# Edit freely; `search init --force` writes it again.",
@@ -700,6 +745,7 @@ def render_study(plan: InitPlan) -> str:
             f"largest size at which {REFERENCE} fits max_trial_minutes here",
         ),
         _kv("augment", "light", "random crops and flips on the training device"),
+        *_test_lines(f),
         "",
         _kv("[params]", None, "the whole search space, one entry per config key"),
         "# Backbones that finish a trial within max_trial_minutes here, from scratch:",
@@ -771,6 +817,36 @@ def render_study(plan: InitPlan) -> str:
     if plan.sizes:  # low resolution first: the quickest first result
         lines.append(_kv('"data.image_size"', plan.sizes[0]))
     return "\n".join(lines) + "\n"
+
+
+def _test_count(f: FolderSummary) -> str:
+    return f" / {f.n_test:,} test" if f.n_test else ""
+
+
+def _test_lines(f: FolderSummary) -> list[str]:
+    """The [data] lines on the test split: test_fraction and why, or why there is none."""
+    rule = (
+        f"search init holds out {TEST_FRACTIONS[0]:.0%} when that is at least "
+        f"{MIN_TEST_IMAGES} images, else {TEST_FRACTIONS[1]:.0%} when that is, else none."
+    )
+    if f.test_fraction:
+        return [
+            *_wrap_comment(
+                "A test split that no search trial sees: the best trial's validation accuracy "
+                "is optimistic (it was chosen by it), and `search confirm` reports accuracy on "
+                f"these images instead. {rule} Change it before the first run only: the split "
+                "is part of the study.",
+                indent="# ",
+            ),
+            _kv("test_fraction", f.test_fraction, f"{f.n_test:,} images"),
+        ]
+    if f.n_test:
+        return [f"# The folder's own test split ({f.n_test:,} images) is `search confirm`'s."]
+    return _wrap_comment(
+        f"{f.test_note[0].upper()}{f.test_note[1:]}. {rule} `search confirm` needs one: add a "
+        "labelled test/ folder, or test_fraction = 0.2 here, before the first run.",
+        indent="# ",
+    )
 
 
 def _wrap_comment(text: str, width: int = 96, indent: str = "#   ") -> list[str]:
