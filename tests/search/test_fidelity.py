@@ -366,3 +366,14 @@ def test_search_init_writes_the_schedule_the_sizes_and_the_refit_with_their_reas
     )
     spec = load_study("photos")  # the study file parser accepts all of it
     assert spec.budget["refit"] == 0.25 and spec.pruner["name"] == "successive_halving"
+
+
+def test_searched_sizes_reach_up_to_where_the_cheapest_kept_backbone_fits():
+    # seed_cnn: 0.1 min of images per trial at 32 px; x2.25 at 48 px, x4 at 64, x9 at 96
+    kept = [si.BackboneCost("seed_cnn", 32, 100.0, si.TRIAL_OVERHEAD_S / 60 + 0.1)]
+    sizes, why = si._choose_sizes(kept, size=32, cap=96, floor=32, limit=1.0)
+    assert sizes == [32, 48, 64]  # at most three, though 96 px would fit too
+    assert "seed_cnn fits a trial at 64 px" in why
+    assert si._choose_sizes(kept, size=32, cap=96, floor=32, limit=0.4)[0] == [32, 48]
+    assert si._choose_sizes(kept, size=48, cap=96, floor=32, limit=0.2)[0] == [32, 48]
+    assert si._choose_sizes(kept, size=32, cap=32, floor=32, limit=1.0)[0] == []
