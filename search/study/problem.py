@@ -49,6 +49,9 @@ def describe_problem(
     out["data.digest"] = data_digest(data)
     out["data.images"] = {k: v["count"] for k, v in data.splits.items()}
     out["train.epochs"] = flat["train.epochs"]
+    if flat.get("data.epoch_repeats", 1) != 1:  # k passes an epoch: as long as k x the epochs
+        # recorded only where set, so a study from before the setting is the same problem
+        out["data.epoch_repeats"] = flat["data.epoch_repeats"]
     out["metric"] = f"{metric} ({direction})"
     out["space"] = space
     out["params"] = json.loads(json.dumps(params, default=str))

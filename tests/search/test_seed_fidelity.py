@@ -270,3 +270,18 @@ def test_seed_001_tables_per_configuration_and_per_strategy_with_test_accuracy(
     partial = done["partial"]
     assert partial.user_attrs["config"]["model.freeze_stages"] == 2
     assert partial.user_attrs["trainable_param_count"] < partial.user_attrs["param_count"]
+
+
+def test_a_study_refuses_trials_of_another_epoch_length(write_study, storage_url, capsys):
+    """Eight passes an epoch is a longer epoch: trials of one and of eight passes are no more
+    comparable than trials of 1 and 8 epochs (an older fruit3 study, resumed, says so)."""
+    from conftest import TINY_DIGITS
+
+    write_study("tiny", TINY_DIGITS)
+    run = ["run", "--study", "tiny", "--trials", "1", "-q", "--storage", storage_url]
+    assert main(run) == 0
+    capsys.readouterr()
+    assert main([*run, "--set", "data.epoch_repeats=2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.epoch_repeats: None -> 2" in err and "--force" in err
+    assert main([*run, "--set", "data.epoch_repeats=1"]) == 0  # one pass: the same problem
