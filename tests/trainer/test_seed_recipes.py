@@ -28,7 +28,7 @@ def _indexed_data() -> ImageData:
     )
 
 
-def _trained_indices(monkeypatch, repeats: int) -> list[torch.Tensor]:
+def _trained_indices(monkeypatch, repeats: int, cache: str = "device") -> list[torch.Tensor]:
     """The image indices of every optimizer step of one epoch, in order."""
     steps: list[torch.Tensor] = []
     real = trainer.steps.make_step
@@ -49,6 +49,7 @@ def _trained_indices(monkeypatch, repeats: int) -> list[torch.Tensor]:
             "data.image_size": 8,
             "data.batch_size": BATCH,
             "data.epoch_repeats": repeats,
+            "data.device_cache": cache,
             "model.width": 4,
             "train.epochs": 1,
             "train.patience": 0,
@@ -60,9 +61,10 @@ def _trained_indices(monkeypatch, repeats: int) -> list[torch.Tensor]:
     return steps
 
 
-def test_an_epoch_with_8_repeats_takes_8x_the_steps_and_sees_each_image_8_times(monkeypatch):
-    once = _trained_indices(monkeypatch, 1)
-    eight = _trained_indices(monkeypatch, 8)
+@pytest.mark.parametrize("cache", ["device", "host"])  # indexed in place, or gathered ahead
+def test_an_epoch_with_8_repeats_takes_8x_the_steps_and_sees_each_image_8_times(monkeypatch, cache):
+    once = _trained_indices(monkeypatch, 1, cache)
+    eight = _trained_indices(monkeypatch, 8, cache)
     assert len(once) == N_TRAIN // BATCH
     assert len(eight) == 8 * len(once)
     order = torch.cat(eight)
