@@ -250,6 +250,8 @@ def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         trial.set_user_attr(key, value)  # oom_retries, micro_batch, resumed_from_epoch, ...
     if result.checkpoint:
         trial.set_user_attr("checkpoint", result.checkpoint)
+    if result.val_predictions is not None:  # how precisely one run measures its accuracy
+        trial.set_user_attr("val_images", len(result.val_predictions))
 
 
 def _store_error(trial: optuna.Trial, cfg: trainer.TrainConfig, exc: Exception) -> None:

@@ -145,10 +145,13 @@ def print_ablation(companion: optuna.Study) -> None:
 
 
 def ablation_note(companion: optuna.Study) -> str:
+    repeats = companion.user_attrs.get("repeats", "?")
+    how = f"{repeats} repeats; mean ± 95% CI"
+    if repeats == 1:
+        how = "1 repeat: single runs, no intervals or tests"
     parts = [
         f"Ablation of `{companion.user_attrs.get('ablation_of', '?')}` "
-        f"(baseline: {companion.user_attrs.get('baseline_source', '?')}, "
-        f"{companion.user_attrs.get('repeats', '?')} repeats; mean ± 95% CI)"
+        f"(baseline: {companion.user_attrs.get('baseline_source', '?')}, {how})"
     ]
     parts += [t.to_markdown() for t in ablation_tables(companion)]
     return "\n\n".join(parts)
@@ -350,8 +353,10 @@ def ablation_curve_figures(arms: list[dict[str, Any]]) -> dict[str, Any]:
                 name=label,
             )
             fig.add_scatter(x=epochs, y=mean, name=label, mode="lines+markers")
+        single = all(len(arm["runs"]) <= 1 for arm in group)
+        how = "one run per value" if single else "mean over repeats, band = range"
         fig.update_layout(
-            title=f"val_acc per epoch by {factor} (mean over repeats, band = range)",
+            title=f"val_acc per epoch by {factor} ({how})",
             xaxis_title="epoch",
             yaxis_title="validation accuracy",
         )
@@ -375,8 +380,10 @@ def ablation_bar_figures(arms: list[dict[str, Any]]) -> dict[str, Any]:
             means.append(est.mean)
             errs.append(0.0 if math.isnan(est.half_width) else est.half_width)
         fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": errs}))
+        single = all(len(arm["runs"]) <= 1 for arm in group)
+        how = "single runs: no interval" if single else "mean ± 95% CI"
         fig.update_layout(
-            title=f"max val_acc by {factor} (mean ± 95% CI)",
+            title=f"max val_acc by {factor} ({how})",
             xaxis_title=factor,
             yaxis_title="max validation accuracy",
         )

@@ -53,6 +53,7 @@ def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
             "test_acc": a.get("test_acc"),
             "param_count": a.get("param_count"),
             "trainable_param_count": a.get("trainable_param_count"),
+            "val_images": a.get("val_images"),  # None for runs stored before it was kept
         }
     return [
         {**arm, "runs": [by_arm.get(arm["arm"], {})[r] for r in sorted(by_arm.get(arm["arm"], {}))]}

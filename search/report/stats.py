@@ -27,6 +27,7 @@ __all__ = [
     "format_p",
     "mean_ci",
     "paired_difference",
+    "repeats_needed",
 ]
 
 
@@ -160,6 +161,34 @@ class PairedTest:
 
     def __str__(self) -> str:
         return self.format()
+
+
+def repeats_needed(
+    diff: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, most: int = 1000
+) -> int | None:
+    """The repeats (pairs) a two-sided paired t-test at level ``alpha`` needs to find a true
+    mean difference ``diff`` with probability ``power`` when the differences have standard
+    deviation ``sd``: the least n >= 2 whose power (noncentral t) reaches it. None for a zero
+    or undefined difference or spread, or beyond ``most``."""
+    if not (math.isfinite(diff) and math.isfinite(sd)) or diff == 0 or sd <= 0:
+        return None
+    effect = abs(diff) / sd
+    # the normal approximation is a lower bound on n: start the exact search there
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    n = max(2, math.floor((z / effect) ** 2))
+    while n <= most:
+        crit = _st.t.ppf(1 - alpha / 2, n - 1)
+        shift = effect * math.sqrt(n)
+        # scipy's noncentral t gives nan far in a tail (a large shift): there the far tail is
+        # 0, and the near one the normal's
+        upper = float(_st.nct.sf(crit, n - 1, shift))
+        if math.isnan(upper):
+            upper = float(_st.norm.sf(crit - shift))
+        lower = float(_st.nct.cdf(-crit, n - 1, shift))
+        if upper + (0.0 if math.isnan(lower) else lower) >= power:
+            return n
+        n += 1
+    return None
 
 
 def _none_if_nan(x: float) -> float | None:

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.report.stats import Estimate, expected_max_curve, mean_ci, paired_difference
+from search.report.stats import (
+    Estimate,
+    expected_max_curve,
+    mean_ci,
+    paired_difference,
+    repeats_needed,
+)
 from search.study.metrics import DEFAULT_LOSS_METRIC, LOSS_METRICS
 
 __all__ = [
@@ -495,23 +501,40 @@ def factor_table(
         raw.append(raw_row)
 
     base = _by_repeat(runs[baseline_value], "final_val_acc", arm=baseline_value)
+    single = all(len(_metric_values(runs[v], "final_val_acc")) <= 1 for v in values)
+    noise = _run_noise([r for v in values for r in runs[v]]) if single else None
     row, raw_row = [DELTA_LABEL], [DELTA_LABEL]
     for v in values:
         if v == baseline_value:
             row.append("—")
             raw_row.append(None)
             continue
-        cell, cell_raw = _paired_cell(_by_repeat(runs[v], "final_val_acc", arm=v), base, confidence)
+        mine = _by_repeat(runs[v], "final_val_acc", arm=v)
+        cell, cell_raw = _paired_cell(mine, base, confidence)
+        if single and cell_raw["n"] == 1:  # one pair: how many would test a gap this size
+            needed = _repeats_for(cell_raw["mean"] / 100, noise)
+            cell_raw["repeats_needed"] = needed
+            if needed is not None:
+                cell = cell[:-1] + f"; {needed} repeats to test)"
+            elif noise is not None and cell_raw["mean"]:  # a gap too small to ever test
+                cell = cell[:-1] + f"; over {MOST_REPEATS} repeats to test)"
         row.append(cell)
         raw_row.append(cell_raw)
     rows.append(row)
     raw.append(raw_row)
 
-    notes = [
-        f"Mean ± {level} t confidence interval over repeats (n = runs); accuracies in %.",
-        f"Δ: final validation accuracy minus the baseline's ({factor} = {baseline_value}), "
-        "paired by repeat; p from a two-sided paired t-test.",
-    ]
+    delta = f"Δ: final validation accuracy minus the baseline's ({factor} = {baseline_value})"
+    if single:
+        notes = [
+            "Single runs (n=1): each cell is one run, not a mean; with one run per value there "
+            "is no confidence interval and no t-test. Accuracies in %.",
+            f"{delta}, in the same repeat. {_repeats_note(noise)}",
+        ]
+    else:
+        notes = [
+            f"Mean ± {level} t confidence interval over repeats (n = runs); accuracies in %.",
+            f"{delta}, paired by repeat; p from a two-sided paired t-test.",
+        ]
     return Table(
         title=title or f"Ablation: {factor}",
         headers=[factor, *(str(v) for v in values)],
@@ -533,18 +556,85 @@ def loss_table(
     if metric not in LOSS_METRICS:
         raise ValueError(f"metric must be one of {list(LOSS_METRICS)}, but got {metric=}")
     label = METRICS[metric][0]
-    rows, raw = [], []
+    rows, raw, means = [], [], []
     for loss, loss_runs in runs.items():
         est: Estimate = mean_ci(_metric_values(loss_runs, metric), confidence=confidence)
         rows.append([str(loss), est.format(scale=100.0, decimals=2, show_n=False), str(est.n)])
         d = est.to_dict(scale=100.0)
         raw.append([str(loss), {"mean": d["mean"], "half_width": d["half_width"]}, est.n])
+        if est.n:
+            means.append(est.mean)
+    notes = [f"Mean ± {_level(confidence)} t confidence interval over n runs."]
+    if all(len(_metric_values(r, metric)) <= 1 for r in runs.values()):
+        notes = ["Single runs (n=1): each value is one run, with no confidence interval."]
+        if len(means) >= 2:
+            first, second = sorted(means, reverse=True)[:2]
+            noise = _run_noise([r for rs in runs.values() for r in rs])
+            notes.append(
+                _repeats_note(
+                    noise,
+                    gap=f"The two best losses differ by {100 * (first - second):.2f} points",
+                    needed=_repeats_for(first - second, noise),
+                )
+            )
     return Table(
         title=title,
         headers=["Loss", f"{label} (%)", "n"],
         rows=rows,
         raw=raw,
-        notes=[f"Mean ± {_level(confidence)} t confidence interval over n runs."],
+        notes=notes,
+    )
+
+
+# The power a repeat count is sized for, as is usual: a real difference of the size seen is
+# found 4 times in 5 by a two-sided paired t-test at p < 0.05.
+POWER, ALPHA = 0.8, 0.05
+MOST_REPEATS = 1000  # beyond this, a difference is reported as too small to test
+
+
+def _run_noise(runs: Iterable[Run]) -> tuple[float, int] | None:
+    """(sd, images): the standard deviation of the difference between two single runs'
+    final validation accuracies if each varied only by the binomial sampling of its
+    validation images (``val_images`` of them, at the runs' mean accuracy); None when the
+    runs do not record their validation size (stored before it was kept)."""
+    accs = _metric_values(runs, "final_val_acc")
+    sizes = {r.get("val_images") for r in runs} - {None}
+    if not accs or len(sizes) != 1:
+        return None
+    images = int(next(iter(sizes)))
+    p = sum(accs) / len(accs)
+    return math.sqrt(2 * p * (1 - p) / images), images
+
+
+def _repeats_for(diff: float, noise: tuple[float, int] | None) -> int | None:
+    if noise is None or diff is None:
+        return None
+    return repeats_needed(diff, noise[0], alpha=ALPHA, power=POWER, most=MOST_REPEATS)
+
+
+def _repeats_note(
+    noise: tuple[float, int] | None, *, gap: str | None = None, needed: int | None = None
+) -> str:
+    """How a table of single runs sizes the repeats a difference needs: for the Δ cells'
+    'N repeats to test', or (``gap``) for one difference named in the note."""
+    if noise is None:
+        return (
+            "How many repeats a difference needs is unknown here (the runs do not record their "
+            "validation size); rerun with --repeats 3 or more for intervals and tests."
+        )
+    sd, images = noise
+    if gap is None:
+        what, n = "'N repeats to test': the repeats per value with which", "N"
+    elif needed is None:
+        return f"{gap}: too little to test with any practical number of repeats."
+    else:
+        what, n = f"{gap}: with {needed} repeats per loss", str(needed)
+    return (
+        f"{what} a two-sided paired t-test (p < {ALPHA:g}) would find a real difference of "
+        f"that size {POWER:.0%} of the time, if runs varied only as much as an accuracy "
+        f"measured on {images:,} validation images does (±{100 * sd:.2f} points between two "
+        f"runs); runs with other seeds usually vary more, so {n} is a lower bound. "
+        f"search ablate --repeats {n} runs them."
     )
 
 

@@ -1,0 +1,97 @@
+"""Tables of single runs (an ablation of one repeat, as the quick profiles run): they say
+plainly that they have no interval and no test, and how many repeats a difference of the
+size shown would need."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import TINY_DIGITS
+
+from search.cli import main
+from search.report.stats import repeats_needed
+from search.report.tables import DELTA_LABEL, factor_table, loss_table
+
+
+def run(repeat: int, final: float, *, val_images: int | None = 500) -> dict:
+    return {
+        "repeat": repeat, "max_train_acc": final, "max_val_acc": final, "final_val_acc": final,
+        "train_seconds": 1.0, "epochs_run": 3, "val_images": val_images,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("effect", "n"), [(0.5, 34), (0.8, 15), (1.0, 10)])
+def test_repeats_needed_is_the_paired_t_tests_sample_size(effect, n):
+    # the textbook sample sizes of a two-sided paired t-test at 0.05 with 80% power (G*Power)
+    assert repeats_needed(effect * 2.0, 2.0) == n
+    assert repeats_needed(0.0, 1.0) is None and repeats_needed(0.001, 1.0, most=50) is None
+
+
+def test_a_large_difference_needs_few_repeats_where_scipys_tail_is_nan():
+    # n=2: power 0.53 (t with 1 df is heavy-tailed); n=3: 0.998. scipy's noncentral t
+    # returns nan for the far tail here, which must count as 0, not stop the search
+    assert repeats_needed(6.58, 1.0) == 3
+
+
+def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():
+    runs = {"8": [run(0, 0.90)], "64": [run(0, 0.86)], "256": [run(0, 0.70)]}
+    table = factor_table("data.batch_size", list(runs), runs, baseline_value="64")
+    notes = " ".join(table.notes)
+    assert "Single runs (n=1)" in notes and "no confidence interval and no t-test" in notes
+    assert "t confidence interval over repeats" not in notes and "p from a" not in notes
+    assert "search ablate --repeats N" in notes and "500 validation images" in notes
+    delta = next(r for r in table.rows if r[0] == DELTA_LABEL)
+    p = (0.90 + 0.86 + 0.70) / 3
+    sd = math.sqrt(2 * p * (1 - p) / 500)
+    for value, cell in zip(list(runs), delta[1:], strict=True):
+        if value == "64":
+            assert cell == "—"
+            continue
+        diff = runs[value][0]["final_val_acc"] - 0.86
+        needed = repeats_needed(diff, sd)
+        assert cell == f"{100 * diff:+.2f} (n=1; {needed} repeats to test)"
+    # a bigger gap needs fewer repeats
+    assert repeats_needed(0.16, sd) < repeats_needed(0.04, sd)
+
+
+def test_with_repeats_the_table_keeps_its_intervals_and_tests():
+    runs = {
+        "8": [run(0, 0.90), run(1, 0.91), run(2, 0.89)],
+        "64": [run(0, 0.86), run(1, 0.87), run(2, 0.85)],
+    }
+    table = factor_table("data.batch_size", list(runs), runs, baseline_value="64")
+    notes = " ".join(table.notes)
+    assert "Mean ± 95% t confidence interval over repeats" in notes and "paired t-test" in notes
+    assert "Single runs" not in notes
+    assert "repeats to test" not in " ".join(" ".join(r) for r in table.rows)
+
+
+def test_without_the_validation_size_the_count_is_said_to_be_unknown():
+    runs = {"8": [run(0, 0.9, val_images=None)], "64": [run(0, 0.86, val_images=None)]}
+    notes = " ".join(factor_table("b", list(runs), runs, baseline_value="64").notes)
+    assert "Single runs (n=1)" in notes and "is unknown here" in notes
+    assert "--repeats 3 or more" in notes
+
+
+def test_a_loss_table_of_single_runs_names_the_gap_and_its_repeats():
+    runs = {"ce": [run(0, 0.9133)], "focal": [run(0, 0.9067)], "ls": [run(0, 0.9033)]}
+    notes = " ".join(loss_table(runs).notes)
+    assert "Single runs (n=1)" in notes and "no confidence interval" in notes
+    assert "Mean ±" not in notes
+    sd = math.sqrt(2 * 0.9078 * (1 - 0.9078) / 500)
+    needed = repeats_needed(0.9133 - 0.9067, sd)
+    assert "The two best losses differ by 0.66 points" in notes
+    assert f"with {needed} repeats per loss" in notes
+
+
+def test_search_ablate_with_one_repeat_prints_it(write_study, storage_url, capsys):
+    ablation = (
+        '\n[ablation]\nrepeats = 1\n[ablation.fixed]\n"train.epochs" = 2\n'
+        '[ablation.factors]\n"optim.lr" = [0.001, 0.01]\n'
+    )
+    write_study("tiny", TINY_DIGITS + ablation)
+    assert main(["ablate", "--study", "tiny", "-q", "--storage", storage_url]) == 0
+    out = capsys.readouterr().out
+    assert "Single runs (n=1)" in out and "no t-test" in out
+    assert "repeats to test)" in out and "360 validation images" in out  # the digits' val
