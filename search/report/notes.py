@@ -3,6 +3,7 @@ status and reason, timings) and artifacts (learning curve, confusion matrix, che
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
@@ -176,9 +177,10 @@ def _confusion_csv(
     cm = confusion_matrix(data.y_val, pred, data.num_classes)
     path = tmp / f"confusion-matrix-trial-{number}.csv"
     names = data.class_names
-    rows = ["true\\predicted," + ",".join(names)]
-    rows += [f"{names[i]}," + ",".join(str(int(v)) for v in cm[i]) for i in range(len(names))]
-    path.write_text("\n".join(rows) + "\n")
+    with path.open("w", newline="", encoding="utf-8") as f:  # a name may hold , or "
+        out = csv.writer(f)
+        out.writerow(["true\\predicted", *names])
+        out.writerows([names[i], *(int(v) for v in cm[i])] for i in range(len(names)))
     return path
 
 
