@@ -62,15 +62,18 @@ DEFAULT_WALL = "10m"
 PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 2, 1, 3.0
 IMBALANCE = 3.0  # largest class / smallest class at which the focal loss joins the space
 # Multi-fidelity over epochs: successive halving (Optuna's is asynchronous, ASHA, so it suits
-# --workers K as well) judges a trial after RUNG_MIN epochs, then after 3x, 9x, ...; one in
-# REDUCTION goes on at each rung. The top rung (train.epochs) is RUNG_MIN * REDUCTION^k with
-# the largest k <= MAX_RUNGS for which BRACKETS_PER_SEARCH full brackets of a typical kept
-# configuration (REDUCTION^k trials started, one carried to the top) fit the search's time.
-RUNG_MIN, REDUCTION, MAX_RUNGS, BRACKETS_PER_SEARCH = 2, 3, 3, 2
+# --workers K as well) judges a trial after a few epochs (the lowest rung), then after 3x,
+# 9x, ...; one in REDUCTION goes on at each rung. The schedule is the longest of SCHEDULES for
+# which BRACKETS_PER_SEARCH full brackets of a typical kept configuration (REDUCTION^k trials
+# started, one carried to the top) fit the search's time, and the refit's share holds
+# REFIT_TOP_RUNGS times the top rung (train.epochs) of it.
+RUNG_MIN, REDUCTION, BRACKETS_PER_SEARCH, REFIT_TOP_RUNGS = 2, 3, 3, 2
+# (lowest rung, rungs above it), longest first: top rungs 54, 18, 9, 6 and 3 epochs
+SCHEDULES = ((2, 3), (2, 2), (1, 2), (2, 1), (1, 1))
 # The share of the wall clock kept to train the winner longer (search run's refit): the
-# issue's hard folder gained 2 points from its winner trained 30 epochs instead of 6-10. A
-# quarter holds the top rung of a typical kept configuration about twice over (the search's
-# three quarters hold BRACKETS_PER_SEARCH brackets of it), and leaves the search most of it.
+# issue's hard folder gained 2 points from its winner trained 30 epochs instead of 6-10. The
+# rungs are chosen so that a quarter holds the top rung of a typical kept configuration twice
+# (REFIT_TOP_RUNGS), while the search keeps three quarters of the budget.
 REFIT_SHARE = 0.25
 # The test split search init holds out (data.test_fraction), so that `search confirm` can
 # report accuracy on images no trial was chosen by: 10% of the images when that is at least
@@ -482,40 +485,43 @@ def _choose_schedule(
     """(lowest rung, top rung = train.epochs, why) of the successive-halving schedule.
 
     A bracket starts REDUCTION^k trials at the lowest rung and carries one to the top, so it
-    costs REDUCTION^k times a trial's expected epochs. The top rung is the highest (k up to
-    MAX_RUNGS) at which BRACKETS_PER_SEARCH brackets of a typical kept configuration (the
-    median cost per epoch) fit the search's share of the wall clock. When not even one rung
-    above the lowest fits, trials are judged after 1, 3, 9 ... of the ``epochs`` that a trial
-    of the cheapest configurations fits."""
+    costs REDUCTION^k times a trial's expected epochs. The schedule is the longest of
+    SCHEDULES at which BRACKETS_PER_SEARCH brackets of a typical kept configuration (the
+    median cost per epoch; ``kept`` are estimates of ``epochs`` epochs) fit the search's share
+    of the wall clock, and REFIT_TOP_RUNGS times the top rung of it fit the refit's share (a
+    refit no longer than its trial is pointless, and the first trial always reaches the top:
+    Optuna's halving promotes the best of fewer than REDUCTION); else the shortest."""
     fixed = TRIAL_OVERHEAD_S / 60
     per_epoch = {e.backbone: max(1e-9, ((e.minutes or 0.0) - fixed) / epochs) for e in kept}
     typical = sorted(per_epoch, key=per_epoch.get)[len(per_epoch) // 2]
     search = (1 - REFIT_SHARE) * wall_seconds / 60
-    room = search / BRACKETS_PER_SEARCH
-    tried: list[str] = []
-    for k in range(MAX_RUNGS, 0, -1):
-        top = RUNG_MIN * REDUCTION**k
-        bracket = REDUCTION**k * expected_epoch_share(_pruner_table(RUNG_MIN), max_epochs=top)
+    room, refit = search / BRACKETS_PER_SEARCH, REFIT_SHARE * wall_seconds / 60
+    tried: list[str] = []  # why each longer schedule was left out
+    for low, k in SCHEDULES:
+        top = low * REDUCTION**k
+        bracket = REDUCTION**k * expected_epoch_share(_pruner_table(low), max_epochs=top)
         bracket_epochs = bracket * top
         minutes = bracket_epochs * per_epoch[typical]
-        if minutes <= room:
-            rungs = ", ".join(map(str, bracket_rungs(_pruner_table(RUNG_MIN), max_epochs=top)))
-            why = (
-                f"{rungs} and top {top} epochs: a bracket ({REDUCTION**k} trials started, "
-                f"one carried to the top, ~{bracket_epochs:.0f} epochs) of {typical} takes "
-                f"{_about(minutes)} here, and {BRACKETS_PER_SEARCH} fit the search's "
-                f"{_minutes(search)} (the budget less the refit's {REFIT_SHARE:.0%})"
-            )
-            if tried:
-                why += f"; a rung more would take {tried[-1]} a bracket"
-            return RUNG_MIN, top, why
-        tried.append(_about(minutes))
-    rungs = ", ".join(map(str, bracket_rungs(_pruner_table(1), max_epochs=epochs))) or "none"
-    why = (
-        f"{rungs} and top {epochs} epochs: even a bracket up to {RUNG_MIN * REDUCTION} "
-        f"epochs of {typical} takes {tried[-1]} here, over half the search's {_minutes(search)}"
-    )
-    return 1, epochs, why
+        top_minutes = top * per_epoch[typical]
+        last = (low, k) == SCHEDULES[-1]  # the shortest: taken whatever it costs
+        if minutes > room and not last:
+            tried.append(f"a bracket up to {top} epochs would take {_about(minutes)}")
+            continue
+        if REFIT_TOP_RUNGS * top_minutes > refit and not last:
+            tried.append(f"{top} epochs would take {_about(top_minutes)}")
+            continue
+        rungs = ", ".join(map(str, bracket_rungs(_pruner_table(low), max_epochs=top)))
+        why = (
+            f"{rungs} and top {top} epochs: a bracket ({REDUCTION**k} trials started, one "
+            f"carried to the top, ~{bracket_epochs:.0f} epochs) of {typical} takes "
+            f"{_about(minutes)} here; {BRACKETS_PER_SEARCH} should fit the search's "
+            f"{_minutes(search)} (the budget less the refit's {REFIT_SHARE:.0%}, which should "
+            f"hold {REFIT_TOP_RUNGS}x the top rung, {_about(top_minutes)})"
+        )
+        if tried:
+            why += f"; {tried[-1]}"
+        return low, top, why
+    raise AssertionError("unreachable: the last schedule is always taken")
 
 
 def _choose_sizes(

@@ -276,6 +276,8 @@ def run_study(
                 progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
             refit_due = False  # the user's --timeout ends the command
             break
+        if refit_due and time.monotonic() >= search_end and not _refit_fits(study, wall_end):
+            refit_due, search_end = False, _search_on(objective, progress, wall_end)
         if search_end is not None and time.monotonic() >= search_end:
             done = claimer.finished(claimer.counts())
             if refit_due:
@@ -312,18 +314,18 @@ def run_study(
         if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
             misfits += 1
             progress.message(f"trial {last.number} {last.user_attrs['reason']}")
-            if refit_due:  # the time left is not lost: the refit gets it (one misfit stored)
+            if refit_due and _refit_fits(study, wall_end):  # the refit gets the time left
                 progress.message(
                     f"search: ends with {fmt_duration(search_end - time.monotonic())} of its "
                     "time left, which goes to training the best trial longer"
                 )
                 break
             cheapest = objective.cheapest_expected
-            room = cheapest is not None and cheapest <= wall_end - time.monotonic()
+            room = cheapest is not None and cheapest <= search_end - time.monotonic()
             if misfits >= (MAX_MISFITS_WITH_ROOM if room else MAX_MISFITS):
                 progress.message(
                     f"budget: {misfits} configurations in a row cannot finish in the "
-                    f"{fmt_duration(wall_end - time.monotonic())} left; rerun with a new "
+                    f"{fmt_duration(search_end - time.monotonic())} left; rerun with a new "
                     "--budget to go on"
                 )
                 break
@@ -340,6 +342,24 @@ def run_study(
     if refit_due:
         _refit(study, objective, storage, claimer, options, progress, wall_end=wall_end)
     return study
+
+
+def _search_on(objective: Objective, progress: Progress, wall_end: float) -> float:
+    """No refit could train the best trial longer than it ran (or there is none yet): the
+    search goes on to the end of the wall clock, which it returns."""
+    progress.message(
+        f"search: no refit longer than the best trial's run fits the "
+        f"{fmt_duration(wall_end - time.monotonic())} left; the search goes on to the end"
+    )
+    objective.deadline = wall_end
+    return wall_end
+
+
+def _refit_fits(study: optuna.Study, wall_end: float) -> bool:
+    """Whether a refit of the best search trial, longer than it ran, fits the time left."""
+    source = best_search_trial(study)
+    left = wall_end - time.monotonic()
+    return source is not None and refit_length(source, seconds_left=left) is not None
 
 
 def refit_share(budget: dict[str, Any]) -> float:

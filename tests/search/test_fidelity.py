@@ -4,7 +4,9 @@ and a budgeted study that stores no pile of FAIL trials."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import time
 import tomllib
 from pathlib import Path
 
@@ -321,15 +323,15 @@ def test_the_budget_decides_the_rungs():
         si.BackboneCost("small_cnn", 64, 20.0, 10 * 0.05 + si.TRIAL_OVERHEAD_S / 60),
     ]
     tops = {}
-    for minutes in (2, 10, 60):
+    for minutes in (2, 3, 10, 60):
         low, top, why = si._choose_schedule(kept, epochs=10, wall_seconds=60.0 * minutes)
-        tops[minutes] = top
-        assert low == 2 and f"and top {top} epochs" in why and "small_cnn" in why
-    # 2 min: a bracket of 3 trials up to 6 epochs (10 epochs, 0.5 min) fits half of 1.5 min;
-    # 10 min: 9 trials up to 18 (42 epochs, 2.1 min) fit half of 7.5; 60 min: 27 up to 54
-    assert tops == {2: 6, 10: 18, 60: 54}
-    low, top, why = si._choose_schedule(kept, epochs=4, wall_seconds=30.0)  # nothing fits
-    assert (low, top) == (1, 4) and why.startswith("1, 3 and top 4 epochs: even a bracket")
+        tops[minutes] = (low, top)
+        assert f"and top {top} epochs: a bracket" in why and "of small_cnn takes" in why
+    # 60 min: 3 brackets of 27 trials up to 54 epochs (162 epochs, 8.1 min) fit 45 min, and
+    # twice 54 epochs (5.4 min) fit the refit's 15; 10 min: 54 epochs would not (8.1 min a
+    # bracket > 7.5 / 3), 18 would; 3 min: 9 trials up to 9 epochs take ~1 min > 2.25 / 3;
+    # 2 min: twice 6 epochs (0.6 min) would not fit the refit's 0.5 min: the shortest
+    assert tops == {2: (1, 3), 3: (2, 6), 10: (2, 18), 60: (2, 54)}
 
 
 def test_search_init_writes_the_schedule_the_sizes_and_the_refit_with_their_reasons(
@@ -346,8 +348,8 @@ def test_search_init_writes_the_schedule_the_sizes_and_the_refit_with_their_reas
     text = Path("studies/photos.toml").read_text()
     raw = tomllib.loads(text)
     assert raw["pruner"] == {"name": "successive_halving", "min_resource": 2, "reduction_factor": 3}
-    # small_cnn, the median kept backbone, ~0.5 s an epoch: 2 brackets of 27 trials up to 54
-    # epochs (162 epochs each, 1.4 min) fit the search's 7.5 min
+    # small_cnn, the median kept backbone, ~0.5 s an epoch: 3 brackets of 27 trials up to 54
+    # epochs (162 epochs each, 1.4 min) fit the search's 7.5 min, twice 54 the refit's 2.5
     assert raw["budget"]["epochs"] == 54 and raw["budget"]["patience"] == 9
     assert raw["budget"]["refit"] == si.REFIT_SHARE == 0.25
     # 64 px for resnet18; 48 px below; 96 px (the images' size) fits seed_cnn's trial
@@ -377,3 +379,25 @@ def test_searched_sizes_reach_up_to_where_the_cheapest_kept_backbone_fits():
     assert si._choose_sizes(kept, size=32, cap=96, floor=32, limit=0.4)[0] == [32, 48]
     assert si._choose_sizes(kept, size=48, cap=96, floor=32, limit=0.2)[0] == [32, 48]
     assert si._choose_sizes(kept, size=32, cap=32, floor=32, limit=1.0)[0] == []
+
+
+def test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    # every trial takes ~1 s (0.2 s an epoch); the refit's half of a 6 s budget holds no
+    # longer run of the winner (as refit_length says here), so the search gets all 6 s
+    fixed_speed(monkeypatch, 1e6)
+    fake_train.tick = lambda: time.sleep(0.2)
+    monkeypatch.setattr("search.experiments.run.refit_length", lambda source, **kw: None)
+    write_study("tiny", _sh_study("refit = 0.5", epochs=5))
+    t0, start = time.monotonic(), datetime.datetime.now()
+    rc = main(["run", "--study", "tiny", "--budget", "6s", "-q", "--storage", storage_url])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "no refit longer than the best trial's run fits" in err
+    assert "the search goes on to the end" in err and "budget: 6s spent" in err
+    assert time.monotonic() - t0 >= 6.0  # it did not stop at the search's half
+    study = load(storage_url)
+    assert all(REFIT_ATTR not in t.user_attrs for t in study.trials)
+    late = [t for t in study.trials if (t.datetime_start - start).total_seconds() > 3.2]
+    assert late  # trials started in the refit's half, after the search's own end

@@ -189,7 +189,7 @@ def test_a_longer_budget_buys_larger_images_and_every_backbone(tmp_path, fake_sp
     raw = tomllib.loads(Path("studies/photos.toml").read_text())
     assert raw["data"]["image_size"] == 96  # the images' own size: no upsampling
     assert raw["params"]["model.backbone"] == list(si.CANDIDATES)
-    # the top rung: two brackets of 9 trials of the median backbone fit 90 min, 27 of them not
+    # the top rung: three brackets of 9 trials of the median backbone fit 90 min, of 27 not
     assert raw["budget"] == {
         "epochs": 18, "patience": 3, "max_trial_minutes": 30.0, "wall": "2h", "refit": 0.25
     }  # fmt: skip
