@@ -71,9 +71,10 @@ def run_workers(
     """
     session = None
     if ray is not None:  # no Ray at the address: refused before the study is created
-        from search.experiments.ray_launcher import connect
+        from search.experiments.ray_launcher import check_artifacts_visible, connect
 
         session = connect(ray)
+        check_artifacts_visible(session, plan.storage.artifact_root.resolve())
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
         study,

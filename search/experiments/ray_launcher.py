@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, GPU_SHARE_ENV, PLACEMENT_ENV
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+FORWARDED = ("SEARCH_", "HPSEARCH_", "HF_HUB_OFFLINE")  # environment passed on to the workers
+CANCEL_GRACE = 60.0  # seconds a cancelled worker has to mark its trial failed
 
 
 @dataclass(frozen=True)
@@ -178,13 +181,26 @@ def check_artifacts_visible(ray: Any, root: Path) -> None:
         )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """The worker process dies with its Ray task (a removed node kills the task): the trial
-    stays RUNNING, and the replacement worker retries it from its last epoch."""
+def _prepare_child() -> None:  # pragma: no cover - runs in the child before exec
+    """In the worker process, before it starts: Ctrl-C handling as in a shell (a Ray worker
+    ignores or blocks SIGINT, and both stay so across exec), so a cancelled task's SIGINT
+    marks the trial failed; and death with its Ray task (a removed node kills the task), so
+    the trial stays RUNNING and the replacement worker retries it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _next_line(lines: queue.Queue) -> str | None:
+    """The next line, "" when none came within half a second, None at the end."""
+    try:
+        line = lines.get(timeout=0.5)
+    except queue.Empty:
+        return ""
+    return line if line is None else line or " "
 
 
 def _worker(argv: list[str], env: dict[str, str], gpu_share: float):
@@ -201,12 +217,23 @@ def _worker(argv: list[str], env: dict[str, str], gpu_share: float):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if gpu_share < 1:
             env[GPU_SHARE_ENV] = f"{gpu_share:g}"
-    proc = spawn_worker(argv, env, preexec_fn=_die_with_parent)
+    proc = spawn_worker(argv, env, preexec_fn=_prepare_child)
     try:
         yield ("start", (env[PLACEMENT_ENV], proc.pid))
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            yield ("line", line.rstrip("\n"))
+        # Lines are read in a thread: a cancelled task is interrupted only while it runs Python,
+        # never inside a blocking read, so the loop below waits in short, interruptible steps.
+        lines: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        while (line := _next_line(lines)) is not None:
+            if line:
+                yield ("line", line)
         yield ("exit", proc.wait())
     finally:
         if proc.poll() is None:
@@ -229,15 +256,15 @@ def launch_ray(
     on_lost: Callable[[str, int, str], Any] = lambda placement, pid, why: None,
     stream: TextIO | None = None,
 ) -> int:
-    """Run the study's workers on Ray (``ray``, from ``connect``) until they stop; the exit code as ``launcher.launch``
-    gives it (130 on Ctrl-C, 2 when a worker refused its input, 1 when one failed).
+    """Run the study's workers on Ray (``ray``, from ``connect``) until they stop; the exit
+    code as ``launcher.launch`` gives it (130 on Ctrl-C, 2 when a worker refused its input, 1
+    when one failed). ``artifacts`` is the checkpoint folder (``check_artifacts_visible``).
     ``worker_argv(threads)`` is a worker's ``search run`` command line, asked for once Ray is
     up (what is left of a wall-clock budget is counted then). ``on_lost(placement, pid, why)``
     is called for a worker whose task Ray lost (its node died), before its replacement starts.
     """
     stream = stream or sys.stderr
     try:
-        check_artifacts_visible(ray, artifacts)
         n, share = slots(ray.cluster_resources(), options)
         if options.gpus_per_trial and not share:
             print("note: the Ray cluster has no GPU; trials run on CPUs", file=stream)
@@ -283,8 +310,15 @@ def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, on_lost,
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             events.put(("lost", i, f"{type(exc).__name__}: {first}"))
 
+    # hpsearch's own settings of this command (study folders, the decode cache, offline hub)
+    # reach every worker; what is set below wins
+    forwarded = {
+        k: v for k, v in os.environ.items() if k.startswith(FORWARDED) and k != "SEARCH_STORAGE"
+    }
+
     def start(i: int) -> None:
         env = {
+            **forwarded,
             "SEARCH_STORAGE": url,
             "SEARCH_ARTIFACTS": str(artifacts),
             CHILD_ENV: f"{i}/{workers}",
@@ -319,9 +353,15 @@ def _drive(ray, task, argv, *, url, workers, threads, share, artifacts, on_lost,
             running.add(nxt)
             nxt += 1
     except KeyboardInterrupt:
-        for gen in gens.values():
-            with contextlib.suppress(Exception):
-                ray.cancel(gen)
+        # each worker gets SIGINT (its task's finally) and marks its trial failed with the
+        # reason, as a local worker does; wait for that before Ray goes away with them
+        for i in running:
+            with contextlib.suppress(Exception):  # already ended
+                ray.cancel(gens[i])
+        deadline = time.monotonic() + CANCEL_GRACE
+        while running and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty, KeyboardInterrupt):
+                running.discard(events.get(timeout=1.0)[1])
         return EXIT_INTERRUPTED
     if any(c == EXIT_USAGE for c in codes.values()):
         return EXIT_USAGE

@@ -227,6 +227,51 @@ def test_a_node_removed_mid_trial_moves_the_trial_which_resumes_from_its_epoch(
     assert retry.intermediate_values[1] == lost.intermediate_values[1]
 
 
+CTRL_C = """
+import signal, subprocess, sys, time
+import optuna
+
+url, cmd = sys.argv[1], sys.argv[2:]
+run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and run.poll() is None:
+    time.sleep(0.3)
+    try:
+        study = optuna.load_study(study_name="tiny", storage=url)
+    except KeyError:
+        continue
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if any(1 in t.intermediate_values for t in running):
+        break
+run.send_signal(signal.SIGINT)
+out, _ = run.communicate(timeout=120)
+print(out)
+print("CODE", run.returncode)
+"""
+
+
+def test_ctrl_c_on_the_command_marks_the_trials_on_ray_failed_with_the_reason(
+    write_study, sock_url, tmp_path
+):
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 6"))
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    cmd = [sys.executable, "-m", "search.cli", "run", "--study", "tiny", "--trials", "4",
+           "--ray", "local", "--cpus-per-trial", "1", "-q", *FAST]  # fmt: skip
+    env = env_for(sock_url)
+    env["HPSEARCH_FAULTS"] = "epoch_sleep=1.0"
+    args = " ".join(f"'{a}'" for a in [sys.executable, str(script), sock_url, *cmd])
+    proc = in_netns(args, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "CODE 130" in proc.stdout, proc.stdout
+    trials = load(sock_url, "tiny").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("interrupted" in t.user_attrs["reason"] for t in failed), (
+        proc.stdout + str([(t.state, t.user_attrs.get("status")) for t in trials])
+    )
+
+
 # ----------------------------------------------------------------- refused before anything
 
 
@@ -306,3 +351,49 @@ def test_local_workers_sharing_a_gpu_each_get_their_share_of_its_memory(monkeypa
     assert code == 0
     got = [(e["CUDA_VISIBLE_DEVICES"], e.get("HPSEARCH_GPU_SHARE")) for e in envs]
     assert got == [("0", "0.5"), ("1", None), ("0", "0.5")]
+
+
+def test_a_checkpoint_folder_a_node_cannot_see_is_refused_before_the_study(
+    write_study, sock_url, tmp_path, capsys, monkeypatch
+):
+    """Two nodes, one of which does not mount the folder: one line naming that node, and no
+    study created (the check runs before the study is)."""
+    from search.experiments import ray_launcher
+
+    HEAD = "a" * 56  # Ray's node ids are 28 bytes in hex
+
+    class Remote:  # ray.remote(f).options(...).remote(path): runs f "on" the node
+        def __init__(self, fn, node=None):
+            self.fn, self.node = fn, node
+
+        def options(self, scheduling_strategy):
+            return Remote(self.fn, scheduling_strategy.node_id)
+
+        def remote(self, path):
+            return (self.node, self.fn(path))
+
+    class FakeRay:
+        def nodes(self):
+            return [
+                {"Alive": True, "NodeID": HEAD, "NodeManagerAddress": "10.0.0.1"},
+                {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
+            ]
+
+        def remote(self, **kwargs):
+            return Remote
+
+        def get(self, ref, timeout=None):
+            node, seen = ref
+            return seen and node == HEAD  # the other node has its own empty disk
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(ray_launcher, "connect", lambda options: FakeRay())
+    write_study("tiny", TINY_DIGITS)
+    code = main(["run", "--study", "tiny", "--trials", "2", "--storage", sock_url, "--ray",
+                 "auto", "--artifacts", str(tmp_path / "ckpt")])  # fmt: skip
+    assert code == 2
+    one_error_line(capsys, "not visible on node(s) 10.0.0.2", "--artifacts")
+    assert "tiny" not in [s.study_name for s in optuna.get_all_study_summaries(sock_url)]
+    assert not list((tmp_path / "ckpt").glob(".hpsearch-probe-*"))  # the probe is removed
