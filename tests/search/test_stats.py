@@ -288,3 +288,14 @@ def test_scaled_display_and_export_of_estimates_and_paired_tests():
     assert test.format(show_n=False) == "+0.50 ± 0.12 (p=0.040)"
     assert test.to_dict() == {"mean": 0.5, "half_width": 0.125, "n": 2, "p_value": 0.04}
     assert PairedTest(0.5, math.nan, math.nan, math.nan, 1).format(show_n=False) == "+0.50"
+
+
+def test_a_paired_test_keeps_the_confidence_it_was_computed_at():
+    assert paired_difference(SLEEP_2, SLEEP_1, confidence=0.9).confidence == 0.9
+    assert paired_difference(SLEEP_2, SLEEP_1).confidence == 0.95
+
+
+def test_no_values_is_refused_in_one_sentence():
+    with pytest.raises(ValueError) as info:
+        expected_max_curve([], [1])
+    assert str(info.value) == "values must hold at least one finished trial, but got none"
