@@ -16,7 +16,7 @@ from typing import Any
 from trainer._registry import unknown_name_error
 
 AUGMENT_POLICIES = ("none", "light", "strong")
-NORMALIZE_MODES = ("dataset", "imagenet", "none")
+NORMALIZE_MODES = ("dataset", "imagenet", "none", "pretrained")
 STRATEGIES = ("full", "partial", "linear_probe")
 DEVICE_CACHES = ("auto", "device", "host")
 EVAL_RESIZES = ("squash", "center_crop")  # how validation/test/predict images are resized
@@ -68,7 +68,10 @@ class DataConfig:
     # passes over every training image per epoch, each with fresh augmentation (the epoch's
     # order is this many shuffles end to end): seed 004's epoch was an eightfold augmented copy
     epoch_repeats: int = 1
-    normalize: str = "dataset"  # per-channel mean/std from the training split, or ImageNet's
+    # per-channel mean/std from the training split, ImageNet's, none, or pretrained: those the
+    # backbone's pretrained weights were trained with (timm's data config: CLIP's, Inception's
+    # 0.5, ImageNet's for most), so a model evaluates its inputs as its weights expect
+    normalize: str = "dataset"
     strict: bool = False  # refuse to start when the pre-scan finds unreadable files
     # where the decoded images live while training: the device (fastest), host memory (each
     # batch copied over, one ahead), or auto: the device when they fit half its free memory
@@ -77,6 +80,9 @@ class DataConfig:
     # squared (as training sees it), or resize the short side to floor(image_size / 0.875) and
     # take the centre image_size square (seed 002's Resize(256) + CenterCrop(224), timm's eval)
     eval_resize: str = "squash"
+    # the share of the short side center_crop keeps; None: 0.875 (timm's default, seed 002's
+    # 224 of 256); timm's data config gives each pretrained weight's own (0.95 for many)
+    crop_pct: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 4, f"data.image_size must be >= 4, but got {self.image_size}")
@@ -95,6 +101,10 @@ class DataConfig:
         _choice("data.normalize", self.normalize, NORMALIZE_MODES)
         _choice("data.device_cache", self.device_cache, DEVICE_CACHES)
         _choice("data.eval_resize", self.eval_resize, EVAL_RESIZES)
+        _check(
+            self.crop_pct is None or 0.5 <= self.crop_pct <= 1.0,
+            f"data.crop_pct must be in [0.5, 1], but got {self.crop_pct}",
+        )
         for key in ("cutmix", "mixup"):
             p = getattr(self, key)
             _check(0.0 <= p <= 1.0, f"data.{key} must be in [0, 1], but got {p}")

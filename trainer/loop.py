@@ -11,6 +11,7 @@ status ``budget`` and the finished epochs kept.
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import time
 import weakref
@@ -28,17 +29,25 @@ from trainer import _faults
 from trainer import augment as _augment
 from trainer.checkpoint import load_pretrained, save_checkpoint
 from trainer.config import MONITORS, TrainConfig
-from trainer.data import ImageData, load_data
+from trainer.data import IMAGENET_MEAN, IMAGENET_STD, ImageData, load_data
 from trainer.data.prefetch import HostBatches
+from trainer.data.resize import CROP_PCT
 from trainer.device import amp_dtype, configure, free_bytes, precision_name, select_device
 from trainer.evaluate import confusion_matrix, macro_f1
 from trainer.losses import create_loss
-from trainer.models import Classifier, create_model
+from trainer.models import (
+    Classifier,
+    create_model,
+    for_model,
+    input_stats,
+    pretrained_data_config,
+)
 from trainer.optim import create_optimizer
 from trainer.resume import TrainState, load_state, restore, snapshot_state, write_state
 from trainer.schedulers import create_scheduler
 from trainer.steps import MIN_MICRO_BATCH, Batch, halved, make_step
 
+log = logging.getLogger("trainer")
 EVAL_BATCH = 512
 CHECK_EVERY = 8  # training steps between host reads of the loss (non-finite check)
 DEVICE_CACHE_SHARE = 0.5  # data.device_cache=auto: the images may take this share of free memory
@@ -86,6 +95,8 @@ class TrainResult:
     # the returned model's predicted class of each validation image (CPU), from the evaluation
     # that chose it: a confusion matrix needs no second pass over the validation set
     val_predictions: torch.Tensor | None = field(default=None, repr=False)
+    # (mean, std) the run normalised its inputs with: evaluate the model with the same
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def best_val_acc(self) -> float:
@@ -127,6 +138,8 @@ class TrainResult:
 def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> Classifier:
     """Seeded model with pretrained weights and freezing applied. Equal seeds and configs give
     identical initial weights, so trials are paired comparisons (seed 004)."""
+    input_stats(cfg, data)  # data.normalize = "pretrained" for weights without stats: refused
+    _check_pretrained_inputs(cfg)
     torch.manual_seed(cfg.train.seed)
     model = create_model(
         cfg.model,
@@ -141,6 +154,44 @@ def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> Clas
     if cfg.train.channels_last and device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+_WARNED: set[str] = set()
+
+
+def _check_pretrained_inputs(cfg: TrainConfig) -> None:
+    """One warning per process where ImageNet weights will see inputs prepared otherwise than
+    they were trained with (timm's data config): another mean/std, or another centre crop."""
+    if cfg.model.pretrained != "imagenet":
+        return
+    own = pretrained_data_config(cfg.model.backbone)
+    if own is None:
+        return
+    name, d = cfg.model.backbone, cfg.data
+    notes = []
+    if d.normalize == "imagenet" and (tuple(own["mean"]), tuple(own["std"])) != (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    ):
+        notes.append(
+            f"the weights of {name!r} were trained with mean {_short(own['mean'])} and std "
+            f"{_short(own['std'])}, not ImageNet's: data.normalize = 'pretrained' uses them"
+        )
+    crop = d.crop_pct if d.crop_pct is not None else CROP_PCT
+    if d.normalize == "pretrained" and d.eval_resize == "center_crop" and crop != own["crop_pct"]:
+        notes.append(
+            f"the weights of {name!r} are evaluated with a centre crop of "
+            f"{own['crop_pct']:g}, this run with {crop:g}: data.crop_pct = {own['crop_pct']:g} "
+            "does as they do"
+        )
+    for note in notes:
+        if note not in _WARNED:
+            _WARNED.add(note)
+            log.warning(note)
+
+
+def _short(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
 
 
 def _apply_strategy(model: Classifier, cfg: TrainConfig) -> None:
@@ -209,7 +260,9 @@ def train(
     reporter = reporter or NullReporter()
     on_step: StepHook | None = getattr(reporter, "step", None)  # optional: looked up once
     reporter = _ReportOnce(reporter)
-    data = data or load_data(cfg.data)
+    # the mean/std the model is fed with (the pretrained weights' own under "pretrained"): the
+    # run, its checkpoint and its result use them
+    data = for_model(cfg, data or load_data(cfg.data))
     writer = _StateWriter(background=_write_in_background(cfg))
     try:
         result = _train_retrying(
@@ -362,6 +415,7 @@ def _train_once(
     t_setup = time.perf_counter()
     run = _Run(cfg, data, micro_batch=micro_batch, faults=faults)
     result = TrainResult(status="complete", reason=f"ran all {cfg.train.epochs} epochs")
+    result.normalization = (tuple(data.mean), tuple(data.std))
     result.param_count = sum(p.numel() for p in run.model.parameters())
     result.trainable_param_count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     if run.data_on == "host" and (cfg.data.device_cache == "auto" or run.placement_oom):

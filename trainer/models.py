@@ -13,17 +13,22 @@ last BatchNorm of each residual block starts at one, not zero), as seeds 000 and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from trainer._registry import Registry, unknown_name_error
 from trainer.config import ModelConfig
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
+    from trainer.data import ImageData
 
 _BUILTIN: Registry[Callable[..., tuple[nn.Module, int]]] = Registry("backbone")
 
@@ -133,6 +138,51 @@ def _timm_pretrained() -> frozenset[str]:
     import timm
 
     return frozenset(timm.list_pretrained())
+
+
+@functools.cache
+def pretrained_data_config(backbone: str) -> dict[str, Any] | None:
+    """The input pipeline ``backbone``'s pretrained weights were trained with: ``mean``,
+    ``std``, ``crop_pct``, ``interpolation``, ``input_size`` (timm's
+    ``resolve_model_data_config`` over the weights' pretrained config, read without building
+    the model or loading weights; ``resnet50`` is its default tag's, ``resnet50.a1_in1k``
+    that tag's). None for the built-in backbones and timm names without pretrained weights."""
+    if backbone in _BUILTIN:
+        return None
+    import timm
+    import timm.data
+
+    try:
+        pretrained = timm.models.get_pretrained_cfg(backbone)
+    except RuntimeError:  # an unknown tag (check_backbone names the options)
+        return None
+    if pretrained is None:
+        return None
+    return timm.data.resolve_model_data_config(None, pretrained_cfg=pretrained.to_dict())
+
+
+def input_stats(cfg: TrainConfig, data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std ``cfg``'s inputs are normalised with: with
+    ``data.normalize = "pretrained"`` those of the backbone's pretrained weights (the CLIP
+    or Inception weights' own, not ImageNet's), else what ``load_data`` chose."""
+    if cfg.data.normalize != "pretrained":
+        return tuple(data.mean), tuple(data.std)
+    resolved = pretrained_data_config(cfg.model.backbone)
+    if resolved is None:
+        raise ValueError(
+            f"data.normalize = 'pretrained' takes the mean/std of the backbone's pretrained "
+            f"weights, and {cfg.model.backbone!r} has none; use 'imagenet' or 'dataset'"
+        )
+    return tuple(resolved["mean"]), tuple(resolved["std"])
+
+
+def for_model(cfg: TrainConfig, data: ImageData) -> ImageData:
+    """``data`` with the mean/std ``cfg`` normalises with (``input_stats``): a view sharing
+    its images, for the training run and the checkpoint it writes."""
+    mean, std = input_stats(cfg, data)
+    if (mean, std) == (tuple(data.mean), tuple(data.std)):
+        return data
+    return dataclasses.replace(data, mean=mean, std=std)
 
 
 def create_model(

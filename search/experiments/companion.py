@@ -114,7 +114,8 @@ def split_evaluator(
     def after(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         d = trainer.load_data(data)
         x_test, y_test = load_test(data)
-        kw = {"mean": d.mean, "std": d.std, "tta": views}
+        mean, std = result.normalization or (d.mean, d.std)  # as the run fed its model
+        kw = {"mean": mean, "std": std, "tta": views}
         trial.set_user_attr("eval_val_acc", accuracy(result.model, d.x_val, d.y_val, **kw))
         trial.set_user_attr("test_acc", accuracy(result.model, x_test, y_test, **kw))
         trial.set_user_attr("tta", tta)

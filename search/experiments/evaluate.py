@@ -16,6 +16,7 @@ from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits, require_test
 from trainer._files import atomic_write
 from trainer.data import load_test
+from trainer.data.resize import eval_mode
 from trainer.evaluate import TTA, confusion_matrix, per_class_accuracy, predict_logits, tta_views
 
 
@@ -188,7 +189,9 @@ def predict_folder(
     trial = pick_trial(study, number)
     model, meta = load_trained(checkpoint_of(trial, study.study_name))
     size = int(meta["config"]["data.image_size"])
-    resize = meta["config"].get("data.eval_resize", "squash")  # older checkpoints: squash
+    resize = eval_mode(  # older checkpoints: squash, and the default crop
+        meta["config"].get("data.eval_resize", "squash"), meta["config"].get("data.crop_pct")
+    )
     x, files = load_unlabeled(data_dir, image_size=size, eval_resize=resize)
     if meta["in_chans"] == 1 and x.shape[1] == 3:  # a grayscale model: average the channels
         x = x.float().mean(1, keepdim=True).round().to(torch.uint8)

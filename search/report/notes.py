@@ -170,7 +170,8 @@ def _confusion_csv(
     data = trainer.load_data(cfg.data)
     pred = result.val_predictions  # from the evaluation that chose the model: no second pass
     if pred is None or len(pred) != len(data.y_val):
-        logits = predict_logits(result.model, data.x_val, mean=data.mean, std=data.std)
+        mean, std = result.normalization or (data.mean, data.std)  # as the run fed its model
+        logits = predict_logits(result.model, data.x_val, mean=mean, std=std)
         if logits.numel() == 0 or not math.isfinite(float(logits.sum())):
             return None
         pred = logits.argmax(1)

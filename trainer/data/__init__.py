@@ -35,7 +35,7 @@ from trainer.data.imagedata import (
     register_dataset,
     stratified_split,
 )
-from trainer.data.resize import resize_uint8
+from trainer.data.resize import eval_mode, resize_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -89,6 +89,7 @@ def _data_key(cfg: DataConfig) -> DataConfig:
         normalize=cfg.normalize,
         strict=cfg.strict,
         eval_resize=cfg.eval_resize,
+        crop_pct=cfg.crop_pct,
     )
 
 
@@ -101,10 +102,11 @@ def _load_cached(cfg: DataConfig) -> _Loaded:
     if cfg.test_fraction > 0 and data.x_test is None:
         raise ValueError(f"dataset {cfg.name!r} does not support data.test_fraction; set it to 0")
     data.splits = _split_records(data)
-    if cfg.normalize == "imagenet":
+    # pretrained: ImageNet's until the backbone's own replace them (trainer.models.for_model)
+    if cfg.normalize in ("imagenet", "pretrained"):
         if data.in_chans != 3:
             raise ValueError(
-                f"data.normalize='imagenet' needs RGB images, but {cfg.name!r} has "
+                f"data.normalize={cfg.normalize!r} needs RGB images, but {cfg.name!r} has "
                 f"{data.in_chans} channel(s); use data.normalize='dataset'"
             )
         data.mean, data.std = IMAGENET_MEAN, IMAGENET_STD
@@ -228,7 +230,8 @@ def _digits(cfg: DataConfig) -> ImageData:
     bunch = load_digits()
     x8 = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]
     x = resize_uint8(x8, cfg.image_size)
-    x_eval = x if cfg.eval_resize == "squash" else resize_uint8(x8, cfg.image_size, cfg.eval_resize)
+    mode = eval_mode(cfg.eval_resize, cfg.crop_pct)
+    x_eval = x if mode == "squash" else resize_uint8(x8, cfg.image_size, mode)
     target = np.asarray(bunch.target, dtype=np.int64)
     y = torch.from_numpy(target)
     names = [str(i) for i in range(10)]

@@ -61,6 +61,7 @@ from trainer.data.layouts import (
     scan_folder,
     unreadable_files,
 )
+from trainer.data.resize import eval_mode
 
 _SHOWN_BAD = 20  # bad files named in the warning; the rest are counted
 
@@ -206,9 +207,8 @@ def _decode_eval(listing: Listing, rows: np.ndarray, cfg: DataConfig) -> torch.T
         return torch.empty(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
     listed = json.dumps([relative_name(f, listing.base) for f in files])
     names = hashlib.sha256(listed.encode()).hexdigest()[:12]
-    decoded = decode_cached(
-        listing.layout, listing.base, files, cfg.image_size, cfg.eval_resize, subset=names
-    )
+    mode = eval_mode(cfg.eval_resize, cfg.crop_pct)
+    decoded = decode_cached(listing.layout, listing.base, files, cfg.image_size, mode, subset=names)
     if decoded.bad:  # these files decoded a moment ago: they changed while loading
         bad = "; ".join(f"{n} ({why})" for n, why in decoded.bad_names(listing.base, files)[:5])
         raise ValueError(f"image files under {listing.base} changed while loading: {bad}; rerun")
