@@ -192,6 +192,11 @@ class OptimConfig:
     momentum: float = 0.9  # sgd, sam_sgd
     nesterov: bool = False  # sgd, sam_sgd
     rho: float = 0.05  # SAM neighbourhood radius (sam_*)
+    # weight decay on normalisation weights and biases too (every parameter, as torch's
+    # optimizers do); false: timm's param_groups_weight_decay, which leaves 1-D parameters
+    # (BatchNorm/LayerNorm scales and shifts, biases) undecayed. True by default: a stored
+    # config without this key (every trial before it) trained that way and still means it
+    decay_norm_bias: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lr > 0.0 and math.isfinite(self.lr), f"optim.lr must be > 0, but got {self.lr}")

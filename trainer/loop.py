@@ -557,8 +557,8 @@ class _Run:
         self.gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)  # order, aug
 
         self.criterion = create_loss(cfg.loss)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = create_optimizer(trainable, cfg.optim)
+        # the trainable parameters, in weight-decay groups as optim.decay_norm_bias says
+        self.optimizer = create_optimizer(self.model, cfg.optim)
         self.scheduler = create_scheduler(
             self.optimizer, cfg.sched, epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch
         )

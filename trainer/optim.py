@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch import nn
 
 from trainer._registry import Registry
 from trainer.config import OptimConfig
@@ -17,11 +18,34 @@ def list_optimizers() -> list[str]:
 
 
 def create_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: OptimConfig | str, **overrides: float
+    params: nn.Module | Iterable[torch.nn.Parameter], cfg: OptimConfig | str, **overrides: float
 ) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names over ``params``: a model (its trainable parameters) or the
+    parameters themselves, in weight-decay groups as ``optim.decay_norm_bias`` says."""
     if isinstance(cfg, str):
         cfg = OptimConfig(name=cfg, **overrides)
-    return _OPTIMIZERS.get(cfg.name)(list(params), cfg)
+    return _OPTIMIZERS.get(cfg.name)(param_groups(params, cfg), cfg)
+
+
+def param_groups(params: nn.Module | Iterable[torch.nn.Parameter], cfg: OptimConfig) -> list:
+    """``params`` as the optimizer takes them. ``decay_norm_bias`` (the default): one group,
+    every parameter decayed by ``optim.weight_decay``. Off: timm's
+    ``param_groups_weight_decay`` for a model (1-D parameters and biases in a group without
+    decay); for bare parameters, whose names are unknown, the same rule by shape (1-D)."""
+    if isinstance(params, nn.Module):
+        if not cfg.decay_norm_bias:
+            from timm.optim import param_groups_weight_decay
+
+            return param_groups_weight_decay(params, cfg.weight_decay)
+        return [p for p in params.parameters() if p.requires_grad]
+    params = list(params)
+    if cfg.decay_norm_bias:
+        return params
+    groups = [
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _fused(params: list) -> dict[str, bool]:
