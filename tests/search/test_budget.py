@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 import trainer
 from search.cli import main
 from search.experiments.cost import CostModel, cache_key, estimate_seconds
-from search.study.budget import RunLimits, parse_duration, resolve_run_limits
+from search.study.budget import RunLimits, parse_duration, parse_minutes, resolve_run_limits
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -328,3 +328,18 @@ def test_a_run_ends_after_25_misfits_in_a_row_even_while_a_cheaper_configuration
     assert all(t.user_attrs["status"] == "no_time" for t in misfits)
     assert len(fake_train.calls) == 1
     assert "budget: 25 configurations in a row cannot finish" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["5", None, True, [5]])
+def test_trial_minutes_must_be_a_number(bad):
+    with pytest.raises(ValueError) as info:
+        parse_minutes(bad)
+    assert str(info.value) == (
+        f"--max-trial-minutes must be a number of minutes such as 5 or 2.5, but got {bad!r}"
+    )
+
+
+def test_trial_minutes_are_seconds_and_the_key_is_named():
+    assert parse_minutes(2.5) == 150.0 and parse_minutes(1) == 60.0
+    with pytest.raises(ValueError, match=r"^\[budget\] max_trial_minutes must be more than 0"):
+        parse_minutes(0, key="[budget] max_trial_minutes")
