@@ -26,6 +26,7 @@ from search.store import Storage
 from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, GPU_SHARE_ENV, SlotClaimer, WorkerOptions
 from search.study.budget import RunLimits
+from trainer.device import available_cpus
 
 if TYPE_CHECKING:
     from search.experiments.ray_launcher import RayOptions
@@ -115,7 +116,7 @@ def run_workers(
             ),
         )
     else:
-        share = threads or max(1, (os.cpu_count() or 1) // workers)
+        share = threads or max(1, available_cpus() // workers)
         code = launch(argv_for(share), storage=storage, workers=workers, threads=share)
     if code in (exit_codes.USAGE, exit_codes.INTERRUPTED, exit_codes.TERMINATED):
         if code != exit_codes.USAGE:
