@@ -169,9 +169,19 @@ class Objective:
         except Exception as exc:
             _store_error(trial, cfg, exc)
             raise
+        # A refit the clock stopped is a shorter run of a configuration already chosen, not
+        # a judged one: it keeps its best epoch, weights and value (the trainer keeps no
+        # weights of a stopped trial, right for a search trial cut at random).
+        kept = not prune and result.status == "budget" and bool(result.history)
+        if kept and ckpt is not None and result.model is not None:
+            data = trainer.load_data(cfg.data)
+            path = trainer.save_checkpoint(
+                result.model, ckpt, cfg=cfg, data=data, summary=result.summary()
+            )
+            result.checkpoint = str(path)
         record_result(trial, result)
         annotate_trial(trial, cfg, result, storage=self.storage)
-        if result.status in ("pruned", "nonfinite_loss", "oom", "budget"):
+        if result.status in ("pruned", "nonfinite_loss", "oom", "budget") and not kept:
             # A diverged configuration is a finished, bad trial: pruned, never COMPLETE/NaN;
             # so is one that does not fit in memory even at the smallest micro-batch. One
             # stopped by the wall-clock budget keeps its finished epochs as intermediate values.

@@ -276,7 +276,7 @@ def run_study(
                 progress.message(f"timeout reached with {_of(done, n_trials)} trials finished")
             refit_due = False  # the user's --timeout ends the command
             break
-        if refit_due and time.monotonic() >= search_end and not _refit_fits(study, wall_end):
+        if refit_due and not _refit_fits(study, wall_end, search_end=search_end):
             refit_due, search_end = False, _search_on(objective, progress, wall_end)
         if search_end is not None and time.monotonic() >= search_end:
             done = claimer.finished(claimer.counts())
@@ -314,7 +314,8 @@ def run_study(
         if last.user_attrs.get("status") == "no_time":  # not run: it would overrun the budget
             misfits += 1
             progress.message(f"trial {last.number} {last.user_attrs['reason']}")
-            if refit_due and _refit_fits(study, wall_end):  # the refit gets the time left
+            if refit_due and _refit_fits(study, wall_end, search_end=time.monotonic()):
+                # the refit gets the search's time left too
                 progress.message(
                     f"search: ends with {fmt_duration(search_end - time.monotonic())} of its "
                     "time left, which goes to training the best trial longer"
@@ -345,21 +346,25 @@ def run_study(
 
 
 def _search_on(objective: Objective, progress: Progress, wall_end: float) -> float:
-    """No refit could train the best trial longer than it ran (or there is none yet): the
-    search goes on to the end of the wall clock, which it returns."""
+    """No refit could train the best trial longer than it ran: the search goes on to the end
+    of the wall clock, which it returns."""
     progress.message(
-        f"search: no refit longer than the best trial's run fits the "
-        f"{fmt_duration(wall_end - time.monotonic())} left; the search goes on to the end"
+        "search: no refit longer than the best trial's run fits the refit's share of the "
+        "budget; the search goes on to the end of it"
     )
     objective.deadline = wall_end
     return wall_end
 
 
-def _refit_fits(study: optuna.Study, wall_end: float) -> bool:
-    """Whether a refit of the best search trial, longer than it ran, fits the time left."""
+def _refit_fits(study: optuna.Study, wall_end: float, *, search_end: float) -> bool:
+    """Whether a refit of the best search trial, longer than it ran, fits the time from
+    ``search_end`` (or now, if later) to ``wall_end``; True while no search trial is
+    complete (the search goes on, and may yet find one)."""
     source = best_search_trial(study)
-    left = wall_end - time.monotonic()
-    return source is not None and refit_length(source, seconds_left=left) is not None
+    if source is None:
+        return time.monotonic() < search_end
+    left = wall_end - max(search_end, time.monotonic())
+    return refit_length(source, seconds_left=left) is not None
 
 
 def refit_share(budget: dict[str, Any]) -> float:

@@ -384,20 +384,38 @@ def test_searched_sizes_reach_up_to_where_the_cheapest_kept_backbone_fits():
 def test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget(
     write_study, storage_url, monkeypatch, fake_train, capsys
 ):
-    # every trial takes ~1 s (0.2 s an epoch); the refit's half of a 6 s budget holds no
-    # longer run of the winner (as refit_length says here), so the search gets all 6 s
+    # every trial takes ~1 s (0.2 s an epoch); the refit's half of a 10 s budget holds no
+    # longer run of the winner (as refit_length says here), so the search gets all 10 s
     fixed_speed(monkeypatch, 1e6)
     fake_train.tick = lambda: time.sleep(0.2)
     monkeypatch.setattr("search.experiments.run.refit_length", lambda source, **kw: None)
     write_study("tiny", _sh_study("refit = 0.5", epochs=5))
     t0, start = time.monotonic(), datetime.datetime.now()
-    rc = main(["run", "--study", "tiny", "--budget", "6s", "-q", "--storage", storage_url])
+    rc = main(["run", "--study", "tiny", "--budget", "10s", "-q", "--storage", storage_url])
     assert rc == 0
     err = capsys.readouterr().err
     assert "no refit longer than the best trial's run fits" in err
-    assert "the search goes on to the end" in err and "budget: 6s spent" in err
-    assert time.monotonic() - t0 >= 6.0  # it did not stop at the search's half
+    assert "the search goes on to the end" in err and "budget: 10s spent" in err
+    assert time.monotonic() - t0 >= 10.0  # it did not stop at the search's half
     study = load(storage_url)
     assert all(REFIT_ATTR not in t.user_attrs for t in study.trials)
-    late = [t for t in study.trials if (t.datetime_start - start).total_seconds() > 3.2]
+    late = [t for t in study.trials if (t.datetime_start - start).total_seconds() > 5.2]
     assert late  # trials started in the refit's half, after the search's own end
+
+
+def test_a_refit_the_clock_stops_keeps_its_best_epoch(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    # the refit is given 400 epochs of 0.05 s: the end of the 20 s budget stops it midway
+    fixed_speed(monkeypatch, 1e6)
+    monkeypatch.setattr("search.experiments.run.refit_length", lambda source, **kw: (400, 0, 1.0))
+    write_study("tiny", _sh_study("refit = 0.5", epochs=3))
+    args = ["run", "--study", "tiny", "--budget", "20s", "--trials", "2", "-q"]
+    fake_train.tick = lambda: time.sleep(0.05)
+    assert main([*args, "--storage", storage_url]) == 0
+    (refit,) = [t for t in load(storage_url).trials if REFIT_ATTR in t.user_attrs]
+    assert refit.state == TrialState.COMPLETE
+    assert refit.user_attrs["status"] == "budget"  # stopped by the clock, kept all the same
+    run = refit.user_attrs["epochs_run"]
+    assert 0 < run < 400 and refit.value == max(refit.intermediate_values.values())
+    assert best_trial(load(storage_url)).number == refit.number
