@@ -2,7 +2,7 @@
 # Mutation testing of the modules where a wrong line loses a user's data or misstates a
 # result: trial claims and recovery, budgets and the cost model, the run's stop logic and
 # checkpoint retention, the statistics and tables, the split recording, the optimisation step.
-# Not part of CI. About 40 minutes on the idle 2-core machine; see benchmarks/RESULTS.md.
+# Not part of CI. Score, timings and every survivor: benchmarks/RESULTS.md.
 #
 #   bash scripts/mutation.sh            # the committed tree (HEAD), in a scratch folder
 #   JOBS=1 bash scripts/mutation.sh     # mutants in parallel (default 2)
