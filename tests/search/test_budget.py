@@ -343,3 +343,41 @@ def test_trial_minutes_are_seconds_and_the_key_is_named():
     assert parse_minutes(2.5) == 150.0 and parse_minutes(1) == 60.0
     with pytest.raises(ValueError, match=r"^\[budget\] max_trial_minutes must be more than 0"):
         parse_minutes(0, key="[budget] max_trial_minutes")
+
+
+def test_the_throughput_cache_key_names_everything_that_decides_a_step_cost():
+    def key(**flat):
+        return cache_key(trainer.TrainConfig.from_flat(flat), "cpu:2t")
+
+    base = {"data.image_size": 32, "data.batch_size": 64}
+    assert key(**base, **{"model.backbone": "small_cnn", "model.width": 16}) == (
+        "throughput:small_cnn-w16|32px|batch64|plain|cpu:2t"
+    )
+    assert key(**base, **{"model.backbone": "resnet18", "optim.name": "sam_adam"}) == (
+        "throughput:resnet18|32px|batch64|sam|cpu:2t"
+    )  # timm backbones ignore model.width; SAM's two passes are another cost
+
+
+def test_a_probe_that_ran_out_of_memory_is_remembered_as_not_fitting():
+    from search.experiments.cost import DoesNotFit
+
+    study = optuna.create_study(direction="maximize")
+    cfg = trainer.TrainConfig.from_flat({"data.image_size": 8, "data.batch_size": 64})
+    data = trainer.load_data(cfg.data)
+    measure = CountingMeasure(1000.0)
+    cost = CostModel(study, measure=measure)
+    key = cost.images_per_second(cfg, data)[1]
+    study.set_user_attr(key, {"oom": "out of memory at batch 64"})  # an earlier trial's probe
+    with pytest.raises(DoesNotFit) as info:
+        cost.images_per_second(cfg, data)
+    assert str(info.value) == (
+        "oom: the speed probe ran out of memory at batch 64 (an earlier trial's probe)"
+    )
+    assert len(measure.calls) == 1  # not probed again
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_the_prior_epoch_share_is_a_fraction(share):
+    with pytest.raises(ValueError, match=r"prior_share must be in \(0, 1\]"):
+        CostModel(optuna.create_study(), prior_share=share)
+    assert CostModel(optuna.create_study(), prior_share=1.0).prior_share == 1.0
