@@ -64,6 +64,7 @@ def fake_speed(monkeypatch):
         (" 1.5h ", 5400),
         (120, 120),
         (2.5, 2.5),
+        ("0.5s", 0.5),  # under a second is still a duration
     ],
 )
 def test_durations_with_suffixes_or_bare_seconds(text, seconds):
@@ -360,6 +361,7 @@ def test_the_throughput_cache_key_names_everything_that_decides_a_step_cost():
 
 def test_a_probe_that_ran_out_of_memory_is_remembered_as_not_fitting():
     from search.experiments.cost import DoesNotFit
+    from trainer.throughput import device_label
 
     study = optuna.create_study(direction="maximize")
     cfg = trainer.TrainConfig.from_flat({"data.image_size": 8, "data.batch_size": 64})
@@ -374,6 +376,8 @@ def test_a_probe_that_ran_out_of_memory_is_remembered_as_not_fitting():
         "oom: the speed probe ran out of memory at batch 64 (an earlier trial's probe)"
     )
     assert len(measure.calls) == 1  # not probed again
+    # the key ends with this device's label: another device is another cost
+    assert key.endswith("|" + device_label(trainer.select_device(cfg.train.device)))
 
 
 @pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
