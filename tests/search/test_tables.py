@@ -559,6 +559,15 @@ def test_final_results_table_in_full():
     assert table.raw[1][5] == d_val.to_dict(scale=100.0)
     assert table.raw[1][3] == mean_ci([0.6, 0.7, 0.8], confidence=0.9).to_dict(scale=100.0)
     assert table.raw[0][1] == pytest.approx(99.0) and table.raw[1][1] is None
+    assert table.raw[0][2] == mean_ci([0.9, 0.8, 0.7], confidence=0.9).to_dict(scale=100.0)
+    assert table.notes[0] == (
+        "Search val acc: search on the validation split, the very value the configuration was "
+        "selected on, so it is biased upwards; not a result to publish."
+    )
+    assert table.notes[2] == (
+        "Δ: difference to the published configuration, paired by seed; p from a two-sided "
+        "paired t-test."
+    )
     assert "mean ± 90% t confidence interval" in table.notes[1]
     assert table.notes[0].startswith("Search val acc: search on the validation split")
     assert table.notes[-1] == (
@@ -629,3 +638,24 @@ def test_expected_min_table_of_a_loss_in_its_own_units():
 def test_html_files_are_standalone_pages(tmp_path):
     (path,) = write_tables([GOLDEN], tmp_path, "html")
     assert path.read_text(encoding="utf-8") == GOLDEN.to_html(standalone=True)
+
+
+def test_final_results_publish_needs_a_confirmed_run_and_one_is_enough():
+    from search.report.tables import final_results_table
+
+    nothing = final_results_table([{"label": "A", "runs": []}, {"label": "B", "runs": []}])
+    assert [r[0] for r in nothing.rows] == ["A", "B"]  # nothing confirmed: nothing to publish
+    assert not any(n.startswith("Publish") for n in nothing.notes)
+    one = {"seed": 1, "val_acc": 0.5, "test_acc": 0.5}
+    single = final_results_table([{"label": "A", "runs": [one]}, {"label": "B", "runs": []}])
+    assert [r[0] for r in single.rows] == ["A [publish]", "B"]
+    with pytest.raises(ValueError) as info:
+        final_results_table([])
+    assert str(info.value) == "final_results_table needs at least one configuration, but got none"
+
+
+def test_expected_best_table_shows_the_spread_in_percent():
+    t = expected_max_table([0.5, 0.7, 0.9], [2])
+    (point,) = expected_max_curve([0.5, 0.7, 0.9], [2])
+    assert t.rows == [["2", f"{point.mean * 100:.2f}", f"{point.std * 100:.2f}"]]
+    assert t.raw == [[2, pytest.approx(point.mean * 100), pytest.approx(point.std * 100)]]
