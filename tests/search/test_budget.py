@@ -385,3 +385,22 @@ def test_the_prior_epoch_share_is_a_fraction(share):
     with pytest.raises(ValueError, match=r"prior_share must be in \(0, 1\]"):
         CostModel(optuna.create_study(), prior_share=share)
     assert CostModel(optuna.create_study(), prior_share=1.0).prior_share == 1.0
+
+
+def test_the_probe_is_asked_for_the_data_shape_and_its_out_of_memory_is_stored():
+    from search.experiments.cost import DoesNotFit
+
+    asked: list[tuple[int, int]] = []
+
+    def measure(cfg, *, num_classes, in_chans, **kw):
+        asked.append((num_classes, in_chans))
+        raise trainer.ProbeOutOfMemory("out of memory at micro-batch 2")
+
+    study = optuna.create_study(direction="maximize")
+    cfg = trainer.TrainConfig.from_flat({"data.image_size": 8, "data.batch_size": 64})
+    data = trainer.load_data(cfg.data)
+    with pytest.raises(DoesNotFit, match=r"^oom: the speed probe ran out of memory at micro"):
+        CostModel(study, measure=measure).images_per_second(cfg, data)
+    assert asked == [(data.num_classes, data.in_chans)] == [(10, 1)]  # the digits
+    (entry,) = [v for k, v in study.user_attrs.items() if k.startswith("throughput:")]
+    assert entry["oom"] == "out of memory at micro-batch 2" and entry["seconds"] >= 0
