@@ -469,7 +469,7 @@ def _refit(
     )
     raw = source.user_attrs.get("raw_estimated_seconds")
     if raw:  # the same configuration's probe estimate, scaled: it calibrates later estimates
-        trial.set_user_attr("raw_estimated_seconds", round(raw * epochs / cfg_epochs(source), 2))
+        trial.set_user_attr("raw_estimated_seconds", round(raw * epochs / _cfg_epochs(source), 2))
     progress.message(
         f"refit: trial {number} trains trial {source.number}'s configuration for up to "
         f"{epochs} epochs (patience {patience}), ~{fmt_duration(seconds)} of the "
@@ -489,7 +489,7 @@ def _refit(
     return last
 
 
-def cfg_epochs(trial: optuna.trial.FrozenTrial) -> int:
+def _cfg_epochs(trial: optuna.trial.FrozenTrial) -> int:
     """The train.epochs ``trial`` was configured with."""
     return int((trial.user_attrs.get("config") or {}).get("train.epochs") or 1)
 
