@@ -165,7 +165,9 @@ def test_a_budget_ends_the_run_through_ray(write_study, sock_url):
     proc = in_netns(script, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     elapsed = float(proc.stdout.split("elapsed ")[1].split()[0])
-    assert elapsed <= 60 * 1.1 + 30, proc.stderr
+    # the promise counts from the command's own start; bash's clock also counts Python's
+    # start-up and imports before it (seconds on a loaded machine)
+    assert elapsed <= 60 * 1.1 + 30 + 15, proc.stderr
     trials = load(sock_url, "tiny").trials
     states = [(t.number, t.state.name, t.user_attrs.get("status")) for t in trials]
     assert not [t for t in trials if t.state == TrialState.RUNNING], states
