@@ -9,7 +9,12 @@ from optuna.trial import TrialState
 # Trials that count towards ``--trials N``: complete, or pruned (stopped early by the pruner,
 # a diverged loss, a budget). FAIL and RUNNING do not.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# The user attribute of a refit (the winner of a budgeted search trained again, longer; see
+# ``search.study.refit``): the number of the search trial it retrains. A refit is one trial
+# more than ``--trials N``: it never counts towards N, so a rerun does not run one search
+# trial fewer for it.
+REFIT_ATTR = "refit_of"
 
 from search.store.storage import Storage  # noqa: E402  (after FINISHED: nothing below needs it)
 
-__all__ = ["FINISHED", "Storage"]
+__all__ = ["FINISHED", "REFIT_ATTR", "Storage"]

@@ -37,14 +37,21 @@ _beats = _models.TrialHeartbeatModel.__table__
 _user_attrs = _models.TrialUserAttributeModel.__table__
 
 
-def count_by_state(conn: Any, study_id: int) -> dict[TrialState, int]:
+def count_by_state(
+    conn: Any, study_id: int, *, unless_attr: str | None = None
+) -> dict[TrialState, int]:
     """Trials of a study per state, on the caller's connection (inside its lock's transaction),
-    in one ``GROUP BY``: the public ``get_all_trials`` would load every trial to count them."""
-    query = (
-        sqlalchemy.select(_trials.c.state, sqlalchemy.func.count())
-        .where(_trials.c.study_id == study_id)
-        .group_by(_trials.c.state)
+    in one ``GROUP BY``: the public ``get_all_trials`` would load every trial to count them.
+    ``unless_attr``: trials that carry this user attribute are not counted."""
+    query = sqlalchemy.select(_trials.c.state, sqlalchemy.func.count()).where(
+        _trials.c.study_id == study_id
     )
+    if unless_attr is not None:
+        marked = sqlalchemy.select(_user_attrs.c.trial_id).where(
+            _user_attrs.c.trial_id == _trials.c.trial_id, _user_attrs.c.key == unless_attr
+        )
+        query = query.where(~marked.exists())
+    query = query.group_by(_trials.c.state)
     out = dict.fromkeys(TrialState, 0)
     for state, n in conn.execute(query).all():
         out[TrialState[state] if isinstance(state, str) else state] = n

@@ -37,7 +37,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from search.store import FINISHED
+from search.store import FINISHED, REFIT_ATTR
 from search.store import _optuna_internals as _internals
 from search.store import storage as storage_mod
 from search.store.storage import Storage
@@ -267,12 +267,14 @@ class SlotClaimer:
     # -- counting -------------------------------------------------------------------------
     @storage_mod._retrying
     def counts(self) -> dict[TrialState, int]:
-        """Trials of the study per state (retried while the database is away)."""
+        """Search trials of the study per state, refits left out (retried while the database
+        is away)."""
         with self.storage.engine.connect() as conn:
             return self._count(conn)
 
     def _count(self, conn: Any) -> dict[TrialState, int]:
-        return _internals.count_by_state(conn, self.study_id)
+        # refits are trials beyond the N: they never fill a slot
+        return _internals.count_by_state(conn, self.study_id, unless_attr=REFIT_ATTR)
 
     @staticmethod
     def finished(counts: dict[TrialState, int]) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-REFIT_ATTR = "refit_of"  # user attribute of a refit trial: the number of the trial it retrains
+from search.store import REFIT_ATTR  # user attribute of a refit: the number of the trial it retrains
 
 
 def refit_source(trial: FrozenTrial) -> int | None:

@@ -25,6 +25,7 @@ from search.experiments.evaluate import pick_trial
 from search.experiments.objective import OptunaReporter
 from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length
 from search.report.summary import best_record
+from search.store import FINISHED
 from search.study.refit import REFIT_ATTR, best_search_trial, best_trial
 from search.study.samplers import bracket_rungs, expected_epoch_share
 from search.study.studyfile import load_study
@@ -263,6 +264,20 @@ def test_a_second_worker_does_not_refit_the_same_trial_again(
     assert main([*args, "--trials", "2"]) == 0  # full: no trial, and trial k has its refit
     refits = [t for t in load(storage_url).trials if REFIT_ATTR in t.user_attrs]
     assert len(refits) == 1
+
+
+def test_the_refit_is_one_trial_beyond_n_and_a_rerun_still_runs_n_search_trials(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    fixed_speed(monkeypatch, 1e6)
+    write_study("tiny", _sh_study("refit = 0.25", epochs=6))
+    args = ["run", "--study", "tiny", "-q", "--storage", storage_url]
+    assert main([*args, "--trials", "2", "--budget", "10m"]) == 0
+    trials = load(storage_url).trials
+    assert [REFIT_ATTR in t.user_attrs for t in trials] == [False, False, True]
+    assert main([*args, "--trials", "4"]) == 0  # the refit fills none of the 4 slots
+    search = [t for t in load(storage_url).trials if REFIT_ATTR not in t.user_attrs]
+    assert len(search) == 4 and all(t.state in FINISHED for t in search)
 
 
 def test_no_refit_without_a_wall_clock_or_with_refit_0(write_study, storage_url, fake_train):
