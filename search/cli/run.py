@@ -228,6 +228,7 @@ class Run(Command):
         from search.report.summary import print_summary
         from search.store.workers import WorkerOptions
         from search.study.budget import resolve_run_limits
+        from search.study.samplers import grid_trials
         from search.study.studyfile import load_study
 
         options = WorkerOptions(
@@ -236,6 +237,7 @@ class Run(Command):
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, but got {args.threads}")
         spec = load_study(args.study, profile=args.profile)
+        args.trials = grid_trials(spec.sampler, args.trials)  # workers get it too
         limits = resolve_run_limits(
             spec.budget,
             where=str(spec.path),

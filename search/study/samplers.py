@@ -58,6 +58,21 @@ def create_sampler(table: dict[str, Any]) -> optuna.samplers.BaseSampler:
     )
 
 
+def grid_trials(table: dict[str, Any], n_trials: int | None) -> int | None:
+    """``--trials`` for a study of this ``[sampler]`` table: a grid runs each of its points once,
+    so more trials than points (which Optuna's grid sampler would fill by repeating points at
+    random) is refused, and a run without ``--trials`` ends with the grid."""
+    if table.get("name") != "grid" or not isinstance(table.get("search_space"), dict):
+        return n_trials
+    points = math.prod(len(values) for values in table["search_space"].values())
+    if n_trials is not None and n_trials > points:
+        raise ValueError(
+            f"--trials {n_trials} is more than the {points} points of the study's grid "
+            f"([sampler] search_space), and each point runs once: use --trials {points}"
+        )
+    return points if n_trials is None else n_trials
+
+
 def trial_seed(seed: int, number: int) -> int:
     """A 32-bit seed for trial ``number`` of a study seeded with ``seed``."""
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])

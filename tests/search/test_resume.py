@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import TINY_DIGITS
+from conftest import TINY_DIGITS, one_error_line
 from optuna.trial import TrialState
 from PIL import Image
 
@@ -105,6 +105,23 @@ def test_sampling_in_one_go_and_in_two_runs_draws_the_same_six(
     three = f"sqlite:///{tmp_path / 'three.db'}"
     assert run(three, 2) == 0 and run(three, 6) == 0
     assert [key(p) for p in params_of(three)] == first
+
+
+def test_more_trials_than_grid_points_is_refused_and_nothing_is_written(
+    write_study, storage_url, capsys
+):
+    write_study("free", GRID)
+    assert run(storage_url, 7) == 2
+    one_error_line(capsys, "--trials 7 is more than the 6 points of the study's grid",
+                   "use --trials 6")  # fmt: skip
+    assert optuna.get_all_study_names(storage_url) == []
+
+
+def test_a_budget_without_trials_runs_each_grid_point_once(write_study, storage_url, fake_train):
+    write_study("free", GRID)
+    assert main(["run", "--study", "free", "--budget", "10m", "-q", "--storage", storage_url]) == 0
+    drawn = [key(p) for p in params_of(storage_url)]
+    assert len(drawn) == 6 and len(set(drawn)) == 6
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
