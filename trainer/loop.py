@@ -725,6 +725,7 @@ class _Run:
             restore(
                 state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 generator=self.gen, ema=self.eval_model if self.ema is not None else None,
+                scaler=self.scaler,
             )  # fmt: skip
         except ValueError as exc:
             raise _ResumeFailed(str(exc)) from None
@@ -749,7 +750,7 @@ class _Run:
             best_epoch=self.best_epoch, best_acc=self.best_acc, since_best=self.since_best,
             model=self.model, best_state=self.best_state, optimizer=self.optimizer,
             scheduler=self.scheduler, generator=self.gen,
-            ema=self.eval_model if self.ema is not None else None,
+            ema=self.eval_model if self.ema is not None else None, scaler=self.scaler,
         )  # fmt: skip
         writer.write(path, snapshot)
 

@@ -40,6 +40,7 @@ class TrainState:
     ema: dict[str, torch.Tensor] | None = None
     cpu_rng: torch.Tensor | None = None  # torch's global generators (dropout draws from them)
     cuda_rng: torch.Tensor | None = None
+    scaler: dict[str, Any] | None = None  # fp16's gradient scaler: its loss scale and growth count
 
 
 def _base(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -74,6 +75,7 @@ def snapshot_state(
     scheduler: Any,
     generator: torch.Generator,
     ema: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of the run's state after ``epoch``: one host copy of each tensor,
     taken between two training steps, for ``write_state``."""
@@ -109,6 +111,8 @@ def snapshot_state(
         "optim_scalars": scalars,
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        # plain numbers (the scale, the steps since it last grew); {} for a disabled scaler
+        "scaler": scaler.state_dict() or None if scaler is not None else None,
     }
     return tensors, meta
 
@@ -173,6 +177,7 @@ def load_state(path: str | Path, *, config: dict[str, Any]) -> TrainState:
             ema={k[4:]: v for k, v in tensors.items() if k.startswith("ema/")} or None,
             cpu_rng=tensors.get("rng_cpu"),  # absent from states written before they were kept
             cuda_rng=tensors.get("rng_cuda"),
+            scaler=meta.get("scaler"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path} is an incomplete resume state ({exc!r})") from None
@@ -186,8 +191,11 @@ def restore(
     scheduler: Any,
     generator: torch.Generator,
     ema: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Load a ``TrainState`` into a freshly built model, optimizer, scheduler, EMA and RNG."""
+    """Load a ``TrainState`` into a freshly built model, optimizer, scheduler, EMA, RNG and
+    gradient scaler. Without the scaler's state an fp16 run would restart from the default
+    scale of 65,536 and skip steps again until it has backed off to where it was."""
     try:
         model.load_state_dict(state.model)
         if ema is not None:
@@ -205,5 +213,7 @@ def restore(
             torch.set_rng_state(state.cpu_rng)
         if state.cuda_rng is not None and generator.device.type == "cuda":
             torch.cuda.set_rng_state(state.cuda_rng, generator.device)
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{state.path} does not fit this model ({exc})") from None

@@ -45,9 +45,12 @@ def cache_key(cfg: trainer.TrainConfig, device: str) -> str:
     backbone = cfg.model.backbone
     if backbone == "small_cnn":
         backbone += f"-w{cfg.model.width}"
+    # the probe measures with the trial's memory format and mixed precision: a study that
+    # turns either off measures apart (train.compile is not probed: calibration covers it)
+    switches = ("" if cfg.train.channels_last else "|nchw") + ("" if cfg.train.amp else "|noamp")
     return (
         f"{THROUGHPUT_PREFIX}{backbone}|{cfg.data.image_size}px|"
-        f"batch{cfg.data.batch_size}|{'sam' if sam else 'plain'}|{device}"
+        f"batch{cfg.data.batch_size}|{'sam' if sam else 'plain'}{switches}|{device}"
     )
 
 

@@ -91,9 +91,19 @@ class Objective:
         self.limits = limits or RunLimits()
         self.cost = cost  # needed when the limits are costed
         self.deadline = deadline  # time.monotonic() at which the wall-clock budget runs out
-        # the least expected seconds of any configuration estimated so far: while it fits in
-        # the time left, a drawn configuration that does not is no reason to end the run
-        self.cheapest_expected: float | None = None
+        # the least uncalibrated seconds of any configuration estimated so far (``raw``)
+        self._cheapest_raw: float | None = None
+
+    @property
+    def cheapest_expected(self) -> float | None:
+        """The expected seconds of the cheapest configuration estimated so far, at the study's
+        calibration now: while it fits in the time left, a drawn configuration that does not is
+        no reason to end the run. (At the calibration of its own draw it would go stale: the
+        first draws are estimated by the probe alone, often far below what trials then take.)"""
+        if self._cheapest_raw is None or self.cost is None:
+            return None
+        factor, share = self.cost.calibration()
+        return self._cheapest_raw * factor * share
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg, params = spaces.build_config(self.space, trial, base=self.base, fixed=self.fixed)
@@ -236,8 +246,8 @@ class Objective:
             # pruning and early stopping end most trials early: what earlier trials ran
             # (under a bracket pruner, its expected share until trials have run)
             expected = est.expected_seconds
-            if self.cheapest_expected is None or expected < self.cheapest_expected:
-                self.cheapest_expected = expected
+            if self._cheapest_raw is None or est.raw_seconds < self._cheapest_raw:
+                self._cheapest_raw = est.raw_seconds
             if expected > left:
                 reason = (
                     f"no_time: not run, estimated {fmt_duration(expected)} with "

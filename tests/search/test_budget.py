@@ -331,6 +331,29 @@ def test_a_run_ends_after_25_misfits_in_a_row_even_while_a_cheaper_configuration
     assert "budget: 25 configurations in a row cannot finish" in capsys.readouterr().err
 
 
+def test_the_cheapest_configuration_is_judged_at_the_calibration_trials_have_shown_since():
+    # The first draw is estimated by the probe alone; trials then train 10x slower than the
+    # probe said. "A cheaper configuration still fits" must use what it would take now, or a
+    # stale estimate keeps a run with seconds left drawing 25 misfits instead of 3.
+    from search.experiments.objective import Objective
+
+    study = optuna.create_study(direction="maximize")
+    cost = CostModel(study, measure=CountingMeasure(1000.0))
+    objective = Objective(space="none", base={}, fixed={}, checkpoint_dir=None, cost=cost,
+                          deadline=time.monotonic() + 3600)  # fmt: skip
+    cfg = trainer.TrainConfig.from_flat(
+        {"data.name": "digits", "data.image_size": 8, "data.batch_size": 64, "train.epochs": 3}
+    )
+    first = objective._check_cost(study.ask(), cfg, {}, cost)
+    assert objective.cheapest_expected == pytest.approx(first)
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=0.5,
+        user_attrs={"raw_estimated_seconds": 1.0, "epochs_run": 3, "train_seconds": 10.0,
+                    "config": {"train.epochs": 3}},
+    ))  # fmt: skip
+    assert objective.cheapest_expected == pytest.approx(10 * first)
+
+
 @pytest.mark.parametrize("bad", ["5", None, True, [5]])
 def test_trial_minutes_must_be_a_number(bad):
     with pytest.raises(ValueError) as info:
@@ -357,6 +380,13 @@ def test_the_throughput_cache_key_names_everything_that_decides_a_step_cost():
     assert key(**base, **{"model.backbone": "resnet18", "optim.name": "sam_adam"}) == (
         "throughput:resnet18|32px|batch64|sam|cpu:2t"
     )  # timm backbones ignore model.width; SAM's two passes are another cost
+    # the probe trains in the trial's memory format and precision, so they are part of it;
+    # train.compile is not (the probe never compiles)
+    off = {"model.backbone": "resnet18", "train.channels_last": False, "train.amp": False}
+    assert key(**base, **off) == "throughput:resnet18|32px|batch64|plain|nchw|noamp|cpu:2t"
+    assert key(**base, **{"model.backbone": "resnet18", "train.compile": True}) == (
+        key(**base, **{"model.backbone": "resnet18"})
+    )
 
 
 def test_a_probe_that_ran_out_of_memory_is_remembered_as_not_fitting():

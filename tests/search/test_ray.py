@@ -152,7 +152,8 @@ def test_pruning_stops_bad_trials_through_ray(write_study, sock_url):
 def test_a_budget_ends_the_run_through_ray(write_study, sock_url):
     """--budget 60s on Ray: the command ends within the budget's bound, and a trial still
     running at the deadline stops there (pruned, status budget), none left RUNNING. Its
-    estimate (from the speed probe: 10 short epochs) fits; its epochs take 5 s each."""
+    estimate (from the speed probe: 10 short epochs) fits; its epochs take 8 s each, so no trial
+    finishes inside the budget."""
     write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 10").replace(
         "patience = 2", "patience = 10"))  # fmt: skip
     cmd = search_cmd("run", "--study", "tiny", "--budget", "60s", "--ray", f"127.0.0.1:{PORT}",
@@ -161,7 +162,7 @@ def test_a_budget_ends_the_run_through_ray(write_study, sock_url):
         f"start=$SECONDS; {cmd}; code=$?; echo elapsed $((SECONDS - start)); (exit $code)", cpus=2
     )
     env = env_for(sock_url)
-    env["HPSEARCH_FAULTS"] = "epoch_sleep=5.0"  # 10 epochs of >= 5 s: the deadline cuts them
+    env["HPSEARCH_FAULTS"] = "epoch_sleep=8.0"  # 10 epochs of >= 8 s, over the 60 s budget: cut
     proc = in_netns(script, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     elapsed = float(proc.stdout.split("elapsed ")[1].split()[0])

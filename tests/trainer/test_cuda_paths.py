@@ -24,7 +24,7 @@ from trainer import TrainConfig, _faults
 from trainer import augment as augment_mod
 from trainer.data import ImageData
 from trainer.data.prefetch import HostBatches
-from trainer.resume import load_state, snapshot_state
+from trainer.resume import load_state, restore, snapshot_state, write_state
 from trainer.steps import Batch, make_step
 
 GiB = 1 << 30
@@ -420,6 +420,30 @@ def test_a_snapshot_is_one_contiguous_copy_that_training_cannot_change():
     with torch.no_grad():
         model.weight.add_(1.0)
     assert not torch.equal(weight, model.weight)
+
+
+def test_the_fp16_loss_scale_is_resumed_where_the_run_left_it(tmp_path):
+    # A GradScaler that had backed off to 1024 after overflows, and counted 7 good steps
+    # since: a resumed run starts from there, not from the default 65,536 (which would skip
+    # steps again until it has backed off). The CPU scaler has the same state as the CUDA one.
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.load_state_dict({**scaler.state_dict(), "_growth_tracker": 7})
+    snap = snapshot_state(
+        config={}, epoch=1, history=[], best_epoch=1, best_acc=0.5, since_best=0, model=model,
+        best_state=None, optimizer=opt, scheduler=None, generator=torch.Generator(),
+        scaler=scaler,
+    )  # fmt: skip
+    path = write_state(tmp_path / "s.safetensors", snap)
+    fresh = torch.amp.GradScaler("cpu")
+    assert fresh.get_scale() == 65536.0
+    restore(
+        load_state(path, config={}), model=nn.Linear(3, 2), optimizer=opt, scheduler=None,
+        generator=torch.Generator(), scaler=fresh,
+    )  # fmt: skip
+    assert fresh.get_scale() == 1024.0
+    assert fresh.state_dict()["_growth_tracker"] == 7
 
 
 def test_a_run_waits_for_its_last_background_write_before_removing_the_file(tmp_path, monkeypatch):
