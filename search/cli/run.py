@@ -111,9 +111,9 @@ class Run(Command):
             "--artifacts",
             worker=False,  # given to every worker as SEARCH_ARTIFACTS
             metavar="DIR",
-            help="where checkpoints and resume states go (default: $SEARCH_ARTIFACTS, else "
-            "beside the SQLite file, else ./hpsearch-artifacts); with --ray, a folder every "
-            "node mounts",
+            help="where checkpoints and resume states go: a folder, or s3://BUCKET/PREFIX "
+            "(default: $SEARCH_ARTIFACTS, else beside the SQLite file, else "
+            "./hpsearch-artifacts); with --ray, a folder every node mounts, or S3",
         )
         option(
             "--threads",
@@ -170,10 +170,18 @@ class Run(Command):
             raise ValueError(f"--workers must be >= 1, but got {args.workers}")
         if args.timeout is not None and not args.timeout > 0:
             raise ValueError(f"--timeout must be > 0 seconds, but got {args.timeout}")
-        if args.artifacts:
-            import os
+        import os
 
-            os.environ["SEARCH_ARTIFACTS"] = _absolute(args.artifacts)
+        from search.store import artifacts
+
+        if args.artifacts:
+            given = args.artifacts
+            os.environ["SEARCH_ARTIFACTS"] = (
+                given if artifacts.is_remote(given) else _absolute(given)
+            )
+        remote = os.environ.get("SEARCH_ARTIFACTS")
+        if artifacts.is_remote(remote) and not args.worker_child:
+            artifacts.check_bucket(remote)  # missing, or refusing writes: nothing is written
         if args.ray is None:
             for flag in ("gpus_per_trial", "cpus_per_trial"):
                 if getattr(args, flag) is not None:

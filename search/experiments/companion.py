@@ -17,7 +17,12 @@ import optuna
 from optuna.trial import TrialState
 
 import trainer
-from search.experiments.objective import OptunaReporter, record_result, set_status
+from search.experiments.objective import (
+    OptunaReporter,
+    record_result,
+    set_status,
+    with_local_pretrained,
+)
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
 from search.store import FINISHED, Storage
@@ -74,7 +79,9 @@ def run_fixed(
     trial.set_user_attr("label", label)
     progress.trial_start(trial.number, {"run": label})
     try:
-        result = trainer.train(cfg, reporter=OptunaReporter(trial, progress, cfg.train.epochs))
+        result = trainer.train(
+            with_local_pretrained(cfg), reporter=OptunaReporter(trial, progress, cfg.train.epochs)
+        )
         diverged = result.status in ("nonfinite_loss", "oom") or not math.isfinite(
             result.best_val_acc
         )

@@ -27,7 +27,7 @@ import trainer
 from search.experiments import companion
 from search.report.progress import Progress, fmt_params
 from search.report.runs import ABLATION_SUFFIX, CONFIRM_SUFFIX, config_key, confirm_name
-from search.store import Storage
+from search.store import Storage, artifacts
 from search.store.lookup import stored_user_attrs
 from search.study.refit import refit_of, refit_source
 from search.study.splits import ATTR as SPLITS_ATTR
@@ -117,7 +117,7 @@ def plan_confirm(
     for c in candidates:  # a transfer study's source checkpoint must still be there
         source = c.config.get("model.pretrained")
         if isinstance(source, str) and source != "imagenet":
-            trainer.read_checkpoint(source)
+            trainer.read_checkpoint(artifacts.local_copy(source))
     used = {int(c.config.get("train.seed", 0)) for c in candidates}
     if seeds is not None:
         clash = sorted(set(seeds) & used)

@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 import trainer
+from search.store import artifacts
 from search.study.refit import best_trial
 from search.study.splits import ATTR as SPLITS_ATTR
 from search.study.splits import check_splits, require_test
@@ -32,15 +33,20 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 
 
 def checkpoint_of(trial: optuna.trial.FrozenTrial, study_name: str) -> Path:
+    """The trial's checkpoint as a local file (one in S3 downloaded first)."""
     path = trial.user_attrs.get("checkpoint")
     if not path:
         raise ValueError(f"trial {trial.number} of {study_name!r} saved no checkpoint")
-    if not Path(path).is_file():
+    try:
+        local = artifacts.local_copy(path)
+    except FileNotFoundError:
+        local = None
+    if local is None or not local.is_file():
         raise ValueError(
             f"the checkpoint of trial {trial.number} of {study_name!r} is gone ({path}); "
             "only the best trials keep theirs: use the best trial or rerun it"
         )
-    return Path(path)
+    return local
 
 
 def load_trained(

@@ -75,7 +75,8 @@ def run_workers(
         from search.experiments.ray_launcher import check_artifacts_visible, connect
 
         session = connect(ray)
-        check_artifacts_visible(session, plan.storage.artifact_root.resolve())
+        if not plan.storage.remote_artifacts:  # a bucket: every node reaches it
+            check_artifacts_visible(session, plan.storage.artifact_root.resolve())
     storage, study = prepare_study(plan)
     claimer = SlotClaimer(
         study,
@@ -110,7 +111,7 @@ def run_workers(
             url=plan.url,
             options=ray,
             remaining=None if trials is None else max(1, trials - done),
-            artifacts=plan.storage.artifact_root.resolve(),
+            artifacts=plan.storage.remote_artifacts or plan.storage.artifact_root.resolve(),
             on_lost=lambda placement, pid, why: claimer.lose_worker(
                 placement=placement, pid=pid, why=why
             ),

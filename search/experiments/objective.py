@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ import trainer
 from search.experiments.cost import CostModel, DoesNotFit
 from search.report.notes import annotate_trial, note_failure
 from search.report.progress import Progress
-from search.store import Storage
+from search.store import Storage, artifacts
 from search.store.workers import interruption_reason
 from search.study.budget import RunLimits, fmt_duration
+
+log = logging.getLogger(__name__)
 
 
 class NoTimeLeft(Exception):
@@ -44,8 +48,11 @@ class OptunaReporter:
         self.deadline, self.metric = deadline, metric
         self.prune = prune  # False: the pruner is never asked (a refit runs to its end)
         self.last_epoch = 0
+        self.state_upload: StateUpload | None = None  # resume states into S3, when there
 
     def step(self, epoch: int, step: int, steps_per_epoch: int, images: int) -> bool:
+        if self.state_upload is not None:
+            self.state_upload.step()
         if self.progress:
             self.progress.step(self.trial.number, epoch, self.epochs, step, steps_per_epoch, images)
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -53,6 +60,8 @@ class OptunaReporter:
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
         self.trial.report(metrics[self.metric], epoch)
         self.last_epoch = max(self.last_epoch, epoch)
+        if self.state_upload is not None:
+            self.state_upload.epoch_done()
         if self.progress:
             self.progress.epoch(self.trial.number, epoch, self.epochs, metrics)
 
@@ -156,21 +165,23 @@ class Objective:
             ckpt = self.checkpoint_dir / f"trial-{trial.number}.safetensors"
             # state after each epoch: a retry of this trial (its worker died) resumes there
             last = self.checkpoint_dir / f"trial-{trial.number}.last.safetensors"
+        remote = self.storage is not None and self.storage.remote_artifacts is not None
+        reporter = OptunaReporter(
+            trial, self.progress, cfg.train.epochs, deadline=deadline, metric=self.metric,
+            prune=prune,
+        )  # fmt: skip
+        if remote and last is not None:
+            reporter.state_upload = StateUpload(last)
+        ended = False
         try:
             result = trainer.train(
-                cfg,
-                reporter=OptunaReporter(
-                    trial,
-                    self.progress,
-                    cfg.train.epochs,
-                    deadline=deadline,
-                    metric=self.metric,
-                    prune=prune,
-                ),
+                with_local_pretrained(cfg),
+                reporter=reporter,
                 checkpoint_path=ckpt,
-                resume_from=trial.user_attrs.get("resume_from"),
+                resume_from=_local_resume(trial.user_attrs.get("resume_from")),
                 last_checkpoint_path=last,
             )
+            ended = True
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (search.cli.Terminated)
             set_status(trial, "interrupted", interruption_reason(exc))
             raise
@@ -179,6 +190,9 @@ class Objective:
         except Exception as exc:
             _store_error(trial, cfg, exc)
             raise
+        finally:
+            if reporter.state_upload is not None:  # a run that ended needs no resume state
+                reporter.state_upload.close(keep=not ended)
         # A refit the clock stopped is a shorter run of a configuration already chosen, not
         # a judged one: it keeps its best epoch, weights and value (the trainer keeps no
         # weights of a stopped trial, right for a search trial cut at random).
@@ -189,6 +203,10 @@ class Objective:
                 result.model, ckpt, cfg=cfg, data=data, summary=result.summary()
             )
             result.checkpoint = str(path)
+        if remote and result.checkpoint:  # into the bucket; the trial records its URL
+            local = Path(result.checkpoint)
+            result.checkpoint = artifacts.upload(local)
+            local.unlink(missing_ok=True)
         record_result(trial, result)
         annotate_trial(trial, cfg, result, storage=self.storage)
         if result.status in ("pruned", "nonfinite_loss", "oom", "budget") and not kept:
@@ -256,6 +274,77 @@ class Objective:
                 set_status(trial, "no_time", reason)
                 raise NoTimeLeft(reason)
         return est.seconds
+
+
+def with_local_pretrained(cfg: trainer.TrainConfig) -> trainer.TrainConfig:
+    """``cfg`` with an S3 ``model.pretrained`` (a transfer from a study whose checkpoints are
+    in a bucket) replaced by its local copy, for the trainer, which reads files."""
+    source = cfg.model.pretrained
+    if not artifacts.is_remote(source):
+        return cfg
+    return cfg.replace({"model.pretrained": str(artifacts.local_copy(source))})
+
+
+def _local_resume(ref: str | None) -> str | None:
+    """A retried trial's resume state as a local file: an S3 one is downloaded first. One that
+    is not there any more is passed on as its local path: the trainer notes it and starts
+    from epoch 1."""
+    if not artifacts.is_remote(ref):
+        return ref
+    try:
+        return str(artifacts.download(ref))
+    except FileNotFoundError:
+        return str(artifacts.S3Url.parse(ref).local)
+
+
+class StateUpload:
+    """Puts a trial's resume state (``trainer.train``'s ``last_checkpoint_path``) into the
+    bucket after every epoch, on a background thread, so that a retry on another node resumes
+    there. The state of epoch e is written after the reporter heard of epoch e; it is sent at
+    the first step after it (with a state still being written, the older file is the one on
+    disk: the trainer writes atomically)."""
+
+    def __init__(self, local: Path) -> None:
+        self.local = local
+        self.pending = False
+        self.sent: int | None = None  # st_mtime_ns of the last state sent
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="state-upload")
+        self.future: Future | None = None
+
+    def epoch_done(self) -> None:
+        self.pending = True
+
+    def step(self) -> None:
+        if not self.pending or (self.future is not None and not self.future.done()):
+            return
+        try:
+            mtime = self.local.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime == self.sent:
+            return  # this epoch's state is not written yet
+        self.pending, self.sent = False, mtime
+        self.future = self.pool.submit(self._upload)
+
+    def _upload(self) -> None:
+        try:
+            artifacts.upload(self.local)
+        except FileNotFoundError:
+            pass  # the run ended meanwhile
+        except Exception as exc:  # a retry would resume from an older state, or epoch 1
+            log.warning("could not put the resume state %s into S3: %s", self.local.name, exc)
+
+    def close(self, *, keep: bool) -> None:
+        """Wait for the last upload; remove the state from the bucket unless ``keep`` (the run
+        did not end: a retry resumes from it)."""
+        self.pool.shutdown(wait=True)
+        if not keep:
+            try:
+                artifacts.remove(str(artifacts.S3Url.of_local(self.local)))
+            except Exception as exc:
+                log.warning(
+                    "could not remove the resume state %s from S3: %s", self.local.name, exc
+                )
 
 
 def record_result(trial: optuna.Trial, result: trainer.TrainResult) -> None:

@@ -36,7 +36,12 @@ from search.store import storage as storage_mod
 from search.store.workers import CHILD_ENV, GPU_SHARE_ENV, PLACEMENT_ENV
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
-FORWARDED = ("SEARCH_", "HPSEARCH_", "HF_HUB_OFFLINE")  # environment passed on to the workers
+# environment passed on to the workers; of AWS's, where S3 is and its region, never credentials
+# (each node's own environment or ~/.aws holds those)
+FORWARDED = (
+    "SEARCH_", "HPSEARCH_", "HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)  # fmt: skip
 CANCEL_GRACE = 60.0  # seconds a cancelled worker has to mark its trial failed
 
 
@@ -252,7 +257,7 @@ def launch_ray(
     url: str,
     options: RayOptions,
     remaining: int | None,
-    artifacts: Path,
+    artifacts: Path | str,
     on_lost: Callable[[str, int, str], Any] = lambda placement, pid, why: None,
     stream: TextIO | None = None,
 ) -> int:

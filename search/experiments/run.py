@@ -14,7 +14,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,7 +26,7 @@ from search.experiments.objective import NoTimeLeft, Objective
 from search.experiments.transfer import resolve_pretrained
 from search.report.notes import study_changes_note
 from search.report.progress import Progress
-from search.store import FINISHED, Storage
+from search.store import FINISHED, Storage, artifacts
 from search.store.storage import check_study_name
 from search.store.workers import (
     CHILD_ENV,
@@ -54,6 +53,7 @@ from search.study.samplers import (
 from search.study.splits import record_splits
 from search.study.studyfile import StudySpec
 
+log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 3  # best trials whose weights stay on disk (predict, transfer, evaluate)
 MAX_CONSECUTIVE_FAILURES = 3
 # Drawn configurations in a row too long for the budget left after which the run ends, unless
@@ -108,7 +108,8 @@ def plan_run(
     pinned = resolve_pretrained({**spec.fixed, **(fixed or {})}, store)
     source = pinned.get("model.pretrained")
     if isinstance(source, str) and source != "imagenet":
-        trainer.read_checkpoint(source)  # missing, damaged or unsafe (a pickle): fail here
+        # missing, damaged or unsafe (a pickle): fail here
+        trainer.read_checkpoint(artifacts.local_copy(source))
     queue = [dict(e) for e in spec.enqueue] + [dict(e) for e in (enqueue or [])]
     cfg = spaces.check_names(space, base=base, fixed=pinned, queue=queue)
     create_sampler(spec.sampler)
@@ -547,9 +548,10 @@ def _run_claimed(
     if not _tell(study, trial, state, value, storage, tid):
         return _discard(number, objective, options, progress)
     if resume_from and objective.checkpoint_dir is not None:
-        path = Path(resume_from)
+        path = artifacts.local_path(resume_from)
         if path.parent == objective.checkpoint_dir:  # the retry is done with it
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):  # S3 away: a stray object, nothing lost
+                artifacts.remove(resume_from)
     return storage.rdb.get_trial(tid)
 
 
@@ -614,9 +616,12 @@ def _prune_checkpoints(study: optuna.Study) -> None:
         keep = best_trial(study)
         ranked = [keep, *(t for t in ranked if t.number != keep.number)]
     for t in ranked[KEEP_CHECKPOINTS:]:
-        path = t.user_attrs.get("checkpoint")
-        if path:
-            Path(path).unlink(missing_ok=True)  # another local worker may have been first
+        ref = t.user_attrs.get("checkpoint")  # a path, or an S3 URL
+        if ref:
+            try:
+                artifacts.remove(ref)  # another worker may have been first
+            except Exception as exc:  # S3 away: the file stays, nothing is lost
+                log.warning("could not remove the checkpoint %s: %s", ref, exc)
 
 
 def dry_run(plan: Plan, n: int = 3) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from search.store import Storage
+from search.store import Storage, artifacts
 
 PREFIX = "study:"
 
@@ -36,4 +36,6 @@ def resolve_pretrained(pinned: dict[str, Any], storage: Storage) -> dict[str, An
             f"{source!r} was trained with {clash}; the transfer must use the same backbone "
             f"(remove the conflicting setting)"
         )
-    return {**pinned, **pins, "model.pretrained": str(Path(path).resolve())}
+    ref = best.user_attrs["checkpoint"]  # an S3 URL stays one: every node can read it
+    where = ref if artifacts.is_remote(ref) else str(Path(path).resolve())
+    return {**pinned, **pins, "model.pretrained": where}

@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from search.store import _optuna_internals as _internals
+from search.store import artifacts as _artifacts
 
 DEFAULT_SQLITE = "hpsearch.db"
 ARTIFACTS_DIR = "hpsearch-artifacts"  # without a SQLite file to put them beside
@@ -517,9 +518,18 @@ class Storage:
 
     # -- artifacts -------------------------------------------------------------------------
     @property
-    def artifact_root(self) -> Path:
-        """``$SEARCH_ARTIFACTS``, else beside the SQLite file, else ./hpsearch-artifacts."""
+    def remote_artifacts(self) -> str | None:
+        """``$SEARCH_ARTIFACTS`` when it is an S3 URL (``search.store.artifacts``), else None."""
         base = os.environ.get("SEARCH_ARTIFACTS")
+        return base if _artifacts.is_remote(base) else None
+
+    @property
+    def artifact_root(self) -> Path:
+        """``$SEARCH_ARTIFACTS``, else beside the SQLite file, else ./hpsearch-artifacts. With
+        an S3 URL there: this node's staging folder for it, which mirrors the bucket."""
+        base = os.environ.get("SEARCH_ARTIFACTS")
+        if _artifacts.is_remote(base):
+            return _artifacts.S3Url.parse(base).local
         if base:
             return Path(base)
         path = self.sqlite_path
@@ -535,13 +545,20 @@ class Storage:
         """One artifact store per storage (optuna-dashboard's --artifact-dir)."""
         return self.artifact_root / "artifact-store"
 
-    def artifact_store(self) -> optuna.artifacts.FileSystemArtifactStore:
-        """The artifact store the dashboard notes upload to (its folder made on first use)."""
+    def artifact_store(self) -> Any:
+        """The artifact store the dashboard notes upload to (its folder made on first use), or
+        its prefix in the bucket of ``remote_artifacts``."""
+        if self.remote_artifacts:
+            return _artifacts.PrefixedArtifactStore(self.remote_artifacts)
         root = self.artifact_store_dir
         root.mkdir(parents=True, exist_ok=True)
         return optuna.artifacts.FileSystemArtifactStore(str(root))
 
     def dashboard_command(self) -> str:
+        if self.remote_artifacts:  # optuna-dashboard's own command reads a folder only
+            return (
+                f"SEARCH_ARTIFACTS={self.remote_artifacts} search dashboard --storage {self.masked}"
+            )
         return (
             f"optuna-dashboard {self.masked} --host 127.0.0.1 "
             f"--artifact-dir {self.artifact_store_dir}"

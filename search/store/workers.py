@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.store import FINISHED, REFIT_ATTR
 from search.store import _optuna_internals as _internals
+from search.store import artifacts as _artifacts
 from search.store import storage as storage_mod
 from search.store.storage import Storage
 
@@ -223,6 +224,21 @@ def mark_interrupted(trial: optuna.Trial, exc: BaseException) -> None:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
         trial.set_user_attr("status", "interrupted")
         trial.set_user_attr("reason", interruption_reason(exc))
+
+
+def _remote_move(last: Path, kept: Path) -> str | None:
+    """In the bucket: the failed trial's last state copied to the key of ``kept`` (its worker,
+    if alive, can no longer delete it), the original removed; the new URL, or None when the
+    trial left no state there."""
+    src, dst = (str(_artifacts.S3Url.of_local(p)) for p in (last, kept))
+    try:
+        if _artifacts.exists(src):
+            _artifacts.copy(src, dst)
+            _artifacts.remove(src)
+        return dst if _artifacts.exists(dst) else None
+    except Exception as exc:  # S3 unreachable: the retry starts from epoch 1
+        log.warning("could not keep the resume state of %s in S3: %s", last.name, exc)
+        return None
 
 
 class SlotClaimer:
@@ -457,9 +473,14 @@ class SlotClaimer:
         if self.checkpoint_dir is not None:
             last = self.checkpoint_dir / f"trial-{failed.number}.last.safetensors"
             kept = self.checkpoint_dir / f"trial-{failed.number}.resume.safetensors"
-            with contextlib.suppress(OSError):
-                last.replace(kept)
-            if kept.exists():
-                return str(kept)
+            if self.storage.remote_artifacts:  # in the bucket (search.store.artifacts)
+                moved = _remote_move(last, kept)
+                if moved:
+                    return moved
+            else:
+                with contextlib.suppress(OSError):
+                    last.replace(kept)
+                if kept.exists():
+                    return str(kept)
         inherited = failed.user_attrs.get("resume_from")
         return inherited if inherited and Path(inherited).exists() else inherited

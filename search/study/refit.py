@@ -19,7 +19,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.store import REFIT_ATTR  # user attribute of a refit: the number of the trial it retrains
+# the user attribute of a refit: the number of the trial it retrains
+from search.store import REFIT_ATTR
 
 
 def refit_source(trial: FrozenTrial) -> int | None:
