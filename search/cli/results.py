@@ -100,6 +100,7 @@ class Ablate(Command):
         parser.add_argument(
             "--test", action="store_true", help="also evaluate every run on the held-out test split"
         )
+        add_tta(parser)  # with --test: each run on test without and with the views
 
     def take_action(self, args: argparse.Namespace) -> int:
         from search.experiments.ablate import parse_factor, plan_ablation, run_ablation
@@ -107,6 +108,11 @@ class Ablate(Command):
         from search.report.progress import Progress
         from search.study.studyfile import load_study
 
+        tta = tta_choice(args)
+        if tta and not args.test:
+            raise ValueError(
+                "--tta in an ablation measures the test-time views on the test split: add --test"
+            )
         spec = load_study(args.study, profile=args.profile)
         factors = dict(parse_factor(f) for f in args.factor or [])
         baseline: str | dict[str, Any] | None = args.baseline
@@ -121,6 +127,7 @@ class Ablate(Command):
             data_root=args.data,
             fixed=parse_assignments(args.set),
             test=args.test,
+            tta=tta,
         )
         print_ablation(run_ablation(plan, progress=Progress(quiet=args.quiet)))
         return 0

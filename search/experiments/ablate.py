@@ -51,6 +51,9 @@ class AblationPlan:
     repeats: int
     baseline_source: str
     test: bool = False  # also evaluate every run once on the test split (--test)
+    # --test --tta: each run on the test split also with these test-time views (a key of
+    # trainer.evaluate.tta_key), its TTA's share as a table of its own
+    tta: bool | str = False
 
 
 def parse_factor(text: str) -> tuple[str, list[Any]]:
@@ -75,6 +78,7 @@ def plan_ablation(
     data_root: str | None = None,
     fixed: dict[str, Any] | None = None,
     test: bool = False,
+    tta: bool | str = False,
 ) -> AblationPlan:
     """Resolve factors, repeats and the baseline (CLI first, then the study's [ablation]).
     ``storage``: a ``Storage``, or the URL ``--storage`` (resolved here once)."""
@@ -120,7 +124,11 @@ def plan_ablation(
     if test:  # no test split, or one that changed since an earlier --test: refuse now
         earlier = _earlier_splits(spec.name, store)
         check_splits(earlier, cfg.data, study=companion_name(spec.name), need_test=True)
-    return AblationPlan(spec, store, flat, arms, repeats, source, test)
+    if tta and not test:
+        raise ValueError("an ablation's --tta is measured on the test split: add --test")
+    from trainer.evaluate import tta_key
+
+    return AblationPlan(spec, store, flat, arms, repeats, source, test, tta_key(tta))
 
 
 def _on_best(
@@ -185,8 +193,8 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     done = {
         (t.user_attrs.get("arm"), t.user_attrs.get("repeat"))
         for t in study.get_trials(deepcopy=False, states=FINISHED)
-        if not plan.test or "test_acc" in t.user_attrs or t.value is None
-    }  # --test: a run from before --test is run again, this time evaluated on the test split
+        if t.value is None or _evaluated_as_asked(t, plan)
+    }
     unique: dict[str, Arm] = {}
     for arm in plan.arms:
         unique.setdefault(arm.key, arm)
@@ -202,11 +210,20 @@ def run_ablation(plan: AblationPlan, *, progress: Progress | None = None) -> opt
     )
     finished = total - len(todo)
     for arm, repeat in todo:
-        last = _run_one(study, arm, repeat, progress, plan.storage, test=plan.test)
+        last = _run_one(study, arm, repeat, progress, plan.storage, test=plan.test, tta=plan.tta)
         finished += 1
         value = f"{last.value:.4f}" if last.value is not None else last.state.name.lower()
         progress.trial_end(finished, f"{_label(arm)} repeat {repeat}: {value}", "")
     return study
+
+
+def _evaluated_as_asked(trial: optuna.trial.FrozenTrial, plan: AblationPlan) -> bool:
+    """Whether a finished run holds what this ablation reports: with ``--test`` its test
+    accuracy, with ``--tta`` that with the same views too. A run from before is run again."""
+    attrs = trial.user_attrs
+    if plan.test and "test_acc" not in attrs:
+        return False
+    return not plan.tta or attrs.get("tta_views") == plan.tta
 
 
 def _label(arm: Arm) -> str:
@@ -221,10 +238,11 @@ def _run_one(
     storage: Storage,
     *,
     test: bool = False,
+    tta: bool | str = False,
 ) -> optuna.trial.FrozenTrial:
     cfg = trainer.TrainConfig.from_flat({**arm.config, "train.seed": repeat})
     tags = {"arm": arm.key, "factor": arm.factor, "value": arm.value, "repeat": repeat}
     return companion.run_fixed(
         study, cfg, tags=tags, label=_label(arm), progress=progress, storage=storage,
-        after=companion.split_evaluator(cfg.data) if test else None,
+        after=companion.split_evaluator(cfg.data, also_tta=tta) if test else None,
     )  # fmt: skip

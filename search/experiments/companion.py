@@ -107,16 +107,22 @@ def run_fixed(
 
 
 def split_evaluator(
-    data: trainer.DataConfig, *, tta: bool | str | Sequence[str] = False
+    data: trainer.DataConfig,
+    *,
+    tta: bool | str | Sequence[str] = False,
+    also_tta: bool | str = False,
 ) -> AfterRun:
     """An ``after`` that evaluates the run's model (best epoch's weights) once on the
     validation split and once on the test split, stored as ``eval_val_acc`` and ``test_acc``,
     with the test-time views ``tta`` names (``trainer.evaluate.tta_views``; True: seed 000's
-    six). The test images are loaded here, after training, never before."""
+    six). ``also_tta``: the test split once more with these views, as ``test_acc_tta`` (and
+    the views as ``tta_views``), beside the plain ``test_acc``: the same model both ways.
+    The test images are loaded here, after training, never before."""
     from trainer.data import load_test
     from trainer.evaluate import accuracy, tta_views
 
     views = tta_views(tta)  # resolved (and a bad name refused) before any run
+    extra = tta_views(also_tta) if also_tta else None
 
     def after(trial: optuna.Trial, result: trainer.TrainResult) -> None:
         d = trainer.load_data(data)
@@ -126,6 +132,10 @@ def split_evaluator(
         trial.set_user_attr("eval_val_acc", accuracy(result.model, d.x_val, d.y_val, **kw))
         trial.set_user_attr("test_acc", accuracy(result.model, x_test, y_test, **kw))
         trial.set_user_attr("tta", tta)
+        if extra is not None:
+            kw["tta"] = extra
+            trial.set_user_attr("test_acc_tta", accuracy(result.model, x_test, y_test, **kw))
+            trial.set_user_attr("tta_views", also_tta)
 
     return after
 

@@ -24,6 +24,7 @@ from search.report.tables import (
     fmt_param_count,
     loss_table,
     slugify,
+    tta_table,
     write_tables,
 )
 from search.store import Storage
@@ -62,6 +63,10 @@ def ablation_tables(
         if factor == "loss.name":
             metric = companion.user_attrs.get("loss_metric", DEFAULT_LOSS_METRIC)
             tables.append(loss_table(runs, metric=metric))
+    viewed = [r for r in baseline_runs if r.get("test_acc_tta") is not None]
+    if viewed:  # search ablate --test --tta: the views' share, on the baseline's models
+        views = viewed[-1].get("tta_views")
+        tables.append(tta_table(viewed, views="six views" if views is True else str(views)))
     return tables
 
 

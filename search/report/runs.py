@@ -51,6 +51,8 @@ def collect_runs(study: optuna.Study) -> list[dict[str, Any]]:
             "status": a.get("status"),
             "curves": a.get("curves", {}),
             "test_acc": a.get("test_acc"),
+            "test_acc_tta": a.get("test_acc_tta"),  # --test --tta: the same model, with views
+            "tta_views": a.get("tta_views"),
             "param_count": a.get("param_count"),
             "trainable_param_count": a.get("trainable_param_count"),
             "val_images": a.get("val_images"),  # None for runs stored before it was kept

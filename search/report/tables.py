@@ -61,6 +61,8 @@ METRICS: dict[str, tuple[str, float, int]] = {
 DELTA_LABEL = "Δ final val acc vs baseline (p)"
 PARAMS_LABEL = "Parameters (trainable)"
 TEST_METRIC = ("Test accuracy (held out)", 100.0, 2)
+TTA_METRIC = ("Test accuracy with TTA (held out)", 100.0, 2)
+TTA_DELTA_LABEL = "Δ test acc, TTA minus none (p)"
 
 
 def fmt_param_count(total: int, trainable: int | None = None) -> str:
@@ -478,6 +480,8 @@ def factor_table(
     metrics = dict(METRICS)
     if any(run.get("test_acc") is not None for v in values for run in runs[v]):
         metrics["test_acc"] = TEST_METRIC  # search ablate --test: the same runs on test
+    if any(run.get("test_acc_tta") is not None for v in values for run in runs[v]):
+        metrics["test_acc_tta"] = TTA_METRIC  # --test --tta: and with test-time views
     for key, (label, scale, decimals) in metrics.items():
         row, raw_row = [label], [label]
         for v in values:
@@ -541,6 +545,41 @@ def factor_table(
         rows=rows,
         raw=raw,
         notes=notes,
+    )
+
+
+def tta_table(
+    runs: Sequence[Run], *, views: str, confidence: float = 0.95, title: str | None = None
+) -> Table:
+    """Test-time augmentation's share of a recipe (seed 000 averaged its submission over six
+    views): the baseline's runs on the test split without and with the views, the same model
+    each time, and the paired difference by repeat. TTA changes no training, so this is the
+    whole of its effect."""
+    plain = _by_repeat(runs, "test_acc", arm="baseline")
+    viewed = _by_repeat(runs, "test_acc_tta", arm="baseline")
+    label, scale, decimals = TEST_METRIC
+    row, raw_row = [label], [label]
+    for values in (plain, viewed):
+        est = mean_ci(list(values.values()), confidence=confidence)
+        row.append(est.format(scale=scale, decimals=decimals))
+        raw_row.append(est.to_dict(scale=scale))
+    cell, cell_raw = _paired_cell(viewed, plain, confidence)
+    single = len(set(plain) & set(viewed)) <= 1
+    how = (
+        "One run: each cell is one model, with no confidence interval and no t-test."
+        if single
+        else f"Mean ± {_level(confidence)} t confidence interval over repeats (n = runs); "
+        "Δ paired by repeat (the same model), p from a two-sided paired t-test."
+    )
+    return Table(
+        title=title or "Ablation: test-time augmentation",
+        headers=["TTA", "none", views],
+        rows=[row, [TTA_DELTA_LABEL, "—", cell]],
+        raw=[raw_row, [TTA_DELTA_LABEL, None, cell_raw]],
+        notes=[
+            f"The baseline's models on the held-out test split, without and with the views "
+            f"{views}; accuracies in %. {how}"
+        ],
     )
 
 

@@ -341,6 +341,32 @@ def test_ablate_test_adds_a_test_row_from_the_same_runs(write_study, storage_url
     assert "plain.ablation" not in _studies(storage_url)
 
 
+def test_ablate_test_tta_measures_the_views_on_the_same_models_as_a_table_of_its_own(
+    write_study, storage_url, capsys
+):
+    write_study("conf", CONF + ABLATION)
+    args = ["ablate", "--study", "conf", "--storage", storage_url, "-q", "--test"]
+    assert main([*args, "--tta-views", "identity,hflip"]) == 0
+    out = capsys.readouterr().out
+    trials = optuna.load_study(study_name="conf.ablation", storage=storage_url).trials
+    base = next(t for t in trials if t.user_attrs["label"] == "baseline").user_attrs
+    assert base["tta_views"] == "hflip,identity" and 0.0 <= base["test_acc_tta"] <= 1.0
+    assert "| Test accuracy with TTA (held out)" in out  # a row of every factor's table
+    assert "Ablation: test-time augmentation" in out
+    row = next(line for line in out.splitlines() if line.startswith("| Δ test acc, TTA"))
+    diff = (base["test_acc_tta"] - base["test_acc"]) * 100  # one repeat: that model's gain
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["—", f"{diff:+.2f} (n=1)"]
+    # the same views again: nothing is rerun; other views: each run is, with those views
+    assert main([*args, "--tta-views", "hflip,identity"]) == 0
+    assert len(optuna.load_study(study_name="conf.ablation", storage=storage_url).trials) == 2
+    assert main([*args, "--tta"]) == 0
+    runs = optuna.load_study(study_name="conf.ablation", storage=storage_url).trials
+    assert len(runs) == 4 and all(t.user_attrs["tta_views"] is True for t in runs[2:])
+    capsys.readouterr()
+    assert main(["ablate", "--study", "conf", "--storage", storage_url, "--tta"]) == 2
+    one_error_line(capsys, "--tta", "add --test")
+
+
 TRANSFER_SRC = CONF.replace('name = "digits"\n', 'name = "digits"\nclasses = [0, 1, 2, 3, 4]\n')
 TRANSFER = """
 description = "transfer with a test split"

@@ -220,12 +220,13 @@ def test_food11_quick_ablation_takes_out_each_recipe_choice_and_reports_test(
     tmp_path, storage_url, capsys
 ):
     data = _images(tmp_path / "food11", 11, 10, flat=True)
-    args = ["ablate", "--study", "food11", "--test", "--storage", storage_url, "--data", str(data)]
+    args = ["ablate", "--study", "food11", "--test", "--tta", "--storage", storage_url,
+            "--data", str(data)]  # fmt: skip
     assert main([*args, *QUICK]) == 0
     out = capsys.readouterr().out
-    for factor in ("optim.name", "loss.name", "data.cutmix"):
-        assert f"Ablation: {factor}" in out
-    assert "Test accuracy (held out)" in out
+    for factor in ("optim.name", "loss.name", "data.cutmix", "test-time augmentation"):
+        assert f"Ablation: {factor}" in out  # TTA: the recipe's models without and with views
+    assert "Test accuracy (held out)" in out and "Test accuracy with TTA (held out)" in out
     runs = optuna.load_study(study_name=companion_name("food11.quick"), storage=storage_url)
     configs = {t.user_attrs["value"]: t.user_attrs["config"] for t in runs.trials}
     assert len(runs.trials) == 4  # the recipe, then without SAM, LS-focal, CutMix
