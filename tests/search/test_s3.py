@@ -51,7 +51,7 @@ import boto3
 tmp, body = sys.argv[1], sys.argv[2]
 server = subprocess.Popen(
     [{weed!r}, "mini", f"-dir={{tmp}}/weed", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-     "-bucket={bucket}"],
+     "-bucket={bucket}", *{extra!r}],
     stdout=open(f"{{tmp}}/weed.log", "w"), stderr=subprocess.STDOUT,
 )
 s3 = boto3.client("s3")
@@ -84,10 +84,12 @@ server.wait(timeout=30)
 """
 
 
-def run_with_s3(tmp_path: Path, body: str, *, env: dict[str, str] | None = None) -> dict:
+def run_with_s3(
+    tmp_path: Path, body: str, *, env: dict[str, str] | None = None, server_args: tuple = ()
+) -> dict:
     """Run ``body`` in the driver above, in fresh namespaces; the ``result`` it filled."""
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(weed=WEED, bucket=BUCKET))
+    script.write_text(DRIVER.format(weed=WEED, bucket=BUCKET, extra=list(server_args)))
     proc = subprocess.run(
         [*UNSHARE, "bash", "-c", 'ip link set lo up && exec "$@"', "driver",
          sys.executable, str(script), str(tmp_path), textwrap.dedent(body)],
@@ -226,6 +228,50 @@ def test_a_missing_bucket_is_one_error_line_and_nothing_is_written(write_study, 
         not (tmp_path / "s.db").exists()
         or optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}") == []
     )
+
+
+# With identities, the server checks credentials: one may write, the other only read.
+IDENTITIES = {
+    "identities": [
+        {"name": "admin", "credentials": [{"accessKey": "admin-key", "secretKey": "admin-secret"}],
+         "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+        {"name": "reader", "credentials": [{"accessKey": "ro-key", "secretKey": "ro-secret"}],
+         "actions": ["Read", "List"]},
+    ]
+}  # fmt: skip
+
+
+@needs_server
+def test_a_bucket_that_refuses_writes_is_one_error_line_and_nothing_is_written(
+    write_study, tmp_path
+):
+    write_study("tiny", TINY_DIGITS)
+    config = tmp_path / "s3.json"
+    config.write_text(json.dumps(IDENTITIES))
+    env = dict(
+        s3_env(tmp_path), AWS_ACCESS_KEY_ID="admin-key", AWS_SECRET_ACCESS_KEY="admin-secret"
+    )
+    result = run_with_s3(
+        tmp_path,
+        f"""
+        os.environ.update(AWS_ACCESS_KEY_ID="ro-key", AWS_SECRET_ACCESS_KEY="ro-secret")
+        run = search("node-a", "run", "--study", "tiny", "--trials", "1", "-q",
+                     "--artifacts", "s3://{BUCKET}/x")
+        result["run"] = [run.returncode, run.stdout, run.stderr]
+        result["keys"] = keys()
+        """,
+        env=env,
+        server_args=(f"-s3.config={config}",),
+    )
+    code, out, err = result["run"]
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: --artifacts s3://{BUCKET}/x: the bucket refuses writes (access denied "
+        "(AccessDenied): check the AWS credentials this node uses)"
+    ], err
+    assert "ro-secret" not in err
+    assert result["keys"] == []  # not even the probe object stayed
+    assert not (tmp_path / "s.db").exists()
 
 
 def test_an_unreachable_endpoint_is_one_error_line_without_the_credentials(
