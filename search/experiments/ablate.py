@@ -25,6 +25,7 @@ from search.report.runs import companion_name, config_key
 from search.store import FINISHED, Storage
 from search.store.lookup import stored_user_attrs
 from search.study.metrics import DEFAULT_LOSS_METRIC
+from search.study.refit import best_trial
 from search.study.splits import check_splits
 from search.study.studyfile import StudySpec
 from search.study.values import parse_value
@@ -159,7 +160,7 @@ def _best_config(study_name: str, storage: Storage) -> trainer.TrainConfig:
 
     study, _ = load_stored(study_name, storage)
     try:
-        best = study.best_trial
+        best = best_trial(study)  # the refit of the best search trial, once there is one
     except ValueError:
         raise ValueError(
             f"study {study_name!r} has no complete trial to use as the baseline; "

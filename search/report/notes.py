@@ -14,7 +14,8 @@ from typing import Any
 import optuna
 
 import trainer
-from search.store import Storage
+from search.store import Storage, artifacts
+from search.study.refit import best_search_trial, refit_source
 
 log = logging.getLogger("hpsearch")
 MAX_CHECKPOINT_ARTIFACT = 200 * 2**20  # bigger checkpoints stay in the checkpoint folder only
@@ -99,8 +100,13 @@ def annotate_trial(
             cm_path = _confusion_csv(cfg, result, Path(tmp), trial.number)
             if cm_path is not None:
                 _upload(store, trial, cm_path, "text/csv")
-        ckpt = result.checkpoint
-        if ckpt and _beats_best(trial, result) and os.path.getsize(ckpt) <= MAX_CHECKPOINT_ARTIFACT:
+        ckpt = result.checkpoint  # one in S3 is there for the dashboard's reader already
+        if (
+            ckpt
+            and not artifacts.is_remote(ckpt)
+            and _beats_best(trial, result)
+            and os.path.getsize(ckpt) <= MAX_CHECKPOINT_ARTIFACT
+        ):
             _upload(store, trial, Path(ckpt), "application/octet-stream")
     except Exception as exc:  # the dashboard extras must never cost a trial
         log.warning("could not annotate trial %d for the dashboard: %s", trial.number, exc)
@@ -119,12 +125,17 @@ def note_failure(
 
 def _beats_best(trial: optuna.Trial, result: trainer.TrainResult) -> bool:
     """Only a new best trial gets its weights copied into the artifact store: its value is
-    the study's metric (``search run`` names it) at the kept epoch."""
-    try:
-        best = trial.study.best_value
-    except ValueError:
+    the study's metric (``search run`` names it) at the kept epoch. A refit (the winner trained
+    longer) stands for its search trial whatever its value (``search.study.refit``); search
+    trials are ranked among themselves."""
+    study = trial.study
+    best = best_search_trial(study)
+    if refit_source(trial) is not None:
+        return best is not None and refit_source(trial) == best.number
+    if best is None:
         return True
-    value = result.best_metric((trial.study.metric_names or ["val_acc"])[0])
+    best = best.value
+    value = result.best_metric((study.metric_names or ["val_acc"])[0])
     if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE:
         return value > best
     return value < best

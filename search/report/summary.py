@@ -125,11 +125,19 @@ def print_list(storage: Storage | str | None) -> None:
         print("  (none yet)")
         return
     optuna.logging.set_verbosity(logging.WARNING)
-    summaries = optuna.get_all_study_summaries(store.rdb)
+    summaries = optuna.get_all_study_summaries(store.rdb, include_best_trial=False)
     if not summaries:
         print("  (none yet)")
     for s in summaries:
-        best = f"best {s.best_trial.value:.4f}" if s.best_trial else "no complete trial"
+        study = optuna.load_study(study_name=s.study_name, storage=store.rdb)
+        try:  # ours: the best search trial, or its refit (Optuna's ranks refits by value)
+            top = best_trial(study)
+        except ValueError:
+            best = "no complete trial"
+        else:
+            source = refit_source(top)
+            of = f" (trial {top.number}, refit of {source})" if source is not None else ""
+            best = f"best {top.value:.4f}{of}"
         print(f"  {s.study_name:<18} {s.n_trials:>4} trials  {best}")
 
 

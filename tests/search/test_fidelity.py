@@ -19,13 +19,14 @@ from optuna.trial import TrialState
 import search.experiments.init as si
 import trainer
 from search.cli import main
+from search.experiments.ablate import _best_config
 from search.experiments.confirm import _top_configs
 from search.experiments.cost import CostModel
 from search.experiments.evaluate import pick_trial
 from search.experiments.objective import OptunaReporter
 from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length
 from search.report.summary import best_record
-from search.store import FINISHED
+from search.store import FINISHED, Storage
 from search.study.refit import REFIT_ATTR, best_search_trial, best_trial
 from search.study.samplers import bracket_rungs, expected_epoch_share
 from search.study.studyfile import load_study
@@ -239,6 +240,12 @@ def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_us
     assert json.loads(capsys.readouterr().out)["trial"] == refit.number
     # the refit's weights are kept, whatever its rank by value
     assert refit.user_attrs["checkpoint"]
+    # and `search list` and an ablation's "best" baseline take it too, not Optuna's ranking
+    capsys.readouterr()
+    assert main(["list", "--storage", storage_url]) == 0
+    out = capsys.readouterr().out
+    assert f"best {refit.value:.4f} (trial {refit.number}, refit of {source.number})" in out
+    assert _best_config("tiny", Storage.open(storage_url)).train.epochs == 18
 
 
 def test_a_refit_below_its_search_trial_is_still_the_studys_best():
@@ -252,6 +259,20 @@ def test_a_refit_below_its_search_trial_is_still_the_studys_best():
     assert best_trial(study).number == 2  # ours: the refit of the best search trial
     study.tell(study.ask(), 0.9)  # a better search trial without a refit yet
     assert best_trial(study).number == 3
+
+
+def test_the_dashboard_gets_the_weights_of_the_best_search_trials_refit_whatever_its_value():
+    from search.report.notes import _beats_best
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.6, 0.8):
+        study.tell(study.ask(), value)
+    refit = study.ask()
+    refit.set_user_attr(REFIT_ATTR, 1)  # below trial 1's 0.8, still the study's model
+    assert _beats_best(refit, None)
+    stale = study.ask()
+    stale.set_user_attr(REFIT_ATTR, 0)  # a refit of a trial that is no longer the best
+    assert not _beats_best(stale, None)
 
 
 def test_a_second_worker_does_not_refit_the_same_trial_again(
