@@ -59,7 +59,10 @@ TRIAL_OVERHEAD_S = 5.0
 # trials, and more since cheap configurations and pruned trials end sooner.
 TRIALS_PER_WALL = 4
 DEFAULT_WALL = "10m"
-PROBE_STEPS, PROBE_WARMUP, PROBE_MAX_SECONDS = 2, 1, 3.0
+PROBE_STEPS, PROBE_MAX_SECONDS = 2, 3.0
+# untimed steps before the probe's: None is the device's own count (trainer.measure_throughput:
+# one on a CPU, two on a GPU, whose first steps pay for the allocator and cuDNN's autotuning)
+PROBE_WARMUP = None
 IMBALANCE = 3.0  # largest class / smallest class at which the focal loss joins the space
 # Multi-fidelity over epochs: successive halving (Optuna's is asynchronous, ASHA, so it suits
 # --workers K as well) judges a trial after a few epochs (the lowest rung), then after 3x,
