@@ -205,8 +205,12 @@ class Objective:
             result.checkpoint = str(path)
         if remote and result.checkpoint:  # into the bucket; the trial records its URL
             local = Path(result.checkpoint)
-            result.checkpoint = artifacts.upload(local)
-            local.unlink(missing_ok=True)
+            try:
+                result.checkpoint = artifacts.upload(local)
+            except Exception as exc:  # the trial and its weights stay, on this node only
+                log.warning("could not put %s into S3 (%s); it stays here", local, exc)
+            else:
+                local.unlink(missing_ok=True)
         record_result(trial, result)
         annotate_trial(trial, cfg, result, storage=self.storage)
         if result.status in ("pruned", "nonfinite_loss", "oom", "budget") and not kept:

@@ -617,11 +617,16 @@ def _prune_checkpoints(study: optuna.Study) -> None:
         ranked = [keep, *(t for t in ranked if t.number != keep.number)]
     for t in ranked[KEEP_CHECKPOINTS:]:
         ref = t.user_attrs.get("checkpoint")  # a path, or an S3 URL
-        if ref:
+        if ref and ref not in _REMOVED:  # one request per checkpoint, not one per trial end
             try:
                 artifacts.remove(ref)  # another worker may have been first
             except Exception as exc:  # S3 away: the file stays, nothing is lost
                 log.warning("could not remove the checkpoint %s: %s", ref, exc)
+            else:
+                _REMOVED.add(ref)
+
+
+_REMOVED: set[str] = set()  # checkpoints this process removed
 
 
 def dry_run(plan: Plan, n: int = 3) -> list[dict[str, Any]]:
