@@ -24,10 +24,11 @@ with S = N minutes less what ``search init`` took (its scan and probes count aga
 minutes; the clock starts before it).
 
 The script: what a user writes after Optuna's official examples: torchvision ``ImageFolder``
-and ``DataLoader`` (decoding the JPEGs every epoch, 64 px, a random horizontal flip),
-torchvision backbones from scratch with a Dropout + Linear head, TPE + median pruner over
-backbone / lr / batch size / dropout / optimizer, 10 epochs per trial, val accuracy reported
-after every epoch. At the deadline its running trial stops (as ours does), so both get the
+and ``DataLoader`` (decoding the JPEGs every epoch, 48 px, a random horizontal flip),
+PyTorch's tutorial CNN or torchvision's resnet18 from scratch with a Dropout + Linear head,
+TPE + median pruner over backbone / lr / batch size / dropout / optimizer, 6 epochs per
+trial, val accuracy reported after every epoch: the size, epochs and backbones a user who
+knows the machine picks by hand so that trials finish on two cores. At the deadline its running trial stops (as ours does), so both get the
 same minutes.
 
 Prints, for both and each repeat: trials finished, best val acc, and the time each took to
@@ -59,8 +60,11 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("temple_left", "temple_right", "flower_left", "flower_right")
-SCRIPT_EPOCHS = 10
-SCRIPT_SIZE = 64
+# The script's fixed choices: what a user who knows a 2-core CPU picks by hand (the issue's
+# baseline: resnet18 or a small CNN at 48 px, 6 epochs), not a space no 10 minutes can search
+SCRIPT_EPOCHS = 6
+SCRIPT_SIZE = 48
+SCRIPT_BACKBONES = ("tutorial_cnn", "resnet18")
 HARD_GRID = (5, 8)  # regions of either photo, rows x columns: 80 classes
 HARD_SIZE = 96  # px of the saved crops
 IMAGES = {"hard": 6000, "easy": 2000}
@@ -248,9 +252,7 @@ def script(folder: Path, *, minutes: float, seed: int = 0) -> dict:
 
     def objective(trial: optuna.Trial) -> float:
         torch.manual_seed(trial.number)
-        name = trial.suggest_categorical(
-            "backbone", ["tutorial_cnn", "resnet18", "resnet34", "resnet50", "efficientnet_b2"]
-        )
+        name = trial.suggest_categorical("backbone", list(SCRIPT_BACKBONES))
         lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
         batch = trial.suggest_categorical("batch_size", [16, 32, 64, 128])
         dropout = trial.suggest_float("dropout", 0.0, 0.5)
