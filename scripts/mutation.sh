@@ -52,6 +52,7 @@ pytest_add_cli_args_test_selection =
     tests/search/test_budget.py
     --deselect=tests/search/test_budget.py::test_budget_stops_the_running_trial_and_a_rerun_goes_on
     tests/search/test_run_policy.py
+    tests/search/test_claims.py
     tests/search/test_run.py
     tests/trainer/test_steps.py
     tests/search/test_faults.py::test_a_dead_worker_is_told_from_a_live_one_by_pid_start_time_and_state

@@ -1,0 +1,150 @@
+"""The lost-trial retry, in one process: what a retry carries over from the trial it replaces,
+where its resume state comes from, the bound on retries, a worker an engine reports dead, the
+heartbeat thread, and the reason an interrupted trial records. (The same paths run across real
+processes in test_faults.py; these pin each attribute fast enough for the mutation run.)"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.store import Storage
+from search.store.workers import (
+    Claim,
+    Heartbeat,
+    SlotClaimer,
+    WorkerOptions,
+    interruption_reason,
+)
+
+PLACE = "node 1a2b3c4d (10.0.0.7) GPU 0"
+
+
+@pytest.fixture
+def claimer(tmp_path):
+    """(claimer, study, messages) on a fresh SQLite study, checkpoints in tmp_path/ckpt."""
+    storage = Storage.open(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage.rdb, direction="maximize")
+    said: list[str] = []
+    (tmp_path / "ckpt").mkdir()
+    claims = SlotClaimer(
+        study, storage=storage, n_trials=5, options=WorkerOptions(max_retries=2),
+        checkpoint_dir=tmp_path / "ckpt", say=said.append,
+    )  # fmt: skip
+    return claims, study, said
+
+
+def running(claims: SlotClaimer, *, placement: str = PLACE) -> optuna.Trial:
+    trial = claims.claim()
+    assert not isinstance(trial, Claim)
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("placement", placement)
+    return trial
+
+
+def waiting(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def test_a_lost_worker_fails_its_trial_at_once_and_the_retry_resumes_from_its_kept_state(
+    claimer, tmp_path
+):
+    claims, study, said = claimer
+    trial = running(claims)
+    other = running(claims, placement="node 9f9f9f9f (10.0.0.8) GPU 1")
+    last = tmp_path / "ckpt" / f"trial-{trial.number}.last.safetensors"
+    last.write_bytes(b"state after epoch 2")
+
+    lost = claims.lose_worker(placement=PLACE, pid=os.getpid(), why="its Ray task was lost")
+    assert lost == [trial.number]
+    states = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number].state == TrialState.FAIL
+    assert states[trial.number].user_attrs["status"] == "lost"
+    assert states[trial.number].user_attrs["reason"] == "worker lost: its Ray task was lost"
+    assert states[other.number].state == TrialState.RUNNING  # another worker's: untouched
+    (retry,) = waiting(study)
+    kept = tmp_path / "ckpt" / f"trial-{trial.number}.resume.safetensors"
+    assert retry.user_attrs == {
+        "retry_of": trial.number,
+        "retry_history": [trial.number],
+        "retry_reason": "worker lost: its Ray task was lost",
+        "resume_from": str(kept),
+    }
+    assert retry.system_attrs["fixed_params"] == {"x": trial.params["x"]}
+    # moved aside, so that the lost worker, if it still ran, cannot delete it
+    assert kept.read_bytes() == b"state after epoch 2" and not last.exists()
+    assert said == [
+        f"trial {trial.number} worker lost: its Ray task was lost; retrying its parameters "
+        "(retry 1 of 2, from its last epoch)"
+    ]
+    # the same worker reported again: nothing left to lose; a wrong pid: not its trials
+    assert claims.lose_worker(placement=PLACE, pid=os.getpid(), why="again") == []
+    assert claims.lose_worker(placement=other.user_attrs["placement"], pid=1, why="x") == []
+
+
+def test_a_retry_keeps_the_enqueued_values_and_a_retry_of_a_retry_its_inherited_state(
+    claimer, tmp_path
+):
+    claims, study, said = claimer
+    study.enqueue_trial({"x": 0.25}, user_attrs={"enqueued": {"x": 0.25, "train.seed": 7}})
+    trial = running(claims)
+    inherited = tmp_path / "ckpt" / "trial-9.resume.safetensors"  # what it had resumed from
+    inherited.write_bytes(b"older state")
+    trial.set_user_attr("resume_from", str(inherited))
+    trial.set_user_attr("retry_history", [9])  # it was itself the retry of a trial 9
+    study.tell(trial, state=TrialState.FAIL)
+
+    failed = study.get_trials(deepcopy=False)[-1]
+    assert claims.retry(failed, "its worker stopped beating") == (
+        " (retry 2 of 2, from its last epoch)"
+    )
+    (retry,) = waiting(study)
+    assert retry.user_attrs["retry_of"] == 9
+    assert retry.user_attrs["retry_history"] == [9, trial.number]
+    assert retry.user_attrs["resume_from"] == str(inherited)
+    assert retry.user_attrs["enqueued"] == {"x": 0.25, "train.seed": 7}  # keys the space lacks
+    assert retry.system_attrs["fixed_params"] == {"x": 0.25, "train.seed": 7}
+
+    # the third run of the same parameters is one more than --retries 2 allows
+    assert claims.retry(retry, "lost again") is None
+    assert said[-1] == (
+        f"trial {retry.number} is not retried: its parameters already ran 3 times (--retries 2)"
+    )
+    assert len(waiting(study)) == 1
+
+
+def test_a_retry_without_any_state_starts_from_epoch_one(claimer):
+    claims, study, _ = claimer
+    trial = running(claims)
+    study.tell(trial, state=TrialState.FAIL)
+    assert claims.retry(study.get_trials(deepcopy=False)[-1], "lost") == " (retry 1 of 2)"
+    (retry,) = waiting(study)
+    assert "resume_from" not in retry.user_attrs
+
+
+def test_the_heartbeat_beats_every_interval_on_a_daemon_thread_until_it_stops(claimer, monkeypatch):
+    claims, _, _ = claimer
+    trial = running(claims)
+    tid = claims.trial_id(trial)
+    beats: list[int] = []
+    monkeypatch.setattr(claims.storage.rdb, "record_heartbeat", beats.append)
+    with Heartbeat(claims.storage, tid, 0.05) as beat:
+        thread = beat._thread
+        assert thread.daemon and thread.name == "hpsearch-heartbeat"  # never holds exit back
+        time.sleep(0.5)
+    assert len(beats) >= 3 and set(beats) == {tid}
+    assert not thread.is_alive()
+    stopped = len(beats)
+    time.sleep(0.2)
+    assert len(beats) == stopped
+
+
+def test_an_interrupted_trial_records_ctrl_c_or_the_signal_that_ended_it():
+    assert interruption_reason(KeyboardInterrupt()) == "interrupted by the user (Ctrl-C)"
+    ended = KeyboardInterrupt()
+    ended.reason = "terminated by SIGTERM"
+    assert interruption_reason(ended) == "terminated by SIGTERM"
