@@ -6,9 +6,9 @@ up), so it never binds or probes this machine's address, and everything it start
 the test's shell (pid 1 there), whatever ``ray stop`` would have found. PostgreSQL, started by
 the session outside, is reached over its Unix socket, which crosses network namespaces.
 
-The tests that start a Ray cluster are marked ``ray_cluster``: run them with
-``pytest -m ray_cluster tests/search/test_ray.py``. They stay out of the default run until they
-have passed 20 runs in a row on the CI machine.
+The tests that start a Ray cluster are marked ``ray_cluster`` (``pytest -m ray_cluster
+tests/search/test_ray.py`` runs only them); they are part of the default run since they passed
+20 runs in a row.
 """
 
 from __future__ import annotations
