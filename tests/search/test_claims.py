@@ -19,6 +19,9 @@ from search.store.workers import (
     SlotClaimer,
     WorkerOptions,
     interruption_reason,
+    mark_interrupted,
+    process_gone,
+    this_process,
 )
 
 PLACE = "node 1a2b3c4d (10.0.0.7) GPU 0"
@@ -148,3 +151,45 @@ def test_an_interrupted_trial_records_ctrl_c_or_the_signal_that_ended_it():
     ended = KeyboardInterrupt()
     ended.reason = "terminated by SIGTERM"
     assert interruption_reason(ended) == "terminated by SIGTERM"
+
+
+def test_a_heartbeat_that_fails_says_so_once_and_once_more_when_it_beats_again(
+    claimer, monkeypatch, caplog
+):
+    claims, _, _ = claimer
+    tid = claims.trial_id(running(claims))
+    calls = []
+
+    def flaky(trial_id):  # the database away for two beats, then back
+        calls.append(trial_id)
+        if len(calls) <= 2:
+            raise ConnectionError("server closed the connection")
+
+    monkeypatch.setattr(claims.storage.rdb, "record_heartbeat", flaky)
+    with caplog.at_level("WARNING"), Heartbeat(claims.storage, tid, 0.05):
+        time.sleep(0.5)
+    said = [r.getMessage() for r in caplog.records if "heartbeat" in r.getMessage()]
+    assert len(calls) >= 4
+    assert said == [
+        f"could not record the heartbeat of trial id {tid}: server closed the connection",
+        f"heartbeat of trial id {tid} recorded again",
+    ]
+
+
+def test_a_trial_that_finished_meanwhile_is_neither_failed_nor_retried(claimer):
+    claims, study, said = claimer
+    trial = running(claims)
+    study.tell(trial, 0.5)  # its worker told it just before it was judged lost
+    tid = claims.trial_id(trial)
+    assert claims._lose(tid, trial.number, "no heartbeat") is False
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.COMPLETE
+    assert waiting(study) == [] and said == []
+    mark_interrupted(trial, KeyboardInterrupt())  # too late to mark: no error either
+    assert "status" not in study.get_trials(deepcopy=False)[0].user_attrs
+
+
+def test_a_dead_worker_without_a_recorded_start_time_is_gone():
+    me = this_process()
+    dead = {**me, "pid": 2**22 + 12345, "start": None}  # above pid_max: no such process
+    assert process_gone(dead)
+    assert not process_gone({**me, "start": None})  # this very process, start unknown
