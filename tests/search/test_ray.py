@@ -245,12 +245,13 @@ import signal, subprocess, sys, time
 import optuna
 
 url, cmd = sys.argv[1], sys.argv[2:]
+storage = optuna.storages.RDBStorage(url)  # one engine for every look, not one per look
 run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 deadline = time.monotonic() + 120
 while time.monotonic() < deadline and run.poll() is None:
     time.sleep(0.3)
     try:
-        study = optuna.load_study(study_name="tiny", storage=url)
+        study = optuna.load_study(study_name="tiny", storage=storage)
     except KeyError:
         continue
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -264,6 +265,7 @@ print("CODE", run.returncode)
 
 
 @pytest.mark.ray_cluster
+@pytest.mark.rerun_20
 def test_ctrl_c_on_the_command_marks_the_trials_on_ray_failed_with_the_reason(
     write_study, sock_url, tmp_path
 ):
@@ -273,7 +275,9 @@ def test_ctrl_c_on_the_command_marks_the_trials_on_ray_failed_with_the_reason(
     cmd = [sys.executable, "-m", "search.cli", "run", "--study", "tiny", "--trials", "4",
            "--ray", "local", "--cpus-per-trial", "1", "-q", *FAST]  # fmt: skip
     env = env_for(sock_url)
-    env["HPSEARCH_FAULTS"] = "epoch_sleep=1.0"
+    # 6 epochs of >= 3 s: the trials are still running when the driver sends Ctrl-C (with
+    # 1 s epochs, on a loaded machine, all four once ended before it looked)
+    env["HPSEARCH_FAULTS"] = "epoch_sleep=3.0"
     args = " ".join(f"'{a}'" for a in [sys.executable, str(script), sock_url, *cmd])
     proc = in_netns(args, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
