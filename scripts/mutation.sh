@@ -19,8 +19,15 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$REPO/.venv}
 JOBS=${JOBS:-2}
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check "mutmut==3.8.1"
 WORK=${MUTATION_DIR:-$(mktemp -d /tmp/hpsearch-mutation.XXXXXX)}
+# mutmut keeps the results it finds in mutants/: a folder of an earlier run would count
+# mutants judged against older tests
+if [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
+    echo "error: MUTATION_DIR $WORK is not empty; name a new or empty folder" >&2
+    exit 2
+fi
+mkdir -p "$WORK"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "mutmut==3.8.1"
 git -C "$REPO" archive HEAD | tar -x -C "$WORK"
 cat > "$WORK/setup.cfg" <<'CFG'
 [mutmut]
