@@ -201,3 +201,98 @@ def test_a_dead_worker_without_a_recorded_start_time_is_gone():
     dead = {**me, "pid": 2**22 + 12345, "start": None}  # above pid_max: no such process
     assert process_gone(dead)
     assert not process_gone({**me, "start": None})  # this very process, start unknown
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(heartbeat=0.0), "--heartbeat must be > 0 seconds, but got 0.0"),
+        (dict(heartbeat=-1.0), "--heartbeat must be > 0 seconds, but got -1.0"),
+        (
+            dict(heartbeat=5.0, grace=5.0),
+            "--grace must be longer than the heartbeat (5.0 s), but got 5.0",
+        ),
+        (
+            dict(heartbeat=5.0, grace=4.0),
+            "--grace must be longer than the heartbeat (5.0 s), but got 4.0",
+        ),
+        (dict(max_retries=-1), "--retries must be >= 0, but got -1"),
+    ],
+)
+def test_worker_options_refuse_a_heartbeat_grace_or_retry_count_that_cannot_work(options, message):
+    with pytest.raises(ValueError) as info:
+        WorkerOptions(**options)
+    assert str(info.value) == message
+
+
+def test_the_grace_is_four_heartbeats_unless_given_and_zero_retries_is_allowed():
+    assert WorkerOptions(heartbeat=2.5).grace_period == 10.0
+    assert WorkerOptions(heartbeat=2.5, grace=2.6).grace_period == 2.6
+    assert WorkerOptions().grace_period == 120.0
+    assert WorkerOptions(max_retries=0).max_retries == 0
+    assert WorkerOptions(heartbeat=1e-3).heartbeat == 1e-3
+
+
+class FakeBucket:
+    """The three bucket calls a retry makes, on a dict of keys (no S3 server)."""
+
+    def __init__(self, objects: dict[str, bytes], *, broken: bool = False) -> None:
+        self.objects, self.broken = objects, broken
+
+    def exists(self, ref: str) -> bool:
+        return ref in self.objects
+
+    def copy(self, src: str, dst: str) -> None:
+        if self.broken:
+            raise ConnectionError("endpoint unreachable")
+        self.objects[dst] = self.objects[src]
+
+    def remove(self, ref: str) -> None:
+        self.objects.pop(ref, None)
+
+
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
+    from search.store import artifacts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fake = FakeBucket({})
+    for name in ("exists", "copy", "remove"):
+        monkeypatch.setattr(artifacts, name, getattr(fake, name))
+    return fake, artifacts.staging_root() / "lab" / "ckpt"
+
+
+def test_a_retry_moves_the_lost_trials_state_to_its_kept_key_in_the_bucket(bucket):
+    from search.store.workers import _remote_move
+
+    fake, root = bucket
+    fake.objects["s3://lab/ckpt/trial-3.last.safetensors"] = b"epoch 4"
+    kept = root / "trial-3.lost-1.safetensors"
+    moved = _remote_move(root / "trial-3.last.safetensors", kept)
+    assert moved == "s3://lab/ckpt/trial-3.lost-1.safetensors"
+    assert fake.objects == {moved: b"epoch 4"}  # the worker, if alive, can no longer delete it
+
+
+def test_a_retry_finds_a_state_moved_before_and_none_where_there_was_none(bucket):
+    from search.store.workers import _remote_move
+
+    fake, root = bucket
+    assert (
+        _remote_move(root / "trial-1.last.safetensors", root / "trial-1.lost.safetensors") is None
+    )
+    fake.objects["s3://lab/ckpt/trial-2.lost.safetensors"] = b"epoch 2"
+    moved = _remote_move(root / "trial-2.last.safetensors", root / "trial-2.lost.safetensors")
+    assert moved == "s3://lab/ckpt/trial-2.lost.safetensors"
+
+
+def test_a_bucket_that_fails_during_a_retry_means_a_fresh_start_not_a_crash(bucket, caplog):
+    from search.store.workers import _remote_move
+
+    fake, root = bucket
+    fake.broken = True
+    fake.objects["s3://lab/ckpt/trial-5.last.safetensors"] = b"epoch 1"
+    with caplog.at_level("WARNING", logger="hpsearch"):
+        assert _remote_move(root / "trial-5.last.safetensors", root / "t5.kept") is None
+    assert "could not keep the resume state of trial-5.last.safetensors in S3" in caplog.text
+    assert "endpoint unreachable" in caplog.text
+    assert list(fake.objects) == ["s3://lab/ckpt/trial-5.last.safetensors"]

@@ -155,6 +155,21 @@ BAD_INPUT = {
         ["data.batch_size must be int, but got 'big'"],
     ),
     "zero trials": ("tiny_digits", ["--trials", "0"], ["--trials must be >= 1, but got 0"]),
+    "heartbeat zero": (
+        "tiny_digits",
+        ["--heartbeat", "0"],
+        ["--heartbeat must be > 0 seconds, but got 0.0"],
+    ),
+    "grace not past the heartbeat": (
+        "tiny_digits",
+        ["--heartbeat", "5", "--grace", "5"],
+        ["--grace must be longer than the heartbeat (5.0 s), but got 5.0"],
+    ),
+    "negative retries": (
+        "tiny_digits",
+        ["--retries", "-1"],
+        ["--retries must be >= 0, but got -1"],
+    ),
 }
 
 

@@ -659,3 +659,48 @@ def test_expected_best_table_shows_the_spread_in_percent():
     (point,) = expected_max_curve([0.5, 0.7, 0.9], [2])
     assert t.rows == [["2", f"{point.mean * 100:.2f}", f"{point.std * 100:.2f}"]]
     assert t.raw == [[2, pytest.approx(point.mean * 100), pytest.approx(point.std * 100)]]
+
+
+def test_tta_table_in_full_pairs_the_same_models_by_repeat():
+    from search.report.tables import tta_table
+
+    runs = [
+        {"repeat": 0, "arm": "baseline", "test_acc": 0.70, "test_acc_tta": 0.74},
+        {"repeat": 1, "arm": "baseline", "test_acc": 0.72, "test_acc_tta": 0.73},
+        {"repeat": 2, "arm": "baseline", "test_acc": 0.68, "test_acc_tta": 0.71},
+        {"repeat": 3, "arm": "baseline", "test_acc": 0.69, "test_acc_tta": None},  # no TTA
+    ]
+    table = tta_table(runs, views="flip,crop", confidence=0.9)
+    plain = mean_ci([0.70, 0.72, 0.68, 0.69], confidence=0.9)
+    viewed = mean_ci([0.74, 0.73, 0.71], confidence=0.9)
+    diff = paired_difference([0.74, 0.73, 0.71], [0.70, 0.72, 0.68], confidence=0.9)
+    assert table.title == "Ablation: test-time augmentation"
+    assert table.headers == ["TTA", "none", "flip,crop"]
+    label = "Test accuracy (held out)"
+    assert table.rows == [
+        [label, plain.format(scale=100.0, decimals=2), viewed.format(scale=100.0, decimals=2)],
+        ["Δ test acc, TTA minus none (p)", "—", diff.format(scale=100.0, decimals=2)],
+    ]
+    assert table.raw == [
+        [label, plain.to_dict(scale=100.0), viewed.to_dict(scale=100.0)],
+        ["Δ test acc, TTA minus none (p)", None, diff.to_dict(scale=100.0)],
+    ]
+    assert diff.n == 3 and math.isclose(diff.mean_diff, (0.04 + 0.01 + 0.03) / 3)
+    assert table.notes == [
+        "The baseline's models on the held-out test split, without and with the views "
+        "flip,crop; accuracies in %. Mean ± 90% t confidence interval over repeats (n = runs); "
+        "Δ paired by repeat (the same model), p from a two-sided paired t-test."
+    ]
+    assert tta_table(runs, views="v", title="T").title == "T"
+
+
+def test_tta_table_of_one_model_says_there_is_no_interval():
+    from search.report.tables import tta_table
+
+    one = [{"repeat": 0, "arm": "baseline", "test_acc": 0.5, "test_acc_tta": 0.625}]
+    table = tta_table(one, views="flip")
+    assert table.rows[0] == ["Test accuracy (held out)", "50.00 (n=1)", "62.50 (n=1)"]
+    assert table.notes[0].endswith(
+        "accuracies in %. One run: each cell is one model, with no confidence interval and no "
+        "t-test."
+    )
