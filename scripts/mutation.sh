@@ -13,8 +13,9 @@
 # per mutant), and runs each mutant against only the selected tests that called its function,
 # as recorded in one traced run of them: each module is mapped to its fast tests below. Tests
 # that start other processes are left out (a child process would not trace back), and so are
-# slow ones that wait out a wall clock (a surviving mutant pays for every test). cosmic-ray was the alternative: it rewrites the files in place (unsafe in a
-# shared work tree) and starts a new test process per mutant (torch's import alone is seconds).
+# slow ones that wait out a wall clock (a surviving mutant pays for every test). cosmic-ray
+# was the alternative: it rewrites the files in place (unsafe in a shared work tree) and
+# starts a new test process per mutant (torch's import alone is seconds).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$REPO/.venv}
@@ -62,6 +63,7 @@ pytest_add_cli_args_test_selection =
     tests/search/test_claims.py
     tests/search/test_run.py
     tests/search/test_fidelity.py
+    tests/search/test_single_runs.py
     --deselect=tests/search/test_fidelity.py::test_a_refit_the_clock_stops_keeps_its_best_epoch
     --deselect=tests/search/test_fidelity.py::test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget
     tests/search/test_params.py::test_dry_run_prints_three_configurations_and_writes_nothing

@@ -32,6 +32,39 @@ def test_a_large_difference_needs_few_repeats_where_scipys_tail_is_nan():
     # n=2: power 0.53 (t with 1 df is heavy-tailed); n=3: 0.998. scipy's noncentral t
     # returns nan for the far tail here, which must count as 0, not stop the search
     assert repeats_needed(6.58, 1.0) == 3
+    assert repeats_needed(100.0, 1.0) == 2  # the fewest a paired t-test can use
+
+
+def _paired_power(effect: float, n: int, alpha: float) -> float:
+    """The power of a two-sided paired t-test on n pairs (noncentral t, both tails)."""
+    from scipy import stats as st
+
+    crit = st.t.ppf(1 - alpha / 2, n - 1)
+    shift = effect * math.sqrt(n)
+    return float(st.nct.sf(crit, n - 1, shift) + st.nct.cdf(-crit, n - 1, shift))
+
+
+@pytest.mark.parametrize(
+    "effect, alpha, power", [(0.3, 0.05, 0.8), (0.7, 0.01, 0.8), (1.3, 0.1, 0.8), (0.5, 0.05, 0.9)]
+)
+def test_repeats_needed_is_the_least_n_whose_power_reaches_the_goal(effect, alpha, power):
+    n = repeats_needed(effect * 0.02, 0.02, alpha=alpha, power=power)
+    assert n is not None and n > 2
+    assert _paired_power(effect, n, alpha) >= power > _paired_power(effect, n - 1, alpha)
+    assert repeats_needed(-effect * 0.02, 0.02, alpha=alpha, power=power) == n  # a loss too
+
+
+@pytest.mark.parametrize(
+    "diff, sd", [(0.0, 1.0), (0.5, 0.0), (0.5, -1.0), (math.nan, 1.0), (0.5, math.inf)]
+)
+def test_repeats_needed_is_none_without_a_difference_or_a_spread(diff, sd):
+    assert repeats_needed(diff, sd) is None
+
+
+def test_repeats_needed_is_none_beyond_the_most_it_may_ask_for():
+    assert repeats_needed(0.1, 1.0) == 787
+    assert repeats_needed(0.1, 1.0, most=786) is None
+    assert repeats_needed(0.1, 1.0, most=787) == 787
 
 
 def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():

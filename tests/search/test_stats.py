@@ -21,7 +21,6 @@ from search.report.stats import (
     format_p,
     mean_ci,
     paired_difference,
-    repeats_needed,
 )
 
 # Student (1908) via R's `sleep` data: extra hours of sleep under two drugs, same 10 patients.
@@ -300,49 +299,3 @@ def test_no_values_is_refused_in_one_sentence():
     with pytest.raises(ValueError) as info:
         expected_max_curve([], [1])
     assert str(info.value) == "values must hold at least one finished trial, but got none"
-
-
-def _paired_power(effect: float, n: int, alpha: float) -> float:
-    """The power of a two-sided paired t-test on n pairs (noncentral t, both tails)."""
-    from scipy import stats as st
-
-    crit = st.t.ppf(1 - alpha / 2, n - 1)
-    shift = effect * math.sqrt(n)
-    return float(st.nct.sf(crit, n - 1, shift) + st.nct.cdf(-crit, n - 1, shift))
-
-
-# G*Power's "means: difference between two dependent means (matched pairs)", two tails.
-@pytest.mark.parametrize(
-    "diff, sd, power, n",
-    [(0.5, 1.0, 0.8, 34), (1.6, 2.0, 0.8, 15), (0.02, 0.02, 0.8, 10), (0.5, 1.0, 0.9, 44)],
-)
-def test_repeats_needed_match_the_paired_t_test_power_tables(diff, sd, power, n):
-    assert repeats_needed(diff, sd, power=power) == n
-    assert repeats_needed(-diff, sd, power=power) == n  # a loss needs as many as a gain
-
-
-@pytest.mark.parametrize("effect, alpha", [(0.3, 0.05), (0.7, 0.01), (1.3, 0.1), (0.9, 0.05)])
-def test_repeats_needed_is_the_least_n_whose_power_reaches_the_goal(effect, alpha):
-    n = repeats_needed(effect, 1.0, alpha=alpha, power=0.8)
-    assert n is not None and n > 2
-    assert _paired_power(effect, n, alpha) >= 0.8 > _paired_power(effect, n - 1, alpha)
-
-
-def test_repeats_needed_gives_two_for_a_huge_effect_where_scipys_tail_is_nan():
-    # at n = 2 the shift is 141 standard errors: scipy's noncentral t gives nan there
-    assert repeats_needed(100.0, 1.0) == 2
-    assert repeats_needed(3.0, 1.0) == 4
-    assert _paired_power(3.0, 4, 0.05) >= 0.8 > _paired_power(3.0, 3, 0.05)
-
-
-@pytest.mark.parametrize(
-    "diff, sd", [(0.0, 1.0), (0.5, 0.0), (0.5, -1.0), (math.nan, 1.0), (0.5, math.inf)]
-)
-def test_repeats_needed_is_none_without_a_difference_or_a_spread(diff, sd):
-    assert repeats_needed(diff, sd) is None
-
-
-def test_repeats_needed_is_none_beyond_the_most_it_may_ask_for():
-    assert repeats_needed(0.1, 1.0) == 787
-    assert repeats_needed(0.1, 1.0, most=786) is None
-    assert repeats_needed(0.1, 1.0, most=787) == 787

@@ -694,7 +694,7 @@ def test_tta_table_in_full_pairs_the_same_models_by_repeat():
     assert tta_table(runs, views="v", title="T").title == "T"
 
 
-def test_tta_table_of_one_model_says_there_is_no_interval():
+def test_tta_table_of_one_model_says_there_is_no_interval_and_of_two_gives_one():
     from search.report.tables import tta_table
 
     one = [{"repeat": 0, "arm": "baseline", "test_acc": 0.5, "test_acc_tta": 0.625}]
@@ -704,3 +704,20 @@ def test_tta_table_of_one_model_says_there_is_no_interval():
         "accuracies in %. One run: each cell is one model, with no confidence interval and no "
         "t-test."
     )
+    two = [*one, {"repeat": 1, "arm": "baseline", "test_acc": 0.5, "test_acc_tta": 0.5}]
+    assert "Mean ± 95% t confidence interval" in tta_table(two, views="flip").notes[0]
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ([{"test_acc": 0.5}], "runs of 'baseline' must carry 'repeat', but got keys ['test_acc']"),
+        ([{"repeat": 0, "test_acc": 0.5}] * 2, "runs of 'baseline' hold repeat 0 twice"),
+    ],
+)
+def test_tta_table_names_the_baselines_runs_when_they_cannot_be_paired(runs, message):
+    from search.report.tables import tta_table
+
+    with pytest.raises(ValueError) as info:
+        tta_table(runs, views="flip")
+    assert str(info.value) == message
