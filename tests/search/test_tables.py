@@ -643,8 +643,9 @@ def test_html_files_are_standalone_pages(tmp_path):
 def test_final_results_publish_needs_a_confirmed_run_and_one_is_enough():
     from search.report.tables import final_results_table
 
-    nothing = final_results_table([{"label": "A", "runs": []}, {"label": "B", "runs": []}])
+    nothing = final_results_table([{"label": "A", "runs": []}, {"label": "B"}])  # no runs yet
     assert [r[0] for r in nothing.rows] == ["A", "B"]  # nothing confirmed: nothing to publish
+    assert nothing.title == "Final results"
     assert not any(n.startswith("Publish") for n in nothing.notes)
     one = {"seed": 1, "val_acc": 0.5, "test_acc": 0.5}
     single = final_results_table([{"label": "A", "runs": [one]}, {"label": "B", "runs": []}])
