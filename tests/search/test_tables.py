@@ -714,6 +714,7 @@ def test_tta_table_of_one_model_says_there_is_no_interval_and_of_two_gives_one()
     [
         ([{"test_acc": 0.5}], "runs of 'baseline' must carry 'repeat', but got keys ['test_acc']"),
         ([{"repeat": 0, "test_acc": 0.5}] * 2, "runs of 'baseline' hold repeat 0 twice"),
+        ([{"repeat": 1, "test_acc_tta": 0.5}] * 2, "runs of 'baseline' hold repeat 1 twice"),
     ],
 )
 def test_tta_table_names_the_baselines_runs_when_they_cannot_be_paired(runs, message):
