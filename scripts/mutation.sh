@@ -67,6 +67,7 @@ pytest_add_cli_args_test_selection =
     --deselect=tests/search/test_fidelity.py::test_a_refit_the_clock_stops_keeps_its_best_epoch
     --deselect=tests/search/test_fidelity.py::test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget
     tests/search/test_params.py::test_dry_run_prints_three_configurations_and_writes_nothing
+    tests/search/test_params.py::test_dry_run_shows_the_queue_then_the_draws_that_a_run_of_the_study_starts_with
     tests/trainer/test_steps.py
     tests/search/test_faults.py::test_a_dead_worker_is_told_from_a_live_one_by_pid_start_time_and_state
     tests/search/test_faults.py::test_only_a_trial_whose_local_worker_process_is_gone_is_failed_before_the_grace[sqlite]

@@ -246,3 +246,26 @@ def test_changing_params_of_an_existing_study_is_refused_unless_forced(
     assert len(study.trials) == 2
     (change,) = study.user_attrs["problem_changes"]
     assert change["from_trial"] == 1 and "params" in change["changes"][0]
+
+
+def test_dry_run_shows_the_queue_then_the_draws_that_a_run_of_the_study_starts_with(
+    write_study, tmp_path, fake_train
+):
+    from search.experiments.run import dry_run, plan_run
+
+    body = (
+        '"model.backbone" = ["small_cnn", "mlp"]\n'
+        '"optim.lr" = { low = 1e-4, high = 1e-1, log = true }\n\n'
+        '[[enqueue]]\n"optim.lr" = 0.003\n"model.backbone" = "mlp"\n"train.seed" = 5\n'
+    )  # the queued trial pins a key the space does not draw
+    write_study("dry", params_study(body, space="digits").replace("seed = 0", "seed = 11"))
+    url = f"sqlite:///{tmp_path / 'dry.db'}"
+    shown = dry_run(plan_run(load_study("dry"), storage=url), n=3)
+    assert not (tmp_path / "dry.db").exists()  # drawn in memory: no storage touched
+    queued = {"model.backbone": "mlp", "optim.lr": 0.003, "train.seed": 5}
+    assert shown[0] == {**shown[0], **queued}  # the queue first, with its own keys
+    assert main(["run", "--study", "dry", "--trials", "3", "--storage", url, "-q"]) == 0
+    study = optuna.load_study(study_name="dry", storage=url)
+    assert [{**t.params, **t.user_attrs.get("enqueued", {})} for t in study.trials] == shown
+    assert len({t["optim.lr"] for t in shown}) == 3  # the two draws are the sampler's own
+    assert dry_run(plan_run(load_study("dry"), storage=url, force=True), n=1) == shown[:1]
