@@ -126,3 +126,9 @@ def test_each_pruner_stops_a_weak_trial_after_its_first_epoch(
     assert weak.state == TrialState.PRUNED
     assert weak.user_attrs["reason"] == "pruned after epoch 1"
     assert weak.intermediate_values == {1: 0.1}
+
+
+def test_the_stop_lines_count_finished_trials_of_the_wanted_or_alone_without_a_count():
+    assert run_mod._of(3, 10) == "3 of 10"  # --trials 10
+    assert run_mod._of(3, None) == "3"  # a budget alone: no "of None"
+    assert run_mod._of(0, 0) == "0 of 0"
