@@ -223,6 +223,12 @@ def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_us
     }  # fmt: skip
     assert fake_train.calls[-1].train.epochs == 18
     assert max(refit.intermediate_values) == 18  # never pruned on the way
+    # priced at the source's own seconds per epoch, its speed carried over for the cost model
+    a = source.user_attrs
+    per_epoch = a["train_seconds"] / a["epochs_run"]
+    expected = round(float(a.get("setup_seconds") or 0.0) + 18 * per_epoch, 2)
+    assert refit.user_attrs["estimated_seconds"] == expected
+    assert refit.user_attrs["images_per_second"] == a["images_per_second"] > 0
 
     # best, predict/evaluate and confirm take the refit, whatever its value against trial k
     assert best_trial(study).number == refit.number

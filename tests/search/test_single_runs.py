@@ -33,6 +33,8 @@ def test_a_large_difference_needs_few_repeats_where_scipys_tail_is_nan():
     # returns nan for the far tail here, which must count as 0, not stop the search
     assert repeats_needed(6.58, 1.0) == 3
     assert repeats_needed(100.0, 1.0) == 2  # the fewest a paired t-test can use
+    # a shift of 1e10 sd: scipy gives nan for both tails; the near one is then the normal's (1)
+    assert repeats_needed(1.0, 1e-10) == 2
 
 
 def _paired_power(effect: float, n: int, alpha: float) -> float:
@@ -45,7 +47,19 @@ def _paired_power(effect: float, n: int, alpha: float) -> float:
 
 
 @pytest.mark.parametrize(
-    "effect, alpha, power", [(0.3, 0.05, 0.8), (0.7, 0.01, 0.8), (1.3, 0.1, 0.8), (0.5, 0.05, 0.9)]
+    "effect, alpha, power",
+    [
+        (0.3, 0.05, 0.8),
+        (0.7, 0.01, 0.8),
+        (1.3, 0.1, 0.8),
+        (0.5, 0.05, 0.9),
+        (0.9, 0.05, 0.9),  # 16 pairs: n - 1 degrees of freedom, not n + 1, say so
+        (0.2, 0.1, 0.5),  # 69 pairs counting both tails; the upper alone needs 70
+        (0.1, 0.05, 0.4),  # a goal under one half (a negative normal quantile)
+        (0.5, 0.3, 0.6),  # lenient levels: the lower tail counts, with n - 1 df
+        (0.7, 0.3, 0.6),
+        (0.5, 0.5, 0.8),  # alpha = 0.5: the critical value is t's 75% quantile
+    ],
 )
 def test_repeats_needed_is_the_least_n_whose_power_reaches_the_goal(effect, alpha, power):
     n = repeats_needed(effect * 0.02, 0.02, alpha=alpha, power=power)
@@ -65,6 +79,18 @@ def test_repeats_needed_is_none_beyond_the_most_it_may_ask_for():
     assert repeats_needed(0.1, 1.0) == 787
     assert repeats_needed(0.1, 1.0, most=786) is None
     assert repeats_needed(0.1, 1.0, most=787) == 787
+    # an effect of 0.08865 sd needs 1001 pairs: one more than the default allows
+    assert _paired_power(0.08865, 1001, 0.05) >= 0.8 > _paired_power(0.08865, 1000, 0.05)
+    assert repeats_needed(0.08865, 1.0) is None
+    assert repeats_needed(0.08865, 1.0, most=1001) == 1001
+
+
+def test_a_power_reached_exactly_counts_and_two_pairs_can_be_enough():
+    power = _paired_power(1.0, 10, 0.05)  # the power of 10 pairs at an effect of 1 sd
+    assert _paired_power(1.0, 9, 0.05) < power
+    assert repeats_needed(1.0, 1.0, power=power) == 10
+    assert _paired_power(0.6, 2, 0.5) >= 0.6  # 0.602
+    assert repeats_needed(0.6, 1.0, alpha=0.5, power=0.6) == 2
 
 
 def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():
@@ -74,6 +100,15 @@ def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():
     assert "Single runs (n=1)" in notes and "no confidence interval and no t-test" in notes
     assert "t confidence interval over repeats" not in notes and "p from a" not in notes
     assert "search ablate --repeats N" in notes and "500 validation images" in notes
+    # sd of a difference of two runs: sqrt(2 * 0.82 * 0.18 / 500) = 2.43 points
+    assert table.notes[1] == (
+        "Δ: final validation accuracy minus the baseline's (data.batch_size = 64), in the same "
+        "repeat. 'N repeats to test': the repeats per value with which a two-sided paired "
+        "t-test (p < 0.05) would find a real difference of that size 80% of the time, if runs "
+        "varied only as much as an accuracy measured on 500 validation images does (±2.43 "
+        "points between two runs); runs with other seeds usually vary more, so N is a lower "
+        "bound. search ablate --repeats N runs them."
+    )
     delta = next(r for r in table.rows if r[0] == DELTA_LABEL)
     p = (0.90 + 0.86 + 0.70) / 3
     sd = math.sqrt(2 * p * (1 - p) / 500)
@@ -105,6 +140,11 @@ def test_without_the_validation_size_the_count_is_said_to_be_unknown():
     notes = " ".join(factor_table("b", list(runs), runs, baseline_value="64").notes)
     assert "Single runs (n=1)" in notes and "is unknown here" in notes
     assert "--repeats 3 or more" in notes
+    assert notes.endswith(
+        "in the same repeat. How many repeats a difference needs is unknown here (the runs do "
+        "not record their validation size); rerun with --repeats 3 or more for intervals and "
+        "tests."
+    )
 
 
 def test_a_loss_table_of_single_runs_names_the_gap_and_its_repeats():
@@ -116,6 +156,21 @@ def test_a_loss_table_of_single_runs_names_the_gap_and_its_repeats():
     needed = repeats_needed(0.9133 - 0.9067, sd)
     assert "The two best losses differ by 0.66 points" in notes
     assert f"with {needed} repeats per loss" in notes
+    # sd of a difference of two runs at the mean accuracy 0.9078: 1.83 points
+    assert loss_table(runs).notes == [
+        "Single runs (n=1): each value is one run, with no confidence interval.",
+        f"The two best losses differ by 0.66 points: with {needed} repeats per loss a two-sided "
+        "paired t-test (p < 0.05) would find a real difference of that size 80% of the time, "
+        "if runs varied only as much as an accuracy measured on 500 validation images does "
+        f"(±1.83 points between two runs); runs with other seeds usually vary more, so {needed} "
+        f"is a lower bound. search ablate --repeats {needed} runs them.",
+    ]
+
+
+def test_a_loss_table_of_two_single_runs_names_their_gap():
+    notes = loss_table({"ce": [run(0, 0.9)], "focal": [run(0, 0.8)]}).notes
+    assert len(notes) == 2
+    assert notes[1].startswith("The two best losses differ by 10.00 points: with ")
 
 
 def test_search_ablate_with_one_repeat_prints_it(write_study, storage_url, capsys):

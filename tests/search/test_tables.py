@@ -6,7 +6,10 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -104,6 +107,34 @@ def test_factor_table_pairs_by_repeat_and_skips_missing():
     missing = {"a": runs["a"], "b": [{"repeat": 0, "final_val_acc": None}]}
     t = factor_table("x", ["a", "b"], missing, baseline_value="a")
     assert t.rows[0][2] == "—" and t.rows[-1][2] == "—"
+
+
+def test_factor_table_adds_test_and_parameter_rows_when_the_runs_record_them():
+    params = {"param_count": 23_512_000, "trainable_param_count": 8_195}
+    runs = {
+        "a": [
+            {"repeat": 0, "final_val_acc": 0.5, "test_acc": 0.5, "test_acc_tta": 0.625, **params},
+            {"repeat": 1, "final_val_acc": 0.7, "test_acc": 0.75, "test_acc_tta": 0.875},
+        ],
+        "b": [{"repeat": 0, "final_val_acc": 0.6, "test_acc": 0.25, "test_acc_tta": None}],
+    }
+    table = factor_table("x", ["a", "b"], runs, baseline_value="a", confidence=0.9)
+    # two values a and a + d: mean ± t(0.95, 1 df) * d / 2, with t = tan(0.45 pi) = 6.3138
+    assert table.rows == [
+        ["Max training accuracy", "—", "—"],
+        ["Max validation accuracy", "—", "—"],
+        ["Final validation accuracy", "60.00 ± 63.14 (n=2)", "60.00 (n=1)"],
+        ["Training time (s)", "—", "—"],
+        ["Epochs run", "—", "—"],
+        ["Test accuracy (held out)", "62.50 ± 78.92 (n=2)", "25.00 (n=1)"],
+        ["Test accuracy with TTA (held out)", "75.00 ± 78.92 (n=2)", "—"],
+        ["Parameters (trainable)", "23.51 M (8,195 trainable)", "n/a"],
+        [DELTA_LABEL, "—", "+10.00 (n=1)"],
+    ]
+    assert table.raw[7][1:] == [
+        {"param_count": 23_512_000, "trainable_param_count": 8_195},
+        {"param_count": None, "trainable_param_count": None},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -356,6 +387,7 @@ def test_slugify_is_safe(title):
 def test_slugify_readable():
     assert slugify("Ablation: data.batch_size") == "ablation-data.batch_size"
     assert slugify("kfood_transfer: trials") == "kfood_transfer-trials"
+    assert slugify("a..b -- c") == "a.b-c"  # runs of dots and of dashes inside shrink to one
 
 
 def test_write_tables_stays_in_out_dir_and_dedupes(tmp_path):
@@ -369,17 +401,23 @@ def test_write_tables_stays_in_out_dir_and_dedupes(tmp_path):
 def test_parse_formats():
     assert parse_formats("md, CSV,latex,md") == ["md", "csv", "tex"]
     assert parse_formats(["markdown", "html", "json"]) == ["md", "html", "json"]
+    # a leading dot (a file extension) is dropped; empty items are skipped, not an end
+    assert parse_formats(".md, ,.CSV") == ["md", "csv"]
+    assert parse_formats(["", "html"]) == ["html"]
 
 
 @pytest.mark.parametrize(
-    "formats, hint",
-    [("mdd", "did you mean 'md'"), ("md,latx", "did you mean 'tex'"), ("xlsx", "")],
-)
-def test_unknown_format(tmp_path, formats, hint):
-    with pytest.raises(ValueError, match="valid formats: csv, html, json, md, tex") as err:
+    "formats, message",
+    [
+        ("mdd", "unknown format 'mdd'; valid formats: csv, html, json, md, tex; did you mean 'md'?"),
+        ("md,latx", "unknown format 'latx'; valid formats: csv, html, json, md, tex; did you mean 'tex'?"),
+        ("md, XLSX ", "unknown format 'XLSX'; valid formats: csv, html, json, md, tex"),
+    ],
+)  # fmt: skip
+def test_unknown_format(tmp_path, formats, message):
+    with pytest.raises(ValueError) as err:
         write_tables([Table("t", ["a"], [])], tmp_path / "out", formats)
-    assert hint in str(err.value)
-    assert "unknown format" in str(err.value)
+    assert str(err.value) == message
     assert not (tmp_path / "out").exists()  # nothing written before the check
 
 
@@ -633,6 +671,24 @@ def test_expected_min_table_of_a_loss_in_its_own_units():
         "Expected lowest of k trials drawn with replacement from the 3 finished trials, with "
         'its standard deviation (Dodge et al., 2019, "Show Your Work").'
     ]
+
+
+def test_tables_are_written_in_utf8_under_an_ascii_locale(tmp_path):
+    code = (
+        "import locale, sys\n"
+        "from search.report.tables import Table, write_tables\n"
+        "print(locale.getpreferredencoding(False))\n"
+        "write_tables([Table('t', ['\\u00b1'], [['\\u2014']])], sys.argv[1], 'md,csv')\n"
+    )  # ± and — as escapes: the command line itself is read in the locale's encoding
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    if out.stdout.strip().lower().replace("-", "") == "utf8":
+        pytest.skip("the C locale is UTF-8 on this system")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.csv").read_bytes() == "±\n—\n".encode()
+    assert (tmp_path / "t.md").read_text(encoding="utf-8").startswith("**t**\n\n|   ± |\n")
 
 
 def test_html_files_are_standalone_pages(tmp_path):
