@@ -37,6 +37,7 @@ class FakeTrain:
         tick: Callable[[], None] | None = None,
     ) -> None:
         self.curve, self.tick = curve, tick
+        self.epoch_seconds = 0.01  # the training time each epoch reports
         self.calls: list[trainer.TrainConfig] = []
         self.checkpoint_path: Path | None = None  # the latest one given
 
@@ -66,7 +67,8 @@ class FakeTrain:
                 break
             metrics = {
                 "epoch": epoch, "train_loss": 1.0 - acc, "train_acc": acc,
-                "val_loss": 1.0 - acc, "val_acc": acc, "lr": cfg.optim.lr, "seconds": 0.01,
+                "val_loss": 1.0 - acc, "val_acc": acc, "lr": cfg.optim.lr,
+                "seconds": self.epoch_seconds,
             }  # fmt: skip
             result.history.append(metrics)
             if result.best_epoch < 0 or acc > result.history[result.best_epoch - 1]["val_acc"]:
@@ -75,7 +77,7 @@ class FakeTrain:
             if reporter.should_stop():
                 result.status, result.reason = "pruned", f"pruned after epoch {epoch}"
                 break
-        result.train_seconds = 0.01 * len(result.history)
+        result.train_seconds = self.epoch_seconds * len(result.history)
         if checkpoint_path is not None and result.status == "complete":
             path = Path(checkpoint_path)
             path.parent.mkdir(parents=True, exist_ok=True)

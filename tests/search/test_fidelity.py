@@ -423,6 +423,28 @@ def test_searched_sizes_reach_up_to_where_the_cheapest_kept_backbone_fits():
     assert si._choose_sizes(kept, size=32, cap=32, floor=32, limit=1.0)[0] == []
 
 
+def test_a_refit_gets_the_epochs_the_time_left_holds_at_its_sources_pace(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    # every epoch reports 32 s of training: the refit's half of a 10 min budget holds 7
+    # epochs at the safety margin, more than the 6 its source ran, so a refit is due; with 5
+    # trials done at once about 600 s are left, 15 epochs, fewer than the 3x cap of 18
+    fixed_speed(monkeypatch, 1e6)
+    fake_train.epoch_seconds = 32.0
+    write_study(
+        "tiny", _sh_study("refit = 0.5", epochs=6).replace('"data.batch_size" = 128\n', "")
+    )
+    rc = main(["run", "--study", "tiny", "--trials", "5", "--budget", "10m", "-q",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    (refit,) = [t for t in load(storage_url).trials if REFIT_ATTR in t.user_attrs]
+    source = load(storage_url).trials[refit.user_attrs[REFIT_ATTR]]
+    assert source.user_attrs["train_seconds"] / source.user_attrs["epochs_run"] == 32.0
+    setup = float(source.user_attrs.get("setup_seconds") or 0.0)
+    most = int((600 * 0.85 - setup) // 32)  # the whole budget: an upper bound
+    assert 12 <= refit.user_attrs["config"]["train.epochs"] <= most < 18
+
+
 def test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget(
     write_study, storage_url, monkeypatch, fake_train, capsys
 ):
@@ -461,3 +483,31 @@ def test_a_refit_the_clock_stops_keeps_its_best_epoch(
     run = refit.user_attrs["epochs_run"]
     assert 0 < run < 400 and refit.value == max(refit.intermediate_values.values())
     assert best_trial(load(storage_url)).number == refit.number
+
+
+def test_a_refit_fits_only_in_the_time_from_the_searchs_end_to_the_wall_clocks(monkeypatch):
+    import types
+
+    import search.experiments.run as run_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    fits = run_mod._refit_fits
+    empty = optuna.create_study(direction="maximize")
+    # no complete search trial yet: the search goes on while it has time, then no refit
+    assert fits(empty, 2000.0, search_end=1000.5) and not fits(empty, 2000.0, search_end=1000.0)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.8,
+            user_attrs={"config": {"train.epochs": 4}, "epochs_run": 4, "train_seconds": 40.0},
+        )
+    )
+    # 10 s an epoch: a longer run of it is 5 epochs, 50 s at the refit's safety margin
+    need = 50.0 / run_mod.REFIT_TIME_SAFETY
+    assert fits(study, 1000.0 + need + 0.5, search_end=1000.0)
+    assert not fits(study, 1000.0 + need - 0.5, search_end=1000.0)
+    # counted from the search's end when that is still ahead, else from now
+    assert not fits(study, 1000.0 + need + 0.5, search_end=1001.0)
+    now[0] = 1001.0
+    assert not fits(study, 1000.0 + need + 0.5, search_end=900.0)
