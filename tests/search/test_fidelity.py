@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -27,6 +28,7 @@ from search.experiments.objective import OptunaReporter
 from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length
 from search.report.summary import best_record
 from search.store import FINISHED, Storage
+from search.store.workers import WORKER_ATTR
 from search.study.refit import REFIT_ATTR, best_search_trial, best_trial
 from search.study.samplers import bracket_rungs, expected_epoch_share
 from search.study.studyfile import load_study
@@ -229,6 +231,10 @@ def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_us
     expected = round(float(a.get("setup_seconds") or 0.0) + 18 * per_epoch, 2)
     assert refit.user_attrs["estimated_seconds"] == expected
     assert refit.user_attrs["images_per_second"] == a["images_per_second"] > 0
+    # the probe's estimate of the source, scaled to the refit's epochs: calibrates later ones
+    raw = a["raw_estimated_seconds"]
+    assert refit.user_attrs["raw_estimated_seconds"] == round(raw * 18 / 6, 2) > 0
+    assert refit.system_attrs[WORKER_ATTR]["pid"] == os.getpid()  # claimed by this worker
 
     # best, predict/evaluate and confirm take the refit, whatever its value against trial k
     assert best_trial(study).number == refit.number
