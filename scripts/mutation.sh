@@ -55,6 +55,7 @@ do_not_mutate_patterns =
 pytest_add_cli_args_test_selection =
     tests/search/test_stats.py
     tests/search/test_tables.py
+    --deselect=tests/search/test_tables.py::test_tables_are_written_in_utf8_under_an_ascii_locale
     tests/search/test_export.py
     tests/search/test_splits.py
     tests/search/test_ablate_test_split.py
