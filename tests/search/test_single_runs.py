@@ -100,6 +100,10 @@ def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():
     assert "Single runs (n=1)" in notes and "no confidence interval and no t-test" in notes
     assert "t confidence interval over repeats" not in notes and "p from a" not in notes
     assert "search ablate --repeats N" in notes and "500 validation images" in notes
+    assert table.notes[0] == (
+        "Single runs (n=1): each cell is one run, not a mean; with one run per value there is "
+        "no confidence interval and no t-test. Accuracies in %."
+    )
     # sd of a difference of two runs: sqrt(2 * 0.82 * 0.18 / 500) = 2.43 points
     assert table.notes[1] == (
         "Δ: final validation accuracy minus the baseline's (data.batch_size = 64), in the same "
@@ -123,10 +127,11 @@ def test_a_factor_table_of_single_runs_says_it_has_no_interval_nor_test():
     assert repeats_needed(0.16, sd) < repeats_needed(0.04, sd)
 
 
-def test_with_repeats_the_table_keeps_its_intervals_and_tests():
+@pytest.mark.parametrize("repeats", [2, 3])
+def test_with_repeats_the_table_keeps_its_intervals_and_tests(repeats):
     runs = {
-        "8": [run(0, 0.90), run(1, 0.91), run(2, 0.89)],
-        "64": [run(0, 0.86), run(1, 0.87), run(2, 0.85)],
+        "8": [run(0, 0.90), run(1, 0.91), run(2, 0.89)][:repeats],
+        "64": [run(0, 0.86), run(1, 0.87), run(2, 0.85)][:repeats],
     }
     table = factor_table("data.batch_size", list(runs), runs, baseline_value="64")
     notes = " ".join(table.notes)
@@ -135,11 +140,38 @@ def test_with_repeats_the_table_keeps_its_intervals_and_tests():
     assert "repeats to test" not in " ".join(" ".join(r) for r in table.rows)
 
 
+def test_a_pair_of_single_runs_names_the_repeats_its_gap_needs_in_cell_and_record():
+    runs = {"a": [run(0, 0.80)], "b": [run(0, 0.815)]}
+    table = factor_table("x", ["a", "b"], runs, baseline_value="a")
+    p = (0.80 + 0.815) / 2
+    effect = 0.015 / math.sqrt(2 * p * (1 - p) / 500)
+    assert _paired_power(effect, 24, 0.05) >= 0.8 > _paired_power(effect, 23, 0.05)
+    assert table.rows[-1] == [DELTA_LABEL, "—", "+1.50 (n=1; 24 repeats to test)"]
+    assert table.raw[-1][2] == {
+        "mean": 1.5, "half_width": None, "n": 1, "p_value": None, "repeats_needed": 24,
+    }  # fmt: skip
+
+
+def test_a_gap_too_small_to_test_says_so_and_no_gap_or_no_pair_says_nothing():
+    runs = {"a": [run(0, 0.8)], "b": [run(0, 0.8001)], "c": [run(0, 0.8)], "d": [run(1, 0.9)]}
+    table = factor_table("x", list(runs), runs, baseline_value="a")
+    p = (0.8 + 0.8001 + 0.8 + 0.9) / 4
+    assert _paired_power(0.0001 / math.sqrt(2 * p * (1 - p) / 500), 1000, 0.05) < 0.8
+    assert table.rows[-1] == [
+        DELTA_LABEL, "—", "+0.01 (n=1; over 1000 repeats to test)", "+0.00 (n=1)", "—",
+    ]  # fmt: skip
+    assert [raw.get("repeats_needed", "-") for raw in table.raw[-1][2:]] == [None, None, "-"]
+    assert table.raw[-1][4] == {"mean": None, "half_width": None, "n": 0, "p_value": None}
+
+
 def test_without_the_validation_size_the_count_is_said_to_be_unknown():
     runs = {"8": [run(0, 0.9, val_images=None)], "64": [run(0, 0.86, val_images=None)]}
     notes = " ".join(factor_table("b", list(runs), runs, baseline_value="64").notes)
     assert "Single runs (n=1)" in notes and "is unknown here" in notes
     assert "--repeats 3 or more" in notes
+    table = factor_table("b", list(runs), runs, baseline_value="64")
+    assert table.rows[-1] == [DELTA_LABEL, "+4.00 (n=1)", "—"]  # no count, not even "over"
+    assert table.raw[-1][1]["repeats_needed"] is None
     assert notes.endswith(
         "in the same repeat. How many repeats a difference needs is unknown here (the runs do "
         "not record their validation size); rerun with --repeats 3 or more for intervals and "

@@ -263,6 +263,7 @@ def test_one_value_has_no_spread_and_raises_no_warning():
 
 @pytest.mark.parametrize(("call", "name"), [
     (lambda: mean_ci([1.0, math.nan]), "values"),
+    (lambda: mean_ci([1.0, None]), "values"),  # a run with no value recorded
     (lambda: paired_difference([1.0, math.inf], [1.0, 2.0]), "values"),
     (lambda: paired_difference([1.0, 2.0], [math.nan, 2.0]), "baseline_values"),
     (lambda: expected_max_curve([math.nan], [1]), "values"),

@@ -23,6 +23,7 @@ from search.report.tables import (
     Table,
     expected_max_table,
     factor_table,
+    fmt_param_count,
     latex_escape,
     loss_table,
     parse_formats,
@@ -153,6 +154,29 @@ def test_factor_table_bad_input(values, runs, baseline, match):
         factor_table("x", values, runs, baseline_value=baseline)
 
 
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ({"a": [{"final_val_acc": 0.5}], "b": []}, "runs of 'a' must carry 'repeat'"),
+        ({"a": [], "b": [{"final_val_acc": 0.5}]}, "runs of 'b' must carry 'repeat'"),
+    ],
+)
+def test_factor_table_names_the_value_whose_runs_cannot_be_paired(runs, message):
+    with pytest.raises(ValueError) as info:
+        factor_table("x", ["a", "b"], runs, baseline_value="a")
+    assert str(info.value) == f"{message}, but got keys ['final_val_acc']"
+
+
+def test_param_counts_read_in_thousands_millions_and_billions():
+    assert fmt_param_count(9_999) == "9,999"  # exact below 10 k
+    assert fmt_param_count(10_000) == "10 k"
+    assert fmt_param_count(1_000_000) == "1 M"
+    assert fmt_param_count(1_000_000_000) == "1 G"
+    assert fmt_param_count(23_512_000) == "23.51 M"
+    assert fmt_param_count(23_512_000, 23_512_000) == "23.51 M"  # all trainable
+    assert fmt_param_count(23_512_000, 8_195) == "23.51 M (8,195 trainable)"
+
+
 def test_loss_table_seed_003():
     runs = {
         "CrossEntropyLoss": [{"repeat": 0, "final_val_acc": 0.9133}],
@@ -182,6 +206,9 @@ def test_expected_max_table():
 
 
 def test_table_shape_checked():
+    with pytest.raises(ValueError) as info:
+        Table("t", [], [])
+    assert str(info.value) == "table 't' needs at least one column"
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 headers"):
         Table("t", ["a", "b"], [["x"]])
     with pytest.raises(ValueError, match="raw must have the shape"):
