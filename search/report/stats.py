@@ -173,10 +173,8 @@ def repeats_needed(
     if not (math.isfinite(diff) and math.isfinite(sd)) or diff == 0 or sd <= 0:
         return None
     effect = abs(diff) / sd
-    # the normal approximation is a lower bound on n: start the exact search there
-    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
-    n = max(2, math.floor((z / effect) ** 2))
-    while n <= most:
+
+    def reaches(n: int) -> bool:
         crit = _st.t.ppf(1 - alpha / 2, n - 1)
         shift = effect * math.sqrt(n)
         # scipy's noncentral t gives nan far in a tail (a large shift): there the far tail is
@@ -185,7 +183,16 @@ def repeats_needed(
         if math.isnan(upper):
             upper = float(_st.norm.sf(crit - shift))
         lower = float(_st.nct.cdf(-crit, n - 1, shift))
-        if upper + (0.0 if math.isnan(lower) else lower) >= power:
+        return upper + (0.0 if math.isnan(lower) else lower) >= power
+
+    # Start the exact search at the normal approximation, which ignores the far tail: it
+    # is a lower bound at the usual levels, but can overshoot at a lenient alpha (0.3).
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    n = max(2, math.floor((z / effect) ** 2))
+    while n > 2 and reaches(n - 1):
+        n -= 1
+    while n <= most:
+        if reaches(n):
             return n
         n += 1
     return None

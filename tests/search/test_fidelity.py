@@ -437,9 +437,7 @@ def test_a_refit_gets_the_epochs_the_time_left_holds_at_its_sources_pace(
     # trials done at once about 600 s are left, 15 epochs, fewer than the 3x cap of 18
     fixed_speed(monkeypatch, 1e6)
     fake_train.epoch_seconds = 32.0
-    write_study(
-        "tiny", _sh_study("refit = 0.5", epochs=6).replace('"data.batch_size" = 128\n', "")
-    )
+    write_study("tiny", _sh_study("refit = 0.5", epochs=6).replace('"data.batch_size" = 128\n', ""))
     rc = main(["run", "--study", "tiny", "--trials", "5", "--budget", "10m", "-q",
                "--storage", storage_url])  # fmt: skip
     assert rc == 0
