@@ -482,5 +482,5 @@ class SlotClaimer:
                     last.replace(kept)
                 if kept.exists():
                     return str(kept)
-        inherited = failed.user_attrs.get("resume_from")
-        return inherited if inherited and Path(inherited).exists() else inherited
+        # passed on even when gone: the trainer then notes it and starts from epoch 1
+        return failed.user_attrs.get("resume_from")

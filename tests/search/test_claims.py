@@ -296,3 +296,26 @@ def test_a_bucket_that_fails_during_a_retry_means_a_fresh_start_not_a_crash(buck
     assert "could not keep the resume state of trial-5.last.safetensors in S3" in caplog.text
     assert "endpoint unreachable" in caplog.text
     assert list(fake.objects) == ["s3://lab/ckpt/trial-5.last.safetensors"]
+
+
+def test_with_checkpoints_in_a_bucket_a_lost_trials_retry_resumes_from_its_moved_state(
+    bucket, tmp_path, monkeypatch
+):
+    fake, root = bucket
+    monkeypatch.setenv("SEARCH_ARTIFACTS", "s3://lab/ckpt")
+    storage = Storage.open(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name="s", storage=storage.rdb, direction="maximize")
+    claims = SlotClaimer(
+        study, storage=storage, n_trials=3, options=WorkerOptions(), checkpoint_dir=root,
+        say=lambda line: None,
+    )  # fmt: skip
+    trial, bare = running(claims), running(claims, placement="node 2")
+    fake.objects[f"s3://lab/ckpt/trial-{trial.number}.last.safetensors"] = b"epoch 3"
+    bare.set_user_attr("resume_from", "s3://lab/ckpt/trial-0.resume.safetensors")  # inherited
+    assert claims.lose_worker(placement=PLACE, pid=os.getpid(), why="gone") == [trial.number]
+    assert claims.lose_worker(placement="node 2", pid=os.getpid(), why="gone") == [bare.number]
+    first, second = waiting(study)
+    kept = f"s3://lab/ckpt/trial-{trial.number}.resume.safetensors"
+    assert first.user_attrs["resume_from"] == kept and fake.objects == {kept: b"epoch 3"}
+    # nothing of its own in the bucket: the state it had itself resumed from, passed on
+    assert second.user_attrs["resume_from"] == "s3://lab/ckpt/trial-0.resume.safetensors"
