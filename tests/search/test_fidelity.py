@@ -200,10 +200,27 @@ def test_refit_length_fills_the_time_left_up_to_three_times_the_epochs():
     assert REFIT_MAX_EPOCHS_FACTOR == 3
 
 
+def _finished(**attrs) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(value=0.5, user_attrs=attrs)
+
+
+def test_refit_length_keeps_early_stopping_off_and_needs_the_sources_epochs_and_time():
+    # 2 s an epoch, no setup: 1000 s hold the 3x cap of 30 epochs
+    full = {"config": {"train.epochs": 10}, "epochs_run": 10, "train_seconds": 20.0}
+    assert refit_length(_finished(**full), seconds_left=1000.0) == (30, 0, 60.0)  # patience 0
+    for missing in ("epochs_run", "train_seconds"):
+        partial = {k: v for k, v in full.items() if k != missing}
+        assert refit_length(_finished(**partial), seconds_left=1000.0) is None
+    no_epochs = {**full, "config": {"train.patience": 3}}
+    assert refit_length(_finished(**no_epochs), seconds_left=1000.0) is None
+    assert refit_length(_finished(**{**full, "epochs_run": 0}), seconds_left=1000.0) is None
+
+
 def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_use_it(
     write_study, storage_url, monkeypatch, fake_train, capsys
 ):
     fixed_speed(monkeypatch, 1e6)
+    fake_train.epoch_seconds = 0.01234  # an estimate with more than two decimals to round
     write_study(
         "tiny", _sh_study("refit = 0.25", epochs=6).replace('"data.batch_size" = 128\n', "")
     )
@@ -212,6 +229,9 @@ def test_a_budgeted_run_refits_the_best_search_trial_and_best_predict_confirm_us
     assert rc == 0
     study = load(storage_url)
     refits = [t for t in study.trials if REFIT_ATTR in t.user_attrs]
+    # after the refit too, only three trials keep their weights: the refit and the next two
+    kept = [t.number for t in study.trials if Path(t.user_attrs.get("checkpoint", "-")).exists()]
+    assert len(kept) == 3 and refits[0].number in kept
     assert len(refits) == 1
     (refit,) = refits
     source = best_search_trial(study)
