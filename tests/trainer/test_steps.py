@@ -259,3 +259,28 @@ def test_a_training_epoch_reads_the_device_only_every_few_steps(monkeypatch):
     steps = len(trainer.load_data(cfg.data).x_train) // 64  # 22 steps of 2 x 32 images
     checks = -(-steps // trainer.loop.CHECK_EVERY)  # the last one at the epoch end
     assert len(reads) == 2 * (checks + 2), reads  # per epoch: checks + loss + accuracy
+
+
+def test_micro_batches_of_a_mixed_batch_keep_its_labels_and_mixing_weight():
+    x, y, y_mix = torch.randn(5, 3, 2, 2), torch.arange(5), torch.arange(5, 10)
+    parts = Batch(x, y, y_mix, lam=0.3).split(2)
+    assert [len(p.y) for p in parts] == [2, 2, 1]
+    assert all(p.lam == 0.3 for p in parts)  # the loss mixes every micro-batch alike
+    assert torch.equal(torch.cat([p.y_mix for p in parts]), y_mix)
+    assert torch.equal(torch.cat([p.x for p in parts]), x)
+
+
+def test_a_bfloat16_autocast_step_on_the_cpu_trains_with_float_logits():
+    model = mlp()
+    before = copy.deepcopy(model.state_dict())
+    step = make_step(
+        model, optimizer_for(model, "sgd"), nn.CrossEntropyLoss(), amp=True,
+        amp_dtype=torch.bfloat16,
+    )  # fmt: skip
+    batch = batches(steps=1)[0]
+    loss, correct = step([batch])
+    plain = nn.CrossEntropyLoss(reduction="sum")(mlp()(batch.x), batch.y)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(loss.item() - plain.item()) < 0.05 * plain.item()  # bfloat16's precision
+    assert 0 <= int(correct) <= len(batch.y)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
