@@ -284,3 +284,57 @@ def test_a_bfloat16_autocast_step_on_the_cpu_trains_with_float_logits():
     assert abs(loss.item() - plain.item()) < 0.05 * plain.item()  # bfloat16's precision
     assert 0 <= int(correct) <= len(batch.y)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("clip", [0.0, CLIP])
+def test_with_a_loss_scaler_every_optimizer_updates_exactly_as_without_one(float64, name, clip):
+    # fp16's path (GradScaler) on the CPU: a power-of-two scale is undone exactly in float64,
+    # so the weights must match the unscaled step's bit for bit, SAM's two passes included
+    weights = []
+    for scaler in (None, torch.amp.GradScaler("cpu")):
+        model = mlp()
+        step = make_step(
+            model, optimizer_for(model, name), nn.CrossEntropyLoss(), grad_clip=clip,
+            scaler=scaler,
+        )  # fmt: skip
+        for b in batches():
+            step(b.split(3))
+        weights.append(model.state_dict())
+    plain, scaled = weights
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)
+    assert not torch.equal(plain["1.weight"], mlp().state_dict()["1.weight"])  # it trained
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_step_reports_its_batchs_summed_loss_and_correct_count_before_the_update(float64, scaled):
+    model = mlp()
+    batch = batches(steps=1)[0]
+    with torch.no_grad():
+        logits = model(batch.x)
+    expected_loss = nn.CrossEntropyLoss(reduction="sum")(logits, batch.y)
+    expected_correct = int((logits.argmax(1) == batch.y).sum())
+    scaler = torch.amp.GradScaler("cpu") if scaled else None
+    step = make_step(model, optimizer_for(model, "sam_sgd"), nn.CrossEntropyLoss(), scaler=scaler)
+    loss, correct = step(batch.split(3))  # 3 + 3 + 2 images, SAM's second pass as well
+    assert torch.allclose(loss, expected_loss) and int(correct) == expected_correct
+    assert expected_correct == 3  # of 8: a count that a wrong comparison would change
+
+
+def test_a_mixed_batch_is_trained_on_lam_of_one_labels_loss_and_the_rest_of_the_others(float64):
+    model = mlp()
+    batch = batches(steps=1)[0]
+    y_mix = (batch.y + 1) % 3
+    lam = torch.tensor(0.3)
+    ce = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        logits = model(batch.x)
+    mean = 0.3 * ce(logits, batch.y) + 0.7 * ce(logits, y_mix)
+    reference = mlp()
+    reference_opt = optimizer_for(reference, "sgd")
+    (0.3 * ce(reference(batch.x), batch.y) + 0.7 * ce(reference(batch.x), y_mix)).backward()
+    reference_opt.step()
+    step = make_step(model, optimizer_for(model, "sgd"), ce, mixing=True)
+    loss, _ = step([Batch(batch.x, batch.y, y_mix, lam)])
+    assert torch.allclose(loss, mean * len(batch.y))
+    assert all(torch.allclose(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
