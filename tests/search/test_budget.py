@@ -434,3 +434,27 @@ def test_the_probe_is_asked_for_the_data_shape_and_its_out_of_memory_is_stored()
     assert asked == [(data.num_classes, data.in_chans)] == [(10, 1)]  # the digits
     (entry,) = [v for k, v in study.user_attrs.items() if k.startswith("throughput:")]
     assert entry["oom"] == "out of memory at micro-batch 2" and entry["seconds"] >= 0
+
+
+def test_the_calibration_reads_finished_search_trials_only_and_refits_for_speed_alone():
+
+    def trial(state=TrialState.COMPLETE, *, raw=10.0, epochs=10, run=10, secs=20.0, **attrs):
+        user = {"raw_estimated_seconds": raw, "config": {"train.epochs": epochs},
+                "epochs_run": run, "train_seconds": secs, **attrs}  # fmt: skip
+        value = None if state == TrialState.FAIL else 0.5
+        return optuna.trial.create_trial(state=state, value=value, user_attrs=user)
+
+    study = optuna.create_study(direction="maximize")
+    for t in [
+        trial(),  # 2x the estimate, all its epochs
+        trial(raw=None),  # no estimate: skipped, and the trials after it still count
+        trial(TrialState.PRUNED, run=5, secs=10.0),  # 2x, half its epochs
+        trial(TrialState.FAIL, secs=100.0),  # crashed or lost: its timing is not a trial's
+        trial(run=7, secs=70.0, resumed_from_epoch=3),  # a resumed run's time is partial
+        trial(raw=30.0, epochs=30, run=30, secs=90.0, refit_of=0),  # 3x; a refit's length
+        trial(TrialState.PRUNED, run=2, secs=6.0),  # 3x, a fifth of its epochs
+    ]:
+        study.add_trial(t)
+    ratio, share = CostModel(study).calibration()
+    assert ratio == pytest.approx(2.5)  # the median of 2, 2, 3, 3
+    assert share == pytest.approx(0.5)  # the median of 1, 0.5, 0.2: the refit's is by design
