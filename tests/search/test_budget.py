@@ -458,3 +458,19 @@ def test_the_calibration_reads_finished_search_trials_only_and_refits_for_speed_
     ratio, share = CostModel(study).calibration()
     assert ratio == pytest.approx(2.5)  # the median of 2, 2, 3, 3
     assert share == pytest.approx(0.5)  # the median of 1, 0.5, 0.2: the refit's is by design
+
+
+def test_estimate_counts_repeated_epochs_whole_accumulated_steps_and_sams_evaluation_share():
+    from search.experiments.cost import _EVAL_SHARE
+
+    cfg = trainer.TrainConfig.from_flat(
+        {"data.image_size": 8, "data.batch_size": 30, "train.epochs": 2,
+         "data.epoch_repeats": 2, "train.accum_steps": 2, "optim.name": "sam_sgd"}
+    )  # fmt: skip
+    data = trainer.load_data(cfg.data)
+    n_train, n_val = 2 * len(data.x_train), len(data.x_val)  # every image twice an epoch
+    trained = (n_train // 60) * 60  # whole steps of 30 x 2 accumulated images
+    assert trained != n_train  # a ragged last step to drop
+    expected = 2 * (trained / 50.0 + n_val / (50.0 * _EVAL_SHARE[True]))
+    assert _EVAL_SHARE[True] != _EVAL_SHARE[False]  # SAM's evaluation share is its own
+    assert estimate_seconds(cfg, data, 50.0) == pytest.approx(expected)
