@@ -265,6 +265,7 @@ print("CODE", run.returncode)
 
 
 @pytest.mark.ray_cluster
+@pytest.mark.rerun_20
 def test_ctrl_c_on_the_command_marks_the_trials_on_ray_failed_with_the_reason(
     write_study, sock_url, tmp_path
 ):
