@@ -521,12 +521,7 @@ def test_a_refit_fits_only_in_the_time_from_the_searchs_end_to_the_wall_clocks(m
     # no complete search trial yet: the search goes on while it has time, then no refit
     assert fits(empty, 2000.0, search_end=1000.5) and not fits(empty, 2000.0, search_end=1000.0)
     study = optuna.create_study(direction="maximize")
-    study.add_trial(
-        optuna.trial.create_trial(
-            value=0.8,
-            user_attrs={"config": {"train.epochs": 4}, "epochs_run": 4, "train_seconds": 40.0},
-        )
-    )
+    study.add_trial(_finished(config={"train.epochs": 4}, epochs_run=4, train_seconds=40.0))
     # 10 s an epoch: a longer run of it is 5 epochs, 50 s at the refit's safety margin
     need = 50.0 / run_mod.REFIT_TIME_SAFETY
     assert fits(study, 1000.0 + need + 0.5, search_end=1000.0)
