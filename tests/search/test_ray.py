@@ -247,19 +247,28 @@ import optuna
 url, cmd = sys.argv[1], sys.argv[2:]
 storage = optuna.storages.RDBStorage(url)  # one engine for every look, not one per look
 run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-deadline = time.monotonic() + 120
-while time.monotonic() < deadline and run.poll() is None:
+start = time.monotonic()
+looks, seen, sent = [], "nothing", None
+while time.monotonic() - start < 120 and run.poll() is None:
     time.sleep(0.3)
+    t = time.monotonic()
     try:
         study = optuna.load_study(study_name="tiny", storage=storage)
-    except KeyError:
+        trials = study.get_trials(deepcopy=False)
+    except KeyError:  # the command has not created the study yet
         continue
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    if any(1 in t.intermediate_values for t in running):
+    finally:
+        looks.append(time.monotonic() - t)
+    seen = [(tr.number, tr.state.name, sorted(tr.intermediate_values)) for tr in trials]
+    # a worker that reported an epoch is training the next one
+    if any(tr.state.name == "RUNNING" and tr.intermediate_values for tr in trials):
+        sent = time.monotonic() - start
         break
 run.send_signal(signal.SIGINT)
 out, _ = run.communicate(timeout=120)
 print(out)
+# what the driver saw, for a failure to explain itself
+print(f"LOOKS {len(looks)} (slowest {max(looks, default=0):.2f} s) SENT {sent} SEEN {seen}")
 print("CODE", run.returncode)
 """
 
@@ -281,6 +290,7 @@ def test_ctrl_c_on_the_command_marks_the_trials_on_ray_failed_with_the_reason(
     args = " ".join(f"'{a}'" for a in [sys.executable, str(script), sock_url, *cmd])
     proc = in_netns(args, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SENT None" not in proc.stdout, proc.stdout  # Ctrl-C came while a trial trained
     assert "CODE 130" in proc.stdout, proc.stdout
     trials = load(sock_url, "tiny").trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
