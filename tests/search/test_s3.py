@@ -49,9 +49,11 @@ import json, os, subprocess, sys, time
 import boto3
 
 tmp, body = sys.argv[1], sys.argv[2]
-server = subprocess.Popen(
-    [{weed!r}, "mini", f"-dir={{tmp}}/weed", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-     "-bucket={bucket}", *{extra!r}],
+os.makedirs(f"{{tmp}}/weed-logs")
+server = subprocess.Popen(  # its logs and sockets in the test's folder, not in /tmp
+    [{weed!r}, f"-logdir={{tmp}}/weed-logs", "mini", f"-dir={{tmp}}/weed", "-ip=127.0.0.1",
+     "-ip.bind=127.0.0.1", f"-s3.localSocket={{tmp}}/s3.sock",
+     f"-filer.localSocket={{tmp}}/filer.sock", "-bucket={bucket}", *{extra!r}],
     stdout=open(f"{{tmp}}/weed.log", "w"), stderr=subprocess.STDOUT,
 )
 s3 = boto3.client("s3")
