@@ -66,11 +66,12 @@ class RunLimits:
 def resolve_run_limits(
     section: dict[str, Any],
     *,
-    where: str = "study file",
+    where: str,
     wall: str | float | None = None,
     max_trial_minutes: float | None = None,
 ) -> RunLimits:
-    """The study file's ``[budget]`` wall / max_trial_minutes, overridden by the flags."""
+    """The study file's ``[budget]`` wall / max_trial_minutes, overridden by the flags;
+    ``where`` names the file in errors."""
     if wall is not None:
         wall_s = parse_duration(wall, key="--budget")
     elif "wall" in section:

@@ -3,6 +3,7 @@ and ``--budget`` ending a run (the running trial stopped at its next step)."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from optuna.trial import TrialState
 import trainer
 from search.cli import main
 from search.experiments.cost import CostModel, cache_key, estimate_seconds
-from search.study.budget import RunLimits, parse_duration, parse_minutes, resolve_run_limits
+from search.study.budget import (
+    RunLimits,
+    fmt_duration,
+    parse_duration,
+    parse_minutes,
+    resolve_run_limits,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -79,10 +86,35 @@ def test_bad_durations_name_the_key_and_an_example(bad):
 
 def test_flags_override_the_study_file_budget():
     section = {"wall": "10m", "max_trial_minutes": 2}
-    assert resolve_run_limits(section) == RunLimits(wall_seconds=600.0, max_trial_seconds=120.0)
-    got = resolve_run_limits(section, wall="1h", max_trial_minutes=0.5)
+    got = resolve_run_limits(section, where="s.toml")
+    assert got == RunLimits(wall_seconds=600.0, max_trial_seconds=120.0)
+    got = resolve_run_limits(section, where="s.toml", wall="1h", max_trial_minutes=0.5)
     assert got == RunLimits(wall_seconds=3600.0, max_trial_seconds=30.0)
-    assert not resolve_run_limits({}).costed
+    assert not resolve_run_limits({}, where="s.toml").costed
+
+
+@pytest.mark.parametrize(
+    ("section", "flags", "named"),
+    [
+        ({"wall": "soon"}, {}, "s.toml [budget] wall must be a duration"),
+        ({"max_trial_minutes": -1}, {}, "s.toml [budget] max_trial_minutes must be"),
+        ({"wall": "10m"}, {"wall": "soon"}, "--budget must be a duration"),
+        ({}, {"max_trial_minutes": 0}, "--max-trial-minutes must be"),
+    ],
+)
+def test_a_bad_budget_names_the_file_or_the_flag_it_came_from(section, flags, named):
+    with pytest.raises(ValueError, match="^" + re.escape(named)):
+        resolve_run_limits(section, where="s.toml", **flags)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(-3, "0s"), (0, "0s"), (0.4, "0s"), (59.4, "59s"), (60, "1m00s"), (61, "1m01s"),
+     (119, "1m59s"), (3599, "59m59s"), (3600, "1h00m"), (3661, "1h01m"), (7199, "1h59m"),
+     (90061, "25h01m")],
+)  # fmt: skip
+def test_durations_are_written_in_seconds_then_minutes_then_hours(seconds, text):
+    assert fmt_duration(seconds) == text
 
 
 @pytest.mark.parametrize(
