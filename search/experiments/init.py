@@ -490,13 +490,17 @@ def _choose_schedule(
     A bracket starts REDUCTION^k trials at the lowest rung and carries one to the top, so it
     costs REDUCTION^k times a trial's expected epochs. The schedule is the longest of
     SCHEDULES at which BRACKETS_PER_SEARCH brackets of a typical kept configuration (the
-    median cost per epoch; ``kept`` are estimates of ``epochs`` epochs) fit the search's share
-    of the wall clock, and REFIT_TOP_RUNGS times the top rung of it fit the refit's share (a
-    refit no longer than its trial is pointless, and the first trial always reaches the top:
-    Optuna's halving promotes the best of fewer than REDUCTION); else the shortest."""
+    median cost per epoch, the lower of the middle two for an even count: of two backbones
+    the faster, which the first trial runs; rungs sized for the slower would cut every trial
+    of the faster short, while the slower one's trials are held to the per-trial limit by
+    their expected cost under the halving; ``kept`` are estimates of ``epochs`` epochs) fit
+    the search's share of the wall clock, and REFIT_TOP_RUNGS times the top rung of it fit
+    the refit's share (a refit no longer than its trial is pointless, and the first trial
+    always reaches the top: Optuna's halving promotes the best of fewer than REDUCTION);
+    else the shortest."""
     fixed = TRIAL_OVERHEAD_S / 60
     per_epoch = {e.backbone: max(1e-9, ((e.minutes or 0.0) - fixed) / epochs) for e in kept}
-    typical = sorted(per_epoch, key=per_epoch.get)[len(per_epoch) // 2]
+    typical = sorted(per_epoch, key=per_epoch.get)[(len(per_epoch) - 1) // 2]
     search = (1 - REFIT_SHARE) * wall_seconds / 60
     room, refit = search / BRACKETS_PER_SEARCH, REFIT_SHARE * wall_seconds / 60
     tried: list[str] = []  # why each longer schedule was left out

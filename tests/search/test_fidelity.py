@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 import tomllib
 from pathlib import Path
@@ -25,7 +26,7 @@ from search.experiments.confirm import _top_configs
 from search.experiments.cost import CostModel
 from search.experiments.evaluate import pick_trial
 from search.experiments.objective import OptunaReporter
-from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length
+from search.experiments.run import REFIT_MAX_EPOCHS_FACTOR, refit_length, refit_share
 from search.report.summary import best_record
 from search.store import FINISHED, Storage
 from search.store.workers import WORKER_ATTR
@@ -179,6 +180,12 @@ def test_under_successive_halving_trials_stop_at_rungs_and_the_top_ones_complete
 
 
 # ------------------------------------------------------------------------- the refit
+
+
+def test_a_budget_without_a_refit_share_keeps_no_time_for_a_refit():
+    assert refit_share({"wall": "10m"}) == 0.0  # study files written before the refit
+    assert refit_share({"wall": "10m", "refit": 0.25}) == 0.25
+    assert refit_share({"refit": 0}) == 0.0
 
 
 def test_refit_length_fills_the_time_left_up_to_three_times_the_epochs():
@@ -384,22 +391,42 @@ def test_with_a_refit_the_first_draw_that_cannot_fit_ends_the_search(
 # ---------------------------------------------------------------------- search init
 
 
-def test_the_budget_decides_the_rungs():
-    # per epoch: seed_cnn 0.01 min, small_cnn 0.05 min (the median of the two), + overhead
-    kept = [
-        si.BackboneCost("seed_cnn", 64, 100.0, 10 * 0.01 + si.TRIAL_OVERHEAD_S / 60),
-        si.BackboneCost("small_cnn", 64, 20.0, 10 * 0.05 + si.TRIAL_OVERHEAD_S / 60),
+def _kept(**per_epoch_minutes: float) -> list[si.BackboneCost]:
+    """Estimates of 10-epoch trials at these minutes per epoch, plus the fixed overhead."""
+    return [
+        si.BackboneCost(b, 64, 1.0 / m, 10 * m + si.TRIAL_OVERHEAD_S / 60)
+        for b, m in per_epoch_minutes.items()
     ]
+
+
+def test_the_budget_decides_the_rungs():
+    # per epoch: seed_cnn 0.05 min (the faster of two sets the rungs), small_cnn 0.25 min
+    kept = _kept(seed_cnn=0.05, small_cnn=0.25)
     tops = {}
     for minutes in (2, 3, 10, 60):
         low, top, why = si._choose_schedule(kept, epochs=10, wall_seconds=60.0 * minutes)
         tops[minutes] = (low, top)
-        assert f"and top {top} epochs: a bracket" in why and "of small_cnn takes" in why
+        assert f"and top {top} epochs: a bracket" in why and "of seed_cnn takes" in why
     # 60 min: 3 brackets of 27 trials up to 54 epochs (162 epochs, 8.1 min) fit 45 min, and
     # twice 54 epochs (5.4 min) fit the refit's 15; 10 min: 54 epochs would not (8.1 min a
     # bracket > 7.5 / 3), 18 would; 3 min: 9 trials up to 9 epochs take ~1 min > 2.25 / 3;
     # 2 min: twice 6 epochs (0.6 min) would not fit the refit's 0.5 min: the shortest
     assert tops == {2: (1, 3), 3: (2, 6), 10: (2, 18), 60: (2, 54)}
+
+
+def test_the_rungs_are_sized_for_the_median_backbone_and_of_two_for_the_faster():
+    # 10 min: 54 epochs fit a backbone at 0.01 min an epoch, 18 one at 0.05
+    def top(**per_epoch: float) -> tuple[int, str]:
+        _, top, why = si._choose_schedule(_kept(**per_epoch), epochs=10, wall_seconds=600.0)
+        return top, re.search(r"epochs\) of (\S+) takes", why).group(1)
+
+    assert top(seed_cnn=0.05) == (18, "seed_cnn")
+    # of two, the faster: the first trial runs it, and the slower one's trials are held to
+    # the per-trial limit by their expected cost
+    assert top(seed_cnn=0.01, small_cnn=0.05) == (54, "seed_cnn")
+    assert top(small_cnn=0.05, seed_cnn=0.25) == (18, "small_cnn")
+    assert top(seed_cnn=0.01, small_cnn=0.05, resnet18=0.25) == (18, "small_cnn")
+    assert top(a=0.01, b=0.05, c=0.25, d=1.0) == (18, "b")
 
 
 def test_search_init_writes_the_schedule_the_sizes_and_the_refit_with_their_reasons(
