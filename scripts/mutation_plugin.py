@@ -9,16 +9,22 @@ is the one place that reads the file). Before the traced run there is no file an
 
 It also freezes the garbage collector's view of the fork server's heap once the server has
 collected the tests: each forked mutant then collects only what its own tests allocate,
-not torch's and pytest's objects again (mutmut's plain fork runner does the same).
+not torch's and pytest's objects again (mutmut's plain fork runner does the same). And it
+writes each mutant's seconds, tests run and exit status to ``../mutant-times.tsv`` (a
+mutant stopped at its time limit writes nothing), for the report of where the time went.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
+import time
 from pathlib import Path
 
 STATS = Path("mutmut-stats.json")
+TIMES = Path("../mutant-times.tsv")
+_started = [0.0, 0]  # monotonic start, tests run
 
 
 def _durations() -> dict[str, float]:
@@ -37,3 +43,19 @@ def pytest_collection_modifyitems(items: list) -> None:
 def pytest_collection_finish(session) -> None:
     if session.config.option.collectonly:  # the fork server's warm-up: the heap it forks
         gc.freeze()
+
+
+def pytest_sessionstart(session) -> None:
+    _started[:] = [time.monotonic(), 0]
+
+
+def pytest_runtest_logfinish(nodeid, location) -> None:
+    _started[1] += 1
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" in mutant:  # a mutant's run, not the traced or the forced-fail run
+        seconds = time.monotonic() - _started[0]
+        with TIMES.open("a") as f:  # one short line per write: appends do not interleave
+            f.write(f"{mutant}\t{seconds:.2f}\t{_started[1]}\t{int(exitstatus)}\n")
