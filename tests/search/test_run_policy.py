@@ -174,3 +174,44 @@ def test_an_error_telling_a_trial_still_running_is_raised(storage_url):
     with pytest.raises(ValueError):  # Optuna refuses the state: a bug, not a race to hide
         run_mod._tell(study, trial, TrialState.WAITING, None, storage, tid)
     assert storage.rdb.get_trial(tid).state == TrialState.RUNNING
+
+
+# ------------------------------------------- a claimed trial: worker, heartbeat, a retry's state
+
+
+def test_a_retry_runs_with_its_worker_placement_and_heartbeat_then_drops_the_state_it_resumed(
+    write_study, storage_url, fake_train, monkeypatch, capsys
+):
+    from search.store.workers import PLACEMENT_ENV, worker_name
+
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "1") == 0
+    folder = fake_train.checkpoint_path.parent
+    kept = folder / "trial-0.kept.safetensors"  # a lost trial's state, moved aside for its retry
+    kept.write_bytes(b"state")
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    study.enqueue_trial(
+        study.trials[0].params, user_attrs={"retry_of": 0, "resume_from": str(kept)}
+    )
+    beats: list[int] = []
+    record = optuna.storages.RDBStorage.record_heartbeat
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage,
+        "record_heartbeat",
+        lambda self, tid: (beats.append(tid), record(self, tid))[1],
+    )
+    fake_train.tick = lambda: time.sleep(0.1)  # 3 epochs of 0.1 s: beats every 0.05 s
+    monkeypatch.setenv(PLACEMENT_ENV, "node 10.0.0.7 GPU 1")  # as a Ray worker has it
+    capsys.readouterr()
+    code = main(["run", "--study", "tiny", "--storage", storage_url, "--trials", "2",
+                 "--heartbeat", "0.05", "--grace", "5"])  # fmt: skip
+    assert code == 0
+    retry = optuna.load_study(study_name="tiny", storage=storage_url).trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == 0
+    err = capsys.readouterr().err
+    assert "trial 1 retries trial 0 from its last finished epoch" in err
+    assert "trial 1 runs on node 10.0.0.7 GPU 1" in err
+    assert retry.user_attrs["placement"] == "node 10.0.0.7 GPU 1"
+    assert retry.user_attrs["worker"] == worker_name()
+    assert beats.count(retry._trial_id) >= 2  # the claim's, and the thread's while it trained
+    assert not kept.exists()  # the retry is done with it
