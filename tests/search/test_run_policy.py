@@ -56,6 +56,33 @@ def test_only_the_best_three_trials_keep_their_checkpoints(write_study, storage_
         assert t.user_attrs["checkpoint"] == str(folder / f"trial-{t.number}.safetensors")
 
 
+def test_each_dropped_checkpoint_is_removed_once_and_a_failed_removal_is_tried_again(
+    write_study, storage_url, fake_train, monkeypatch
+):
+    write_study("tiny", TINY_DIGITS)
+    fake_train.curve = lambda cfg: [VALUES[len(fake_train.calls) - 1]]
+    monkeypatch.setattr(run_mod, "_REMOVED", set())  # this process's memory of removals
+    asked: list[str] = []
+    remove = run_mod.artifacts.remove
+
+    def flaky_remove(ref: str) -> None:  # the bucket is away the first time it is asked
+        asked.append(ref)
+        if asked.count(ref) == 1 and ref.endswith("trial-0.safetensors"):
+            raise ConnectionError("endpoint away")
+        remove(ref)
+
+    monkeypatch.setattr(run_mod.artifacts, "remove", flaky_remove)
+    assert search_run(storage_url, "--trials", "6") == 0
+    names = [Path(ref).name for ref in asked]
+    # ranked at each trial's end: trial 3's drops 0 (refused); 4's drops 0 again (removed
+    # now) and 4; 5's drops 2, and not 0 or 4 again
+    assert names == ["trial-0.safetensors", "trial-0.safetensors", "trial-4.safetensors",
+                     "trial-2.safetensors"]  # fmt: skip
+    assert _checkpoints(fake_train.checkpoint_path.parent) == {
+        "trial-1.safetensors", "trial-3.safetensors", "trial-5.safetensors"
+    }  # fmt: skip
+
+
 def test_a_minimizing_study_keeps_the_lowest_three(write_study, storage_url, fake_train):
     write_study("tiny", 'metric = "val_loss"\n' + TINY_DIGITS)  # minimised
     values = iter(VALUES)
