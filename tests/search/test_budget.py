@@ -111,7 +111,7 @@ def test_a_bad_budget_names_the_file_or_the_flag_it_came_from(section, flags, na
     ("seconds", "text"),
     [(-3, "0s"), (0, "0s"), (0.4, "0s"), (59.4, "59s"), (60, "1m00s"), (61, "1m01s"),
      (119, "1m59s"), (3599, "59m59s"), (3600, "1h00m"), (3661, "1h01m"), (7199, "1h59m"),
-     (90061, "25h01m")],
+     (3720, "1h02m"), (5400, "1h30m"), (90061, "25h01m")],
 )  # fmt: skip
 def test_durations_are_written_in_seconds_then_minutes_then_hours(seconds, text):
     assert fmt_duration(seconds) == text
