@@ -50,7 +50,9 @@ import boto3
 
 tmp, body = sys.argv[1], sys.argv[2]
 os.makedirs(f"{{tmp}}/weed-logs")
-server = subprocess.Popen(  # its logs and sockets in the test's folder, not in /tmp
+# its logs and S3 and filer sockets in the test's folder, not in /tmp (its gRPC sockets
+# have fixed paths in /tmp, removed when it stops: no flag moves them)
+server = subprocess.Popen(
     [{weed!r}, f"-logdir={{tmp}}/weed-logs", "mini", f"-dir={{tmp}}/weed", "-ip=127.0.0.1",
      "-ip.bind=127.0.0.1", f"-s3.localSocket={{tmp}}/s3.sock",
      f"-filer.localSocket={{tmp}}/filer.sock", "-bucket={bucket}", *{extra!r}],
