@@ -59,7 +59,7 @@ pytest_add_cli_args =
     -p mutation_plugin
     -p no:unraisableexception
 # a mutant whose tests run past 2x their traced time (plus 1 s) is stopped (mutmut: 15x):
-# traced, they ran about twice as long as they do untraced
+# traced under coverage, they ran slower than in a mutant's run (14 s against 4.6 s)
 timeout_multiplier = 2
 pytest_add_cli_args_test_selection =
     tests/search/test_stats.py
