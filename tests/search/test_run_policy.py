@@ -164,13 +164,18 @@ def test_the_stop_lines_count_finished_trials_of_the_wanted_or_alone_without_a_c
 # ------------------------------------------------------- telling a trial's outcome (_tell)
 
 
+def _trial_id(rdb: optuna.storages.RDBStorage, study: str, number: int) -> int:
+    """A trial's storage id through the storage's public lookup (``Trial`` keeps it private)."""
+    return rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study), number)
+
+
 def _asked(storage_url: str):
     from search.store import Storage
 
     storage = Storage(storage_url)
     study = optuna.create_study(study_name="tell", storage=storage.rdb, direction="maximize")
     trial = study.ask()
-    return study, trial, storage, trial._trial_id
+    return study, trial, storage, _trial_id(storage.rdb, "tell", trial.number)
 
 
 def test_a_result_for_a_trial_a_sweep_already_failed_is_not_stored(storage_url):
@@ -192,8 +197,9 @@ def test_a_pruned_or_complete_outcome_is_stored_with_its_state(storage_url):
     assert run_mod._tell(study, trial, TrialState.PRUNED, None, storage, tid) is True
     assert storage.rdb.get_trial(tid).state == TrialState.PRUNED
     second = study.ask()
-    assert run_mod._tell(study, second, TrialState.COMPLETE, 0.7, storage, second._trial_id)
-    assert storage.rdb.get_trial(second._trial_id).value == 0.7
+    second_id = _trial_id(storage.rdb, "tell", second.number)
+    assert run_mod._tell(study, second, TrialState.COMPLETE, 0.7, storage, second_id)
+    assert storage.rdb.get_trial(second_id).value == 0.7
 
 
 def test_an_error_telling_a_trial_still_running_is_raised(storage_url):
@@ -220,13 +226,14 @@ def test_a_retry_runs_with_its_worker_placement_and_heartbeat_then_drops_the_sta
     study.enqueue_trial(
         study.trials[0].params, user_attrs={"retry_of": 0, "resume_from": str(kept)}
     )
-    beats: list[int] = []
+    beats: list[int] = []  # the trial ids of every heartbeat recorded
     record = optuna.storages.RDBStorage.record_heartbeat
-    monkeypatch.setattr(
-        optuna.storages.RDBStorage,
-        "record_heartbeat",
-        lambda self, tid: (beats.append(tid), record(self, tid))[1],
-    )
+
+    def counted(self, trial_id: int) -> None:
+        beats.append(trial_id)
+        record(self, trial_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", counted)
     fake_train.tick = lambda: time.sleep(0.1)  # 3 epochs of 0.1 s: beats every 0.05 s
     monkeypatch.setenv(PLACEMENT_ENV, "node 10.0.0.7 GPU 1")  # as a Ray worker has it
     capsys.readouterr()
@@ -240,5 +247,6 @@ def test_a_retry_runs_with_its_worker_placement_and_heartbeat_then_drops_the_sta
     assert "trial 1 runs on node 10.0.0.7 GPU 1" in err
     assert retry.user_attrs["placement"] == "node 10.0.0.7 GPU 1"
     assert retry.user_attrs["worker"] == worker_name()
-    assert beats.count(retry._trial_id) >= 2  # the claim's, and the thread's while it trained
+    retry_id = _trial_id(optuna.storages.RDBStorage(storage_url), "tiny", 1)
+    assert beats.count(retry_id) >= 2  # the claim's, and the thread's while it trained
     assert not kept.exists()  # the retry is done with it
