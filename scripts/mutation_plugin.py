@@ -27,11 +27,16 @@ TIMES = Path("../mutant-times.tsv")
 _started = [0.0, 0]  # monotonic start, tests run
 
 
+_DURATIONS: dict[str, float] = {}  # read once, in the fork server's warm-up: mutants inherit
+
+
 def _durations() -> dict[str, float]:
-    try:
-        return json.loads(STATS.read_text())["duration_by_test"]
-    except (OSError, ValueError, KeyError):
-        return {}
+    if not _DURATIONS:  # none before the traced run has written the file
+        try:
+            _DURATIONS.update(json.loads(STATS.read_text())["duration_by_test"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return _DURATIONS
 
 
 def pytest_collection_modifyitems(items: list) -> None:
