@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import types
+import warnings
 from pathlib import Path
 
 import optuna
@@ -250,3 +251,85 @@ def test_a_retry_runs_with_its_worker_placement_and_heartbeat_then_drops_the_sta
     retry_id = _trial_id(optuna.storages.RDBStorage(storage_url), "tiny", 1)
     assert beats.count(retry_id) >= 2  # the claim's, and the thread's while it trained
     assert not kept.exists()  # the retry is done with it
+
+
+# ------------------------------------- a claimed trial's other endings: late, refused, Ctrl-C
+
+
+class _Raises:
+    """Stands in for the Objective: the trial's run ends with ``error``, after ``meanwhile``."""
+
+    def __init__(self, error: BaseException, checkpoint_dir: Path, meanwhile=None) -> None:
+        self.error, self.checkpoint_dir, self.meanwhile = error, checkpoint_dir, meanwhile
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.meanwhile is not None:
+            self.meanwhile()
+        raise self.error
+
+
+def _run_one(storage_url: str, tmp_path: Path, error: BaseException, *, failed_meanwhile=False):
+    """``_run_claimed`` on one asked trial whose run raises ``error``; the trial's last
+    state is on disk. Returns what it returned, the stored trial, its last state's path and
+    the progress lines."""
+    import io
+
+    from search.report.progress import Progress
+    from search.store.workers import WorkerOptions
+
+    study, trial, storage, tid = _asked(storage_url)
+    last = tmp_path / f"trial-{trial.number}.last.safetensors"
+    last.write_bytes(b"state")
+
+    def sweep() -> None:  # another worker's, while this one was paused in training
+        storage.rdb.set_trial_state_values(tid, TrialState.FAIL)
+
+    objective = _Raises(error, tmp_path, sweep if failed_meanwhile else None)
+    lines = io.StringIO()
+    claimer = types.SimpleNamespace(trial_id=lambda t: tid)
+    options = WorkerOptions(heartbeat=30.0, grace=90.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tell Optuna has to guess at warns the user
+        try:
+            out = run_mod._run_claimed(
+                study, trial, objective, storage, claimer, options, Progress(lines),
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            out = "raised"
+    return out, storage.rdb.get_trial(tid), last, lines.getvalue()
+
+
+def test_a_late_result_of_a_trial_failed_meanwhile_is_dropped_with_its_last_state(
+    storage_url, tmp_path
+):
+    late = optuna.exceptions.UpdateFinishedTrialError("finished")
+    out, stored, last, lines = _run_one(storage_url, tmp_path, late, failed_meanwhile=True)
+    assert out is None and stored.state == TrialState.FAIL
+    assert not last.exists()  # not moved aside for a retry: nobody needs it
+    assert "trial 0: this worker sent no heartbeat for over 90 s" in lines
+    assert "the late result is discarded" in lines
+
+
+def test_a_configuration_refused_for_the_budget_is_told_failed_without_a_warning(
+    storage_url, tmp_path
+):
+    out, stored, last, _ = _run_one(storage_url, tmp_path, run_mod.NoTimeLeft())
+    assert stored.state == TrialState.FAIL and out.state == TrialState.FAIL
+    assert last.exists()  # only a rerun's new trials make it stale
+
+
+def test_ctrl_c_in_a_trial_tells_it_failed_as_interrupted_drops_its_last_state_and_goes_on_up(
+    storage_url, tmp_path
+):
+    out, stored, last, _ = _run_one(storage_url, tmp_path, KeyboardInterrupt())
+    assert out == "raised"
+    assert stored.state == TrialState.FAIL and stored.user_attrs["status"] == "interrupted"
+    assert not last.exists()  # a rerun starts new trials
+
+
+def test_ctrl_c_in_a_trial_another_worker_failed_meanwhile_still_ends_as_an_interrupt(
+    storage_url, tmp_path
+):
+    out, stored, _, _ = _run_one(storage_url, tmp_path, KeyboardInterrupt(), failed_meanwhile=True)
+    assert out == "raised"  # not the tell's error about a finished trial
+    assert stored.state == TrialState.FAIL and "status" not in stored.user_attrs
