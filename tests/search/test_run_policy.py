@@ -256,22 +256,25 @@ def test_a_retry_runs_with_its_worker_placement_and_heartbeat_then_drops_the_sta
 # ------------------------------------- a claimed trial's other endings: late, refused, Ctrl-C
 
 
-class _Raises:
-    """Stands in for the Objective: the trial's run ends with ``error``, after ``meanwhile``."""
+class _Ends:
+    """Stands in for the Objective: after ``meanwhile``, the trial's run raises ``outcome``
+    or returns it as the trial's value."""
 
-    def __init__(self, error: BaseException, checkpoint_dir: Path, meanwhile=None) -> None:
-        self.error, self.checkpoint_dir, self.meanwhile = error, checkpoint_dir, meanwhile
+    def __init__(self, outcome, checkpoint_dir: Path, meanwhile=None) -> None:
+        self.outcome, self.checkpoint_dir, self.meanwhile = outcome, checkpoint_dir, meanwhile
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.meanwhile is not None:
             self.meanwhile()
-        raise self.error
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
 
 
-def _run_one(storage_url: str, tmp_path: Path, error: BaseException, *, failed_meanwhile=False):
-    """``_run_claimed`` on one asked trial whose run raises ``error``; the trial's last
-    state is on disk. Returns what it returned, the stored trial, its last state's path and
-    the progress lines."""
+def _run_one(storage_url: str, tmp_path: Path, outcome, *, failed_meanwhile=False):
+    """``_run_claimed`` on one asked trial whose run ends with ``outcome``; the trial's
+    last state is on disk. Returns what it returned ("raised" for Ctrl-C), the stored
+    trial, its last state's path and the progress lines."""
     import io
 
     from search.report.progress import Progress
@@ -284,7 +287,7 @@ def _run_one(storage_url: str, tmp_path: Path, error: BaseException, *, failed_m
     def sweep() -> None:  # another worker's, while this one was paused in training
         storage.rdb.set_trial_state_values(tid, TrialState.FAIL)
 
-    objective = _Raises(error, tmp_path, sweep if failed_meanwhile else None)
+    objective = _Ends(outcome, tmp_path, sweep if failed_meanwhile else None)
     lines = io.StringIO()
     claimer = types.SimpleNamespace(trial_id=lambda t: tid)
     options = WorkerOptions(heartbeat=30.0, grace=90.0)
@@ -292,22 +295,42 @@ def _run_one(storage_url: str, tmp_path: Path, error: BaseException, *, failed_m
         warnings.simplefilter("error")  # a tell Optuna has to guess at warns the user
         try:
             out = run_mod._run_claimed(
-                study, trial, objective, storage, claimer, options, Progress(lines),
-            )  # fmt: skip
+                study, trial, objective, storage, claimer, options, Progress(lines)
+            )
         except KeyboardInterrupt:
             out = "raised"
     return out, storage.rdb.get_trial(tid), last, lines.getvalue()
 
 
+@pytest.mark.parametrize(
+    "outcome",
+    [optuna.exceptions.UpdateFinishedTrialError("finished"), 0.9, float("nan")],
+    ids=["error-on-its-next-write", "a-value", "a-non-finite-value"],
+)
 def test_a_late_result_of_a_trial_failed_meanwhile_is_dropped_with_its_last_state(
-    storage_url, tmp_path
+    storage_url, tmp_path, outcome
 ):
-    late = optuna.exceptions.UpdateFinishedTrialError("finished")
-    out, stored, last, lines = _run_one(storage_url, tmp_path, late, failed_meanwhile=True)
-    assert out is None and stored.state == TrialState.FAIL
+    out, stored, last, lines = _run_one(storage_url, tmp_path, outcome, failed_meanwhile=True)
+    assert out is None and stored.state == TrialState.FAIL and stored.value is None
     assert not last.exists()  # not moved aside for a retry: nobody needs it
     assert "trial 0: this worker sent no heartbeat for over 90 s" in lines
     assert "the late result is discarded" in lines
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None])
+def test_a_non_finite_or_missing_value_is_stored_as_pruned_with_the_reason(
+    storage_url, tmp_path, value
+):
+    out, stored, _, _ = _run_one(storage_url, tmp_path, value)
+    assert stored.state == TrialState.PRUNED and out.state == TrialState.PRUNED
+    assert stored.value is None
+    assert stored.user_attrs["reason"] == f"non-finite objective value {value}"
+
+
+def test_a_trial_whose_run_raised_is_told_failed_without_a_warning(storage_url, tmp_path):
+    out, stored, last, _ = _run_one(storage_url, tmp_path, RuntimeError("a bug in a model"))
+    assert stored.state == TrialState.FAIL and out.state == TrialState.FAIL
+    assert last.exists()  # a retry or a rerun decides
 
 
 def test_a_configuration_refused_for_the_budget_is_told_failed_without_a_warning(
