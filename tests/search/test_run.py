@@ -54,9 +54,15 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_fills_the_study_to_n_and_resumes(write_study, storage_url):
+    from search.store import workers
+
     write_study("tiny", TINY_DIGITS)
-    study = run("tiny", storage_url, 2)
+    lines = io.StringIO()
+    plan = plan_run(load_study("tiny"), storage=storage_url)
+    study = run_study(plan, n_trials=2, progress=Progress(lines))  # as the API is called
     assert len(study.trials) == 2 and len(finished(study)) == 2
+    assert "study 'tiny': 0 of 2 trials finished" in lines.getvalue()  # announced by default
+    assert not [key for key in workers._CLAIMED_HERE if key[0] == storage_url]  # all released
 
     study = run("tiny", storage_url, 2)  # a rerun with the same N adds nothing
     assert len(study.trials) == 2
@@ -163,4 +169,8 @@ def test_plan_refuses_bad_input_before_writing(write_study, tmp_path):
     plan = plan_run(load_study("tiny"), storage=url)
     with pytest.raises(ValueError, match="--trials must be >= 1, but got 0"):
         run_study(plan, n_trials=0, progress=quiet())
+    with pytest.raises(ValueError, match=r"^--trials N is needed unless a wall-clock budget"):
+        run_study(plan, n_trials=None, progress=quiet())
+    with pytest.raises(ValueError, match="--timeout must be > 0 seconds, but got 0"):
+        run_study(plan, n_trials=1, timeout=0, progress=quiet())
     assert not (tmp_path / "fresh.db").exists()

@@ -271,7 +271,9 @@ class _Ends:
         return self.outcome
 
 
-def _run_one(storage_url: str, tmp_path: Path, outcome, *, failed_meanwhile=False):
+def _run_one(
+    storage_url: str, tmp_path: Path, outcome, *, failed_meanwhile=False, resume_from=None
+):
     """``_run_claimed`` on one asked trial whose run ends with ``outcome``; the trial's
     last state is on disk. Returns what it returned ("raised" for Ctrl-C), the stored
     trial, its last state's path and the progress lines."""
@@ -283,6 +285,8 @@ def _run_one(storage_url: str, tmp_path: Path, outcome, *, failed_meanwhile=Fals
     study, trial, storage, tid = _asked(storage_url)
     last = tmp_path / f"trial-{trial.number}.last.safetensors"
     last.write_bytes(b"state")
+    if resume_from is not None:  # a retry
+        trial.set_user_attr("resume_from", str(resume_from))
 
     def sweep() -> None:  # another worker's, while this one was paused in training
         storage.rdb.set_trial_state_values(tid, TrialState.FAIL)
@@ -325,6 +329,19 @@ def test_a_non_finite_or_missing_value_is_stored_as_pruned_with_the_reason(
     assert stored.state == TrialState.PRUNED and out.state == TrialState.PRUNED
     assert stored.value is None
     assert stored.user_attrs["reason"] == f"non-finite objective value {value}"
+
+
+def test_a_retry_whose_resumed_state_cannot_be_removed_still_counts(
+    storage_url, tmp_path, monkeypatch
+):
+    kept = tmp_path / "trial-0.kept.safetensors"
+
+    def unreachable(url: str) -> None:
+        raise ConnectionError("the bucket is away")
+
+    monkeypatch.setattr(run_mod.artifacts, "remove", unreachable)
+    out, stored, _, _ = _run_one(storage_url, tmp_path, 0.9, resume_from=kept)
+    assert stored.state == TrialState.COMPLETE and out.value == 0.9
 
 
 def test_a_trial_whose_run_raised_is_told_failed_without_a_warning(storage_url, tmp_path):
