@@ -294,6 +294,31 @@ def test_trials_end_the_run_when_they_come_before_the_budget(write_study, storag
     assert len(load(storage_url).get_trials(states=FINISHED)) == 2
 
 
+def test_the_wall_clock_counts_from_the_given_start_or_else_from_now(
+    write_study, storage_url, fake_speed, fake_train
+):
+    import io
+
+    from search.experiments.run import plan_run, run_study
+    from search.report.progress import Progress
+    from search.study.studyfile import load_study
+
+    write_study("tiny", TINY_DIGITS)  # no [budget] refit: the wall clock is the search's
+    fake_speed(1e6)
+    plan = plan_run(load_study("tiny"), storage=storage_url)
+    spent, limits = io.StringIO(), RunLimits(wall_seconds=60)
+    # the command started two minutes ago (its set-up counts): the minute is spent
+    run_study(plan, n_trials=2, limits=limits, started=time.monotonic() - 120,
+              progress=Progress(spent))  # fmt: skip
+    assert load(storage_url).trials == [] and len(fake_train.calls) == 0
+    assert "budget: 1m00s spent with 0 of 2 trials finished; rerun with a new --budget" in (
+        spent.getvalue()
+    )
+    assert "refit" not in spent.getvalue()
+    run_study(plan, n_trials=2, limits=limits, progress=Progress(io.StringIO()))  # from now
+    assert len(load(storage_url).get_trials(states=FINISHED)) == 2
+
+
 def test_no_trial_starts_that_cannot_finish_in_the_time_left(
     write_study, storage_url, fake_speed, capsys
 ):
