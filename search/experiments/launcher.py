@@ -84,7 +84,7 @@ def run_workers(
         n_trials=trials if trials is not None else UNLIMITED,
         options=WorkerOptions(),
         # where a lost worker's epoch state is, for a retry that the launcher itself enqueues
-        checkpoint_dir=storage.artifact_dir(plan.spec.name) / "checkpoints",
+        checkpoint_dir=storage.checkpoint_dir(plan.spec.name),
         say=lambda text: print(text, file=sys.stderr, flush=True),
     )
     done = claimer.finished(claimer.counts())

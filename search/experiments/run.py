@@ -223,7 +223,7 @@ def run_study(
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     progress = progress or Progress()
     storage, study = prepare_study(plan)
-    ckpt_dir = storage.artifact_dir(plan.spec.name) / "checkpoints"
+    ckpt_dir = storage.checkpoint_dir(plan.spec.name)
     objective = Objective(
         space=plan.space,
         base=plan.base,

@@ -540,6 +540,10 @@ class Storage:
         any name is safe."""
         return self.artifact_root / study_slug(study_name)
 
+    def checkpoint_dir(self, study_name: str) -> Path:
+        """The study's trial checkpoints (``trial-N.safetensors``, ``trial-N.last...``)."""
+        return self.artifact_dir(study_name) / "checkpoints"
+
     @property
     def artifact_store_dir(self) -> Path:
         """One artifact store per storage (optuna-dashboard's --artifact-dir)."""

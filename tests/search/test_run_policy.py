@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 import search.experiments.run as run_mod
 from search.cli import main
+from search.store import Storage
 
 # trial k ends at VALUES[k]: the best three by the end are trials 1, 3 and 5
 VALUES = [0.5, 0.9, 0.6, 0.95, 0.4, 0.8]
@@ -40,6 +41,7 @@ def test_only_the_best_three_trials_keep_their_checkpoints(write_study, storage_
     assert search_run(storage_url, "--trials", "6") == 0
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     folder = fake_train.checkpoint_path.parent
+    assert folder == Storage(storage_url).artifact_dir("tiny") / "checkpoints"  # as docs/run.md
     assert [t.value for t in study.trials] == VALUES
     # before each trial, the weights on disk are those of the best three so far
     assert on_disk == [
@@ -171,8 +173,6 @@ def _trial_id(rdb: optuna.storages.RDBStorage, study: str, number: int) -> int:
 
 
 def _asked(storage_url: str):
-    from search.store import Storage
-
     storage = Storage(storage_url)
     study = optuna.create_study(study_name="tell", storage=storage.rdb, direction="maximize")
     trial = study.ask()
