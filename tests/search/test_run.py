@@ -61,7 +61,14 @@ def test_fills_the_study_to_n_and_resumes(write_study, storage_url):
     plan = plan_run(load_study("tiny"), storage=storage_url)
     study = run_study(plan, n_trials=2, progress=Progress(lines))  # as the API is called
     assert len(study.trials) == 2 and len(finished(study)) == 2
-    assert "study 'tiny': 0 of 2 trials finished" in lines.getvalue()  # announced by default
+    out = lines.getvalue()
+    assert "study 'tiny': 0 of 2 trials finished" in out  # announced by default
+    assert "\ntrial 0: " in out and "\ntrial 1: " in out  # each trial's start, as it trains
+    storage = optuna.storages.RDBStorage(storage_url)
+    for trial in study.trials:  # its learning curve on the dashboard
+        names = [m.filename for m in optuna.artifacts.get_all_artifact_meta(trial, storage=storage)]
+        assert f"learning-curve-trial-{trial.number}.html" in names
+        assert "estimated_seconds" not in trial.user_attrs  # no budget: no cost probe
     assert not [key for key in workers._CLAIMED_HERE if key[0] == storage_url]  # all released
 
     study = run("tiny", storage_url, 2)  # a rerun with the same N adds nothing
