@@ -3,6 +3,7 @@ and ``--budget`` ending a run (the running trial stopped at its next step)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -197,12 +198,32 @@ def test_estimates_are_calibrated_by_the_seconds_earlier_trials_took():
 
 
 def test_a_second_trial_and_a_rerun_reuse_the_measured_throughput(
-    write_study, storage_url, fake_speed, fake_train
+    write_study, storage_url, fake_speed, fake_train, monkeypatch
 ):
+    from search.store import Storage
+
     write_study("tiny", with_budget(TINY_DIGITS, "max_trial_minutes = 60"))
     measure = fake_speed(5000.0)
+    held: list[str] = []  # the storage-wide locks held now
+    exclusive = Storage.exclusive
+
+    @contextlib.contextmanager
+    def spied(self, key, **kw):
+        with exclusive(self, key, **kw):
+            held.append(key)
+            try:
+                yield
+            finally:
+                held.remove(key)
+
+    def measured(cfg, **kw):
+        assert [k for k in held if k.startswith("throughput:")], "measured without the lock"
+        return measure(cfg, **kw)
+
+    monkeypatch.setattr(Storage, "exclusive", spied)
+    monkeypatch.setattr(trainer, "measure_throughput", measured)
     assert main(["run", "--study", "tiny", "--trials", "2", "-q", "--storage", storage_url]) == 0
-    assert measure.calls == ["small_cnn"]  # one key (all cost parameters are pinned)
+    assert measure.calls == ["small_cnn"]  # one key, under the lock that other workers wait on
     assert main(["run", "--study", "tiny", "--trials", "3", "-q", "--storage", storage_url]) == 0
     assert measure.calls == ["small_cnn"]  # the rerun read it from the study
     study = load(storage_url)
@@ -306,12 +327,19 @@ def test_the_wall_clock_counts_from_the_given_start_or_else_from_now(
     write_study("tiny", TINY_DIGITS)  # no [budget] refit: the wall clock is the search's
     fake_speed(1e6)
     plan = plan_run(load_study("tiny"), storage=storage_url)
-    spent, limits = io.StringIO(), RunLimits(wall_seconds=60)
-    # the command started two minutes ago (its set-up counts): the minute is spent
+    limits = RunLimits(wall_seconds=60)
+    # the command started 40 s ago (its set-up counts): the trial ends with 20 s left
+    half = io.StringIO()
+    run_study(plan, n_trials=1, limits=limits, started=time.monotonic() - 40,
+              progress=Progress(half))  # fmt: skip
+    left = re.search(r"\] 1/1 trial 0 .* \| (\d+)s left of 1m00s", half.getvalue())
+    assert left and int(left[1]) <= 20, half.getvalue()
+    # two minutes ago: the minute is spent before a trial starts
+    spent = io.StringIO()
     run_study(plan, n_trials=2, limits=limits, started=time.monotonic() - 120,
               progress=Progress(spent))  # fmt: skip
-    assert load(storage_url).trials == [] and len(fake_train.calls) == 0
-    assert "budget: 1m00s spent with 0 of 2 trials finished; rerun with a new --budget" in (
+    assert len(load(storage_url).trials) == 1 and len(fake_train.calls) == 1
+    assert "budget: 1m00s spent with 1 of 2 trials finished; rerun with a new --budget" in (
         spent.getvalue()
     )
     assert "refit" not in spent.getvalue()
