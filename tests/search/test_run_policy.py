@@ -373,3 +373,54 @@ def test_ctrl_c_in_a_trial_another_worker_failed_meanwhile_still_ends_as_an_inte
     out, stored, _, _ = _run_one(storage_url, tmp_path, KeyboardInterrupt(), failed_meanwhile=True)
     assert out == "raised"  # not the tell's error about a finished trial
     assert stored.state == TrialState.FAIL and "status" not in stored.user_attrs
+
+
+# ------------------------------------------------------ what a run does before its first claim
+
+
+@pytest.mark.parametrize(
+    ("sampler", "worker", "reseeded"),
+    [
+        ('name = "random"', "2/2", True),  # unseeded, in one of --workers 2: own stream
+        ('name = "random"', None, False),  # unseeded, alone on SQLite: nothing to part
+        ('name = "random"\nseed = 0', "2/2", False),  # seeded: by seed and trial number
+    ],
+)
+def test_an_unseeded_sampler_is_reseeded_only_in_a_worker_started_with_others(
+    write_study, storage_url, fake_train, monkeypatch, sampler, worker, reseeded
+):
+    from search.store.workers import CHILD_ENV
+
+    write_study("tiny", TINY_DIGITS.replace('name = "random"\nseed = 0', sampler))
+    calls: list[str] = []
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "reseed_rng", lambda self: calls.append(1))
+    if worker is not None:
+        monkeypatch.setenv(CHILD_ENV, worker)
+    else:
+        monkeypatch.delenv(CHILD_ENV, raising=False)
+    assert search_run(storage_url, "--trials", "1") == 0
+    assert bool(calls) is reseeded, calls
+
+
+def test_a_trial_whose_worker_died_is_retried_from_the_state_it_left_in_the_studys_folder(
+    write_study, storage_url, fake_train
+):
+    from search.store.workers import WORKER_ATTR, this_process
+
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "1") == 0
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.load_study(study_name="tiny", storage=rdb)
+    lost = study.ask()  # trial 1: RUNNING, its worker this pid in an earlier process
+    lost_id = _trial_id(rdb, "tiny", lost.number)
+    rdb.record_heartbeat(lost_id)
+    me = this_process()
+    rdb.set_trial_system_attr(lost_id, WORKER_ATTR, {**me, "start": me["start"] - 1})
+    folder = Storage(storage_url).checkpoint_dir("tiny")
+    (folder / "trial-1.last.safetensors").write_bytes(b"state after epoch 2")
+    assert search_run(storage_url, "--trials", "2") == 0
+    trials = optuna.load_study(study_name="tiny", storage=rdb).trials
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["status"] == "lost"
+    retry = trials[2]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == 1
+    assert retry.user_attrs["resume_from"] == str(folder / "trial-1.resume.safetensors")
