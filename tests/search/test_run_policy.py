@@ -3,6 +3,7 @@ keep their weights, and when ``--timeout`` stops starting trials."""
 
 from __future__ import annotations
 
+import io
 import time
 import types
 import warnings
@@ -15,7 +16,9 @@ from optuna.trial import TrialState
 
 import search.experiments.run as run_mod
 from search.cli import main
+from search.report.progress import Progress
 from search.store import Storage
+from search.study.studyfile import load_study
 
 # trial k ends at VALUES[k]: the best three by the end are trials 1, 3 and 5
 VALUES = [0.5, 0.9, 0.6, 0.95, 0.4, 0.8]
@@ -277,9 +280,6 @@ def _run_one(
     """``_run_claimed`` on one asked trial whose run ends with ``outcome``; the trial's
     last state is on disk. Returns what it returned ("raised" for Ctrl-C), the stored
     trial, its last state's path and the progress lines."""
-    import io
-
-    from search.report.progress import Progress
     from search.store.workers import WorkerOptions
 
     study, trial, storage, tid = _asked(storage_url)
@@ -418,7 +418,10 @@ def test_a_trial_whose_worker_died_is_retried_from_the_state_it_left_in_the_stud
     rdb.set_trial_system_attr(lost_id, WORKER_ATTR, {**me, "start": me["start"] - 1})
     folder = Storage(storage_url).checkpoint_dir("tiny")
     (folder / "trial-1.last.safetensors").write_bytes(b"state after epoch 2")
-    assert search_run(storage_url, "--trials", "2") == 0
+    lines = io.StringIO()  # the run's own lines, between its progress lines
+    plan = run_mod.plan_run(load_study("tiny"), storage=storage_url)
+    run_mod.run_study(plan, n_trials=2, progress=Progress(lines))
+    assert f"trial 1 worker lost: worker {me['host']}:{me['pid']} is gone" in lines.getvalue()
     trials = optuna.load_study(study_name="tiny", storage=rdb).trials
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["status"] == "lost"
     retry = trials[2]
