@@ -343,6 +343,12 @@ def test_the_wall_clock_counts_from_the_given_start_or_else_from_now(
         spent.getvalue()
     )
     assert "refit" not in spent.getvalue()
+    alone = io.StringIO()  # the budget alone ends the run: the count has no "of"
+    run_study(plan, n_trials=None, limits=limits, started=time.monotonic() - 120,
+              progress=Progress(alone))  # fmt: skip
+    assert "study 'tiny': 1 trials finished; wall-clock budget 1m00s; storage " in (
+        alone.getvalue()
+    )
     run_study(plan, n_trials=2, limits=limits, progress=Progress(io.StringIO()))  # from now
     assert len(load(storage_url).get_trials(states=FINISHED)) == 2
 

@@ -427,3 +427,36 @@ def test_a_trial_whose_worker_died_is_retried_from_the_state_it_left_in_the_stud
     retry = trials[2]
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == 1
     assert retry.user_attrs["resume_from"] == str(folder / "trial-1.resume.safetensors")
+
+
+def test_a_worker_waits_while_the_rest_of_the_trials_runs_elsewhere_and_says_so_once_a_wait(
+    write_study, storage_url, fake_train, monkeypatch
+):
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "1") == 0
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.load_study(study_name="tiny", storage=rdb)
+    elsewhere = []  # trials 1 and 2, running on another machine
+    for _ in range(2):
+        elsewhere.append(_trial_id(rdb, "tiny", study.ask().number))
+        rdb.record_heartbeat(elsewhere[-1])
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the run's own waits; the other worker goes on
+        slept.append(seconds)
+        if len(slept) == 2:  # its trial 1 fails: room for one trial here
+            rdb.set_trial_state_values(elsewhere[0], TrialState.FAIL)
+        if len(slept) == 3:  # its trial 2 completes: the study is full
+            rdb.set_trial_state_values(elsewhere[1], TrialState.COMPLETE, [0.5])
+
+    clock = types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep)
+    monkeypatch.setattr(run_mod, "time", clock)
+    lines = io.StringIO()
+    plan = run_mod.plan_run(load_study("tiny"), storage=storage_url)
+    options = run_mod.WorkerOptions(heartbeat=2.0, grace=60.0)
+    run_mod.run_study(plan, n_trials=3, options=options, progress=Progress(lines))
+    assert slept == [2.0] * 3  # a heartbeat's length each time (not less than 0.2 s)
+    assert len(fake_train.calls) == 2  # the first run's trial, and the one in the room made
+    said = lines.getvalue()
+    assert said.count("waiting: the rest of the budget is running in other workers") == 2
+    assert "(a trial without heartbeat for 60 s is retried here)" in said
