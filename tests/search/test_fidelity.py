@@ -496,6 +496,45 @@ def test_a_refit_gets_the_epochs_the_time_left_holds_at_its_sources_pace(
     assert 12 <= refit.user_attrs["config"]["train.epochs"] <= most < 18
 
 
+def test_when_no_refit_fits_the_search_goes_on_once_said_and_no_refit_is_tried(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    # the in-process counterpart of the next test: the trials, not the clock, end the run
+    fixed_speed(monkeypatch, 1e6)
+    monkeypatch.setattr("search.experiments.run.refit_length", lambda source, **kw: None)
+    write_study("tiny", _sh_study("refit = 0.5", epochs=3))
+    rc = main(["run", "--study", "tiny", "--budget", "10m", "--trials", "3",
+               "--storage", storage_url])  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert err.count("the search goes on to the end of it") == 1  # said when it was decided
+    assert "refit:" not in err  # no refit tried at the end
+    trials = load(storage_url).trials
+    assert len(trials) == 3 and all(REFIT_ATTR not in t.user_attrs for t in trials)
+
+
+def test_a_search_whose_share_of_the_clock_is_spent_hands_the_rest_to_the_refit(
+    write_study, storage_url, monkeypatch, fake_train, capsys
+):
+    import io
+
+    from search.experiments.run import plan_run, run_study
+    from search.report.progress import Progress
+    from search.study.budget import RunLimits
+
+    fixed_speed(monkeypatch, 1e6)
+    write_study("tiny", _sh_study("refit = 0.5", epochs=3))
+    assert main(["run", "--study", "tiny", "--trials", "1", "-q", "--storage", storage_url]) == 0
+    # the command started 40 s into a 60 s budget: the search's half is spent, 20 s are left
+    lines = io.StringIO()
+    run_study(plan_run(load_study("tiny"), storage=storage_url), n_trials=5,
+              limits=RunLimits(wall_seconds=60), started=time.monotonic() - 40,
+              progress=Progress(lines))  # fmt: skip
+    assert "the rest of the budget trains the best one longer" in lines.getvalue()
+    source, refit = load(storage_url).trials
+    assert refit.user_attrs[REFIT_ATTR] == source.number and refit.state == TrialState.COMPLETE
+
+
 def test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget(
     write_study, storage_url, monkeypatch, fake_train, capsys
 ):
