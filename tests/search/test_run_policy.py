@@ -460,3 +460,23 @@ def test_a_worker_waits_while_the_rest_of_the_trials_runs_elsewhere_and_says_so_
     said = lines.getvalue()
     assert said.count("waiting: the rest of the budget is running in other workers") == 2
     assert "(a trial without heartbeat for 60 s is retried here)" in said
+
+
+def test_after_a_late_result_is_dropped_the_run_goes_on_to_its_trials(
+    write_study, storage_url, fake_train, monkeypatch
+):
+    write_study("tiny", TINY_DIGITS)
+    real = run_mod._run_claimed
+    dropped: list[int] = []
+
+    def first_dropped(study, trial, objective, storage, claimer, *rest):
+        if dropped:
+            return real(study, trial, objective, storage, claimer, *rest)
+        dropped.append(trial.number)  # failed by another worker's sweep; its result dropped
+        storage.rdb.set_trial_state_values(claimer.trial_id(trial), TrialState.FAIL)
+        return None
+
+    monkeypatch.setattr(run_mod, "_run_claimed", first_dropped)
+    assert search_run(storage_url, "--trials", "2") == 0
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
