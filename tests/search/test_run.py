@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import optuna
 import pytest
@@ -157,6 +158,33 @@ def test_failing_trials_stop_the_run(write_study, storage_url, monkeypatch):
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert "disk on fire" in study.trials[0].user_attrs["traceback"]
     assert study.trials[0].user_attrs["status"] == "error"
+
+
+def test_a_trial_that_trains_starts_the_count_of_failures_in_a_row_anew(
+    write_study, storage_url, monkeypatch, fake_train
+):
+    import trainer
+
+    calls: list[int] = []
+
+    def flaky(cfg, **kwargs):  # fail, fail, train, fail, fail, train
+        calls.append(len(calls))
+        if len(calls) % 3:
+            raise RuntimeError("disk on fire")
+        return fake_train(cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", flaky)
+    write_study("tiny", TINY_DIGITS)
+    lines = io.StringIO()
+    plan = plan_run(load_study("tiny"), storage=storage_url)
+    study = run_study(plan, n_trials=2, progress=Progress(lines))  # two in a row never stop it
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE] + [
+        TrialState.FAIL
+    ] * 2 + [TrialState.COMPLETE]
+    # each trial's end, described, with the best so far
+    assert re.search(
+        r"\] 1/2 trial 2 complete val_acc .* \| best \S+ \(trial 2\)", lines.getvalue()
+    )
 
 
 def test_plan_refuses_bad_input_before_writing(write_study, tmp_path):
