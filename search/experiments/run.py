@@ -145,11 +145,11 @@ def study_backbones(
     return list(dict.fromkeys(names or [cfg.model.backbone]))
 
 
-def open_study(plan: Plan, *, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+def open_study(plan: Plan) -> optuna.Study:
     spec = plan.spec
     study = optuna.create_study(
         study_name=spec.name,
-        storage=storage or plan.storage.rdb,
+        storage=plan.storage.rdb,
         sampler=create_sampler(spec.sampler),
         pruner=create_pruner(spec.pruner, max_epochs=plan.preview.train.epochs),
         direction=spec.direction,
@@ -174,7 +174,7 @@ def prepare_study(plan: Plan) -> tuple[Storage, optuna.Study]:
     optuna.logging.set_verbosity(logging.ERROR)  # our own lines say it all
     storage = plan.storage
     with storage.exclusive("setup"):
-        study = open_study(plan, storage=storage.rdb)
+        study = open_study(plan)
         for params in plan.enqueue:
             study.enqueue_trial(params, user_attrs={"enqueued": params}, skip_if_exists=True)
     return storage, study

@@ -57,7 +57,7 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def test_fills_the_study_to_n_and_resumes(write_study, storage_url):
     from search.store import workers
 
-    write_study("tiny", TINY_DIGITS)
+    path = write_study("tiny", TINY_DIGITS)
     lines = io.StringIO()
     plan = plan_run(load_study("tiny"), storage=storage_url)
     study = run_study(plan, n_trials=2, progress=Progress(lines))  # as the API is called
@@ -82,6 +82,7 @@ def test_fills_the_study_to_n_and_resumes(write_study, storage_url):
     reloaded = optuna.load_study(study_name="tiny", storage=storage_url)
     assert len(reloaded.trials) == 3
     assert reloaded.user_attrs["space"] == "digits"
+    assert reloaded.user_attrs["study_file"] == str(path)  # where it is defined, to the dashboard
     assert reloaded.metric_names == ["val_acc"]
 
 
