@@ -500,12 +500,24 @@ def test_when_no_refit_fits_the_search_goes_on_once_said_and_no_refit_is_tried(
     write_study, storage_url, monkeypatch, fake_train, capsys
 ):
     # the in-process counterpart of the next test: the trials, not the clock, end the run
+    from search.experiments.objective import Objective
+
     fixed_speed(monkeypatch, 1e6)
     monkeypatch.setattr("search.experiments.run.refit_length", lambda source, **kw: None)
+    deadlines: list[float] = []  # what each trial's cost was held to
+    check = Objective._check_cost
+
+    def checked(self, *args):
+        deadlines.append(self.deadline - time.monotonic())
+        return check(self, *args)
+
+    monkeypatch.setattr(Objective, "_check_cost", checked)
     write_study("tiny", _sh_study("refit = 0.5", epochs=3))
     rc = main(["run", "--study", "tiny", "--budget", "10m", "--trials", "3",
                "--storage", storage_url])  # fmt: skip
     assert rc == 0
+    # the first to the search's half of the budget, the rest to its end
+    assert 280 < deadlines[0] <= 300 and all(580 < d <= 600 for d in deadlines[1:])
     err = capsys.readouterr().err
     assert err.count("the search goes on to the end of it") == 1  # said when it was decided
     assert "refit:" not in err  # no refit tried at the end
