@@ -480,3 +480,23 @@ def test_after_a_late_result_is_dropped_the_run_goes_on_to_its_trials(
     assert search_run(storage_url, "--trials", "2") == 0
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+
+
+def test_a_setting_changed_with_force_is_recorded_from_its_trial_and_noted_for_the_dashboard(
+    write_study, storage_url, fake_train, capsys
+):
+    from optuna_dashboard import get_note
+
+    write_study("tiny", TINY_DIGITS)
+    assert search_run(storage_url, "--trials", "1") == 0
+    write_study("tiny", TINY_DIGITS.replace("epochs = 3", "epochs = 2"))
+    capsys.readouterr()
+    assert search_run(storage_url, "--trials", "2") == 2  # refused without --force
+    assert "train.epochs: 3 -> 2" in capsys.readouterr().err
+    assert search_run(storage_url, "--trials", "2", "--force") == 0
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert study.user_attrs["problem_changes"] == [
+        {"from_trial": 1, "changes": ["train.epochs: 3 -> 2"]}
+    ]
+    assert "- before trial 1: train.epochs: 3 -> 2" in get_note(study)
+    assert len(study.trials) == 2
