@@ -500,3 +500,12 @@ def test_a_setting_changed_with_force_is_recorded_from_its_trial_and_noted_for_t
     ]
     assert "- before trial 1: train.epochs: 3 -> 2" in get_note(study)
     assert len(study.trials) == 2
+
+
+def test_a_rerun_does_not_enqueue_the_study_files_queue_again(write_study, storage_url, fake_train):
+    write_study("tiny", TINY_DIGITS + '\n[[enqueue]]\n"optim.lr" = 0.005\n')
+    assert search_run(storage_url, "--trials", "1") == 0
+    assert search_run(storage_url, "--trials", "2") == 0
+    first, second = optuna.load_study(study_name="tiny", storage=storage_url).trials
+    assert first.user_attrs["enqueued"] == {"optim.lr": 0.005}
+    assert "enqueued" not in second.user_attrs  # drawn, not the queue's baseline again
