@@ -530,6 +530,7 @@ def test_a_search_whose_share_of_the_clock_is_spent_hands_the_rest_to_the_refit(
 ):
     import io
 
+    from search.experiments.objective import Objective
     from search.experiments.run import plan_run, run_study
     from search.report.progress import Progress
     from search.study.budget import RunLimits
@@ -537,14 +538,29 @@ def test_a_search_whose_share_of_the_clock_is_spent_hands_the_rest_to_the_refit(
     fixed_speed(monkeypatch, 1e6)
     write_study("tiny", _sh_study("refit = 0.5", epochs=3))
     assert main(["run", "--study", "tiny", "--trials", "1", "-q", "--storage", storage_url]) == 0
+    held_to: list[float] = []  # the refit's deadline, in seconds from when it started
+    refit = Objective.refit
+
+    def spied(self, trial, cfg, *, deadline):
+        held_to.append(deadline - time.monotonic())
+        return refit(self, trial, cfg, deadline=deadline)
+
+    monkeypatch.setattr(Objective, "refit", spied)
     # the command started 40 s into a 60 s budget: the search's half is spent, 20 s are left
     lines = io.StringIO()
     run_study(plan_run(load_study("tiny"), storage=storage_url), n_trials=5,
               limits=RunLimits(wall_seconds=60), started=time.monotonic() - 40,
               progress=Progress(lines))  # fmt: skip
     assert "the rest of the budget trains the best one longer" in lines.getvalue()
-    source, refit = load(storage_url).trials
-    assert refit.user_attrs[REFIT_ATTR] == source.number and refit.state == TrialState.COMPLETE
+    source, refitted = load(storage_url).trials
+    assert refitted.user_attrs[REFIT_ATTR] == source.number
+    assert refitted.state == TrialState.COMPLETE
+    assert len(held_to) == 1 and 15 < held_to[0] <= 20  # the wall clock's end
+    # its end line, as a search trial's: what it reached, and the best so far
+    assert re.search(
+        r"\] \S+ trial 1 complete val_acc .* \| best \S+ \(trial 1, refit of trial 0\)",
+        lines.getvalue(),
+    )
 
 
 def test_when_no_refit_fits_the_search_goes_on_to_the_end_of_the_budget(
