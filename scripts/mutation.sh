@@ -53,9 +53,8 @@ also_copy =
 do_not_mutate_patterns =
     ^\s*(self\.)?(progress\.message|say|log\.(debug|info|warning|error)|print)\(
 # the tests that killed a neighbour first, then the fastest, and a frozen heap
-# (scripts/mutation_plugin.py); no forced garbage
-# collection of that heap at every mutant's end (pytest's unraisable-exception check: 0.6 s
-# of a fast mutant's 0.7)
+# (scripts/mutation_plugin.py); no forced garbage collection of that heap at every
+# mutant's end (pytest's unraisable-exception check: 0.6 s of a fast mutant's 0.7)
 pytest_add_cli_args =
     -p mutation_plugin
     -p no:unraisableexception
