@@ -386,7 +386,7 @@ def test_ctrl_c_in_a_trial_another_worker_failed_meanwhile_still_ends_as_an_inte
         ('name = "random"\nseed = 0', "2/2", False),  # seeded: by seed and trial number
     ],
 )
-def test_an_unseeded_sampler_is_reseeded_only_in_a_worker_started_with_others(
+def test_an_unseeded_sampler_is_reseeded_in_a_worker_started_with_others_not_alone_on_sqlite(
     write_study, storage_url, fake_train, monkeypatch, sampler, worker, reseeded
 ):
     from search.store.workers import CHILD_ENV
