@@ -210,4 +210,5 @@ def test_plan_refuses_bad_input_before_writing(write_study, tmp_path):
     with pytest.raises(ValueError, match="--timeout must be > 0 seconds, but got 0"):
         run_study(plan, n_trials=1, timeout=0, progress=quiet())
     assert not (tmp_path / "fresh.db").exists()
-    assert run_study(plan, n_trials=1, timeout=0.5, progress=quiet())  # under a second is fine
+    accepted = run_study(plan, n_trials=1, timeout=0.5, progress=quiet())  # under a second
+    assert accepted.study_name == "tiny"
