@@ -32,6 +32,14 @@ def search_run(url: str, *args: str) -> int:
     return main(["run", "--study", "tiny", "-q", "--storage", url, *args])
 
 
+def run_said(url: str, n_trials: int, **kwargs) -> str:
+    """``run_study`` of study "tiny" through the API; the run's own lines."""
+    lines = io.StringIO()
+    plan = run_mod.plan_run(load_study("tiny"), storage=url)
+    run_mod.run_study(plan, n_trials=n_trials, progress=Progress(lines), **kwargs)
+    return lines.getvalue()
+
+
 def test_only_the_best_three_trials_keep_their_checkpoints(write_study, storage_url, fake_train):
     write_study("tiny", TINY_DIGITS)
     on_disk: list[set[str]] = []  # what each trial found when it started
@@ -418,10 +426,8 @@ def test_a_trial_whose_worker_died_is_retried_from_the_state_it_left_in_the_stud
     rdb.set_trial_system_attr(lost_id, WORKER_ATTR, {**me, "start": me["start"] - 1})
     folder = Storage(storage_url).checkpoint_dir("tiny")
     (folder / "trial-1.last.safetensors").write_bytes(b"state after epoch 2")
-    lines = io.StringIO()  # the run's own lines, between its progress lines
-    plan = run_mod.plan_run(load_study("tiny"), storage=storage_url)
-    run_mod.run_study(plan, n_trials=2, progress=Progress(lines))
-    assert f"trial 1 worker lost: worker {me['host']}:{me['pid']} is gone" in lines.getvalue()
+    said = run_said(storage_url, 2)
+    assert f"trial 1 worker lost: worker {me['host']}:{me['pid']} is gone" in said
     trials = optuna.load_study(study_name="tiny", storage=rdb).trials
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["status"] == "lost"
     retry = trials[2]
@@ -451,13 +457,9 @@ def test_a_worker_waits_while_the_rest_of_the_trials_runs_elsewhere_and_says_so_
 
     clock = types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep)
     monkeypatch.setattr(run_mod, "time", clock)
-    lines = io.StringIO()
-    plan = run_mod.plan_run(load_study("tiny"), storage=storage_url)
-    options = run_mod.WorkerOptions(heartbeat=2.0, grace=60.0)
-    run_mod.run_study(plan, n_trials=3, options=options, progress=Progress(lines))
+    said = run_said(storage_url, 3, options=run_mod.WorkerOptions(heartbeat=2.0, grace=60.0))
     assert slept == [2.0] * 3  # a heartbeat's length each time (not less than 0.2 s)
     assert len(fake_train.calls) == 2  # the first run's trial, and the one in the room made
-    said = lines.getvalue()
     assert said.count("waiting: the rest of the budget is running in other workers") == 2
     assert "(a trial without heartbeat for 60 s is retried here)" in said
 
